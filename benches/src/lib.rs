@@ -1,0 +1,1 @@
+//! Criterion benchmarks of Cohort hot paths (see `benches/`).

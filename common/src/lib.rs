@@ -1,0 +1,13 @@
+//! Cohort protocol primitives: keys and scripts, tree, fees, MuSig2 helpers,
+//! messages and codec, chain access and the embedded regtest ledger.
+//!
+//! # Layout
+//!
+//! - [`keys`]: key types and conversions between the two secp256k1 crates.
+//! - [`params`]: round parameters and shared plain data types.
+
+pub mod keys;
+pub mod params;
+
+pub use bitcoin;
+pub use musig2;
