@@ -7,7 +7,12 @@
 //! - [`params`]: round parameters and shared plain data types.
 
 pub mod keys;
+pub mod musig;
 pub mod params;
+pub mod scripts;
+pub mod tree;
+pub mod fees;
+pub mod exit;
 
 pub use bitcoin;
 pub use musig2;
