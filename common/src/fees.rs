@@ -76,6 +76,16 @@ pub fn funding_weight(inputs: usize, output_script_lens: &[usize]) -> u64 {
     shared_weight(inputs, output_script_lens) + inputs as u64 * KEY_PATH_INPUT_WEIGHT
 }
 
+/// The most key-path inputs a funding transaction with these outputs can have and
+/// stay at or under `max_weight`.
+pub fn max_inputs(max_weight: u64, output_script_lens: &[usize]) -> usize {
+    let mut n = (max_weight / KEY_PATH_INPUT_WEIGHT) as usize;
+    while n > 0 && funding_weight(n, output_script_lens) > max_weight {
+        n -= 1;
+    }
+    n
+}
+
 /// The weight nobody owns alone: fixed fields, counts and outputs.
 fn shared_weight(inputs: usize, output_script_lens: &[usize]) -> u64 {
     TX_FIXED_WEIGHT
@@ -297,6 +307,14 @@ mod tests {
         }
         assert_eq!(tx.weight().to_wu(), plan.weight);
         assert_eq!(tx.output.len(), 2);
+    }
+
+    #[test]
+    fn max_inputs_is_tight() {
+        let n = max_inputs(400_000, &[34, 34]);
+        assert!(funding_weight(n, &[34, 34]) <= 400_000);
+        assert!(funding_weight(n + 1, &[34, 34]) > 400_000);
+        assert!(n > 1_700);
     }
 
     fn check_invariants(reqs: &[FundingRequest], schedule: &FeeSchedule) {

@@ -1,0 +1,274 @@
+//! A whole batch built and signed in one process with local keys, no network: the
+//! foundation's end-to-end check that the tree, fees, MuSig2 helpers and ledger agree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use bitcoin::secp256k1::schnorr;
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut};
+use rand::Rng;
+use rayon::prelude::*;
+
+use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
+use cohort_common::fees::{funding_tx, plan_funding, FundingPlan, FundingRequest};
+use cohort_common::keys::Keypair;
+use cohort_common::musig::{
+    combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point, Scalar,
+};
+use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
+use cohort_common::scripts::{key_spend_sighash, key_spend_witness, DepositScript};
+use cohort_common::tree::{Tree, TreeLeaf};
+
+/// One simulated user: its deposit and the keys it signs with.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The deposit key U (also the key of its virtual-deposit leaf).
+    pub key: Keypair,
+    /// Its static deposit script.
+    pub deposit: DepositScript,
+    /// Its confirmed deposit.
+    pub outpoint: OutPoint,
+    /// What the deposit holds.
+    pub txout: TxOut,
+    /// An optional extra fixed leaf it asks for (a plain P2TR payment).
+    pub extra_leaf: Option<LeafOutput>,
+}
+
+/// A signed batch.
+#[derive(Debug)]
+pub struct SignedBatch {
+    /// The funding transaction, with every deposit input signed.
+    pub funding: Transaction,
+    /// The outputs its inputs spend.
+    pub prevouts: Vec<TxOut>,
+    /// The fees.
+    pub plan: FundingPlan,
+    /// The tree.
+    pub tree: Tree,
+    /// The final signature of every node.
+    pub node_sigs: Vec<schnorr::Signature>,
+    /// For each leaf, the index (in the batch's user slice) of its owner.
+    pub leaf_owner: Vec<usize>,
+    /// For each user of the batch, its remainder leaf.
+    pub remainder_leaf: Vec<usize>,
+}
+
+impl SignedBatch {
+    /// The fully signed path of a leaf.
+    pub fn signed_path(&self, leaf: usize) -> Result<Vec<Transaction>> {
+        Ok(self.tree.signed_path(leaf, &|i| self.node_sigs.get(i).copied())?)
+    }
+
+    /// Every node transaction, signed.
+    pub fn signed_nodes(&self) -> Vec<Transaction> {
+        self.tree
+            .built_nodes()
+            .map(|(i, node)| {
+                let mut tx = node.tx.clone();
+                if let Some(sig) = self.node_sigs.get(i) {
+                    tx.input[0].witness = key_spend_witness(sig);
+                }
+                tx
+            })
+            .collect()
+    }
+}
+
+/// Time spent in each phase of building a batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchTimings {
+    /// Fees, funding transaction, node keys and node transactions.
+    pub build: std::time::Duration,
+    /// Nonces, partial signatures and aggregate-first combination of every node.
+    pub sign_tree: std::time::Duration,
+    /// The MuSig2(U, C) signature of every deposit input.
+    pub sign_deposits: std::time::Duration,
+}
+
+/// Signs `message` under `ctx` with every secret in `signers`, aggregate-first.
+pub fn sign_locally(
+    ctx: &KeyAggContext,
+    message: &[u8; 32],
+    signers: &[(Point, Scalar)],
+) -> Result<schnorr::Signature> {
+    let secnonces: Vec<_> =
+        signers.iter().map(|(p, s)| new_secnonce(p, Some(s), Some(message))).collect();
+    let pubnonces: Vec<_> = secnonces.iter().map(|n| n.public_nonce()).collect();
+    let agg = nonce_agg(&pubnonces)?;
+    let contributions = signers
+        .iter()
+        .zip(secnonces)
+        .zip(pubnonces)
+        .map(|(((point, secret), secnonce), pubnonce)| {
+            Ok(Contribution {
+                signer: *point,
+                pubnonce,
+                psig: sign_partial(ctx, secret, secnonce, &agg, message)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(combine(ctx, &agg, message, &contributions)?)
+}
+
+/// Builds and signs one batch of `users`: funding transaction, tree, every node
+/// signature and every deposit signature.
+#[allow(clippy::too_many_arguments)]
+pub fn build_batch<R: Rng>(
+    rng: &mut R,
+    users: &[User],
+    coordinator: &Keypair,
+    coordinator_script: &ScriptBuf,
+    tree_params: TreeParams,
+    schedule: &FeeSchedule,
+    exit_csv: u16,
+    timings: &mut BatchTimings,
+) -> Result<SignedBatch> {
+    let start = std::time::Instant::now();
+    let requests: Vec<FundingRequest> = users
+        .iter()
+        .map(|u| {
+            Ok(FundingRequest {
+                deposits: vec![(u.outpoint, u.txout.clone())],
+                requested: u.extra_leaf.as_ref().map_or(Amount::ZERO, |l| l.amount),
+                remainder_script: leaf_script(u, coordinator, exit_csv)?,
+                max_fee: Amount::from_sat(50_000),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let plan = plan_funding(&requests, schedule, coordinator_script)?;
+
+    // Fresh cosigner keys for every leaf; the batch key C_b.
+    let batch_key = Keypair::from_rng(rng);
+    let mut leaves = Vec::new();
+    let mut leaf_owner = Vec::new();
+    let mut remainder_leaf = Vec::new();
+    let mut secrets: HashMap<Point, Scalar> = HashMap::new();
+    secrets.insert(batch_key.point, batch_key.scalar());
+    for (i, (user, share)) in users.iter().zip(&plan.shares).enumerate() {
+        let outputs = user.extra_leaf.iter().cloned().chain(std::iter::once(LeafOutput {
+            script_pubkey: requests[i].remainder_script.clone(),
+            amount: share.remainder,
+        }));
+        for output in outputs {
+            let cosigner = Keypair::from_rng(rng);
+            secrets.insert(cosigner.point, cosigner.scalar());
+            leaves.push(TreeLeaf { output, cosigner: cosigner.point });
+            leaf_owner.push(i);
+        }
+        remainder_leaf.push(leaves.len() - 1);
+    }
+    let leaves: Arc<[TreeLeaf]> = leaves.into();
+    let mut funding = None;
+    let tree = Tree::build(leaves, batch_key.point, tree_params, None, |root| {
+        let tx = funding_tx(&requests, &plan, root, coordinator_script);
+        let outpoint = OutPoint { txid: tx.compute_txid(), vout: 0 };
+        funding = Some(tx);
+        outpoint
+    })?;
+    let mut funding = funding.ok_or_else(|| anyhow!("tree build did not ask for the funding outpoint"))?;
+    timings.build += start.elapsed();
+
+    // Every cosigner of every node signs; nodes in parallel.
+    let start = std::time::Instant::now();
+    let node_sigs = tree
+        .built_nodes()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|(i, node)| {
+            let signers: Vec<(Point, Scalar)> = node
+                .key
+                .pubkeys()
+                .iter()
+                .map(|p| secrets.get(p).map(|s| (*p, *s)).ok_or_else(|| anyhow!("no secret for a key of node {i}")))
+                .collect::<Result<_>>()?;
+            sign_locally(&node.key, &node.sighash, &signers).with_context(|| format!("node {i}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    timings.sign_tree += start.elapsed();
+
+    // Deposit inputs: MuSig2(U, C) with the deposit's Taproot tweak.
+    let start = std::time::Instant::now();
+    let prevouts: Vec<TxOut> = users.iter().map(|u| u.txout.clone()).collect();
+    let witnesses = users
+        .par_iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let ctx = user.deposit.signing_context()?;
+            let sighash = key_spend_sighash(&funding, i, &prevouts)?;
+            let signers = [(user.key.point, user.key.scalar()), (coordinator.point, coordinator.scalar())];
+            Ok(key_spend_witness(&sign_locally(&ctx, &sighash, &signers)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (input, witness) in funding.input.iter_mut().zip(witnesses) {
+        input.witness = witness;
+    }
+    timings.sign_deposits += start.elapsed();
+    Ok(SignedBatch { funding, prevouts, plan, tree, node_sigs, leaf_owner, remainder_leaf })
+}
+
+/// The virtual-deposit leaf script of a user: its key and the coordinator's, `exit_csv`.
+pub fn leaf_script(user: &User, coordinator: &Keypair, exit_csv: u16) -> Result<ScriptBuf> {
+    Ok(DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?.script_pubkey())
+}
+
+/// What an exit cost on chain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitCost {
+    /// Node transactions published for it (already-published ones are shared).
+    pub nodes: usize,
+    /// Virtual bytes of everything it published (nodes, CPFP children, the reclaim).
+    pub vbytes: u64,
+}
+
+/// Publishes the path of `leaf` with CPFP children, one level per block, paying fees
+/// from `fee`; nodes already on chain are skipped. Returns the updated fee input.
+pub fn publish_path(
+    chain: &cohort_common::ledger::Ledger,
+    batch: &SignedBatch,
+    leaf: usize,
+    mut fee: FeeInput,
+    rate: FeeRate,
+    cost: &mut ExitCost,
+) -> Result<FeeInput> {
+    use cohort_common::chain::Chain;
+    for tx in batch.signed_path(leaf)? {
+        let txid = tx.compute_txid();
+        if chain.confirmations(&txid)?.is_some() {
+            continue;
+        }
+        let child = cpfp_child(&tx, &fee, rate)?;
+        chain.broadcast_package(&tx, &child).with_context(|| format!("publishing node {txid}"))?;
+        chain.mine(1)?;
+        cost.nodes += 1;
+        cost.vbytes += tx.vsize() as u64 + child.vsize() as u64;
+        fee = FeeInput {
+            outpoint: OutPoint { txid: child.compute_txid(), vout: 0 },
+            txout: child.output[0].clone(),
+            key: fee.key,
+        };
+    }
+    Ok(fee)
+}
+
+/// Spends a user's remainder leaf (a virtual deposit) through its script path after
+/// `exit_csv`, to the user's own key-path address.
+pub fn reclaim_leaf(
+    chain: &cohort_common::ledger::Ledger,
+    batch: &SignedBatch,
+    user: &User,
+    leaf: usize,
+    coordinator: &Keypair,
+    exit_csv: u16,
+    rate: FeeRate,
+) -> Result<Transaction> {
+    use cohort_common::chain::Chain;
+    let (node, vout) = batch.tree.shape().leaf_output(leaf).ok_or_else(|| anyhow!("no leaf {leaf}"))?;
+    let node = batch.tree.node(node)?;
+    let outpoint = OutPoint { txid: node.txid, vout };
+    let txout = node.tx.output[vout as usize].clone();
+    let script = DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?;
+    let tx = reclaim_tx(&script, &user.key, outpoint, &txout, p2tr_single(&user.key), rate)?;
+    chain.broadcast(&tx).context("reclaiming the leaf")?;
+    Ok(tx)
+}
