@@ -5,6 +5,7 @@
 //!
 //! - [`keys`]: key types and conversions between the two secp256k1 crates.
 //! - [`params`]: round parameters and shared plain data types.
+//! - [`musig`]: MuSig2 (BIP-327) helpers: Taproot key aggregation and cache, nonces, signing.
 
 pub mod keys;
 pub mod musig;

@@ -203,7 +203,11 @@ impl KeyAggCache {
 /// the signer's key and, when known, its secret key and the message (BIP-327 NonceGen
 /// inputs). When `seckey` is given the nonce is bound to `seckey`'s public key, which
 /// must be `signer`.
-pub fn new_secnonce(signer: &Point, seckey: Option<&Scalar>, message: Option<&[u8; 32]>) -> SecNonce {
+pub fn new_secnonce(
+    signer: &Point,
+    seckey: Option<&Scalar>,
+    message: Option<&[u8; 32]>,
+) -> SecNonce {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let mut builder = SecNonceBuilder::from_pubkey(seed, *signer);
@@ -380,10 +384,8 @@ mod tests {
     ) -> (KeyAggContext, AggNonce, Vec<Contribution>) {
         let points: Vec<Point> = kps.iter().map(|k| k.point).collect();
         let ctx = taproot_context(&points, None).unwrap();
-        let secnonces: Vec<SecNonce> = kps
-            .iter()
-            .map(|k| new_secnonce(&k.point, Some(&k.scalar()), Some(message)))
-            .collect();
+        let secnonces: Vec<SecNonce> =
+            kps.iter().map(|k| new_secnonce(&k.point, Some(&k.scalar()), Some(message))).collect();
         let pubnonces: Vec<PubNonce> = secnonces.iter().map(SecNonce::public_nonce).collect();
         let agg_nonce = nonce_agg(&pubnonces).unwrap();
         let contributions = kps
@@ -400,7 +402,7 @@ mod tests {
     }
 
     fn corrupt(c: &mut Contribution) {
-        c.psig = c.psig + MaybeScalar::Valid(Scalar::one());
+        c.psig += MaybeScalar::Valid(Scalar::one());
     }
 
     #[test]
@@ -465,7 +467,10 @@ mod tests {
     fn empty_sets_are_errors() {
         assert_eq!(key_agg(&[]).err(), Some(MusigError::EmptyKeySet));
         assert_eq!(taproot_context(&[], None).err(), Some(MusigError::EmptyKeySet));
-        assert_eq!(KeyAggCache::new().taproot_context(&[], None).err(), Some(MusigError::EmptyKeySet));
+        assert_eq!(
+            KeyAggCache::new().taproot_context(&[], None).err(),
+            Some(MusigError::EmptyKeySet)
+        );
         assert_eq!(nonce_agg(&[]).err(), Some(MusigError::EmptyNonceSet));
         let ctx = key_agg(&[keypairs(1, 5)[0].point]).unwrap();
         assert_eq!(
