@@ -66,7 +66,11 @@ fn vsize_fee(rate: FeeRate, weight: Weight) -> Result<Amount, ExitError> {
 
 /// A version-3 child spending `parent`'s P2A anchor and `fee`, paying the package
 /// (parent + child) at `rate`, with the change back to `fee`'s own script.
-pub fn cpfp_child(parent: &Transaction, fee: &FeeInput, rate: FeeRate) -> Result<Transaction, ExitError> {
+pub fn cpfp_child(
+    parent: &Transaction,
+    fee: &FeeInput,
+    rate: FeeRate,
+) -> Result<Transaction, ExitError> {
     let anchor_vout = parent.output.len().checked_sub(1).ok_or(ExitError::NoAnchor)?;
     let anchor = parent.output[anchor_vout].clone();
     if anchor.script_pubkey != crate::scripts::anchor_output().script_pubkey {
@@ -132,7 +136,10 @@ pub fn reclaim_tx(
             previous_output: outpoint,
             script_sig: ScriptBuf::new(),
             sequence: script.reclaim_sequence(),
-            witness: script.reclaim_witness(&bitcoin::secp256k1::schnorr::Signature::from_slice(&[1u8; 64]).map_err(|_| ExitError::Overflow)?),
+            witness: script.reclaim_witness(
+                &bitcoin::secp256k1::schnorr::Signature::from_slice(&[1u8; 64])
+                    .map_err(|_| ExitError::Overflow)?,
+            ),
         }],
         output: vec![TxOut { value: Amount::ZERO, script_pubkey: destination }],
     };

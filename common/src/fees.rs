@@ -95,7 +95,10 @@ fn shared_weight(inputs: usize, output_script_lens: &[usize]) -> u64 {
 
 /// Fee for `weight` at the schedule's rate, rounded up.
 fn fee_for(schedule: &FeeSchedule, weight: u64) -> Result<Amount, FeeError> {
-    schedule.fee_rate.checked_mul_by_weight(bitcoin::Weight::from_wu(weight)).ok_or(FeeError::Overflow)
+    schedule
+        .fee_rate
+        .checked_mul_by_weight(bitcoin::Weight::from_wu(weight))
+        .ok_or(FeeError::Overflow)
 }
 
 /// The announced service fee on `deposited`: base + ppm, rounded down.
@@ -190,7 +193,8 @@ pub fn plan_funding(
         .iter()
         .map(|r| fee_for(schedule, r.deposits.len() as u64 * KEY_PATH_INPUT_WEIGHT))
         .collect::<Result<_, _>>()?;
-    let shared_fee = mining_fee.checked_sub(sum(input_fees.iter().copied())?).unwrap_or(Amount::ZERO);
+    let shared_fee =
+        mining_fee.checked_sub(sum(input_fees.iter().copied())?).unwrap_or(Amount::ZERO);
     let n = requests.len() as u64;
     let per_share = Amount::from_sat(shared_fee.to_sat().div_ceil(n));
 
@@ -260,7 +264,10 @@ pub fn funding_tx(
         .collect();
     let mut output = vec![batch_output];
     if plan.coordinator_amount > Amount::ZERO {
-        output.push(TxOut { value: plan.coordinator_amount, script_pubkey: coordinator_script.clone() });
+        output.push(TxOut {
+            value: plan.coordinator_amount,
+            script_pubkey: coordinator_script.clone(),
+        });
     }
     Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input, output }
 }
@@ -365,7 +372,8 @@ mod tests {
 
     #[test]
     fn dust_service_fees_go_to_miners() {
-        let schedule = FeeSchedule { service_base: Amount::from_sat(1), service_ppm: 0, ..Default::default() };
+        let schedule =
+            FeeSchedule { service_base: Amount::from_sat(1), service_ppm: 0, ..Default::default() };
         let reqs = vec![request(1, &[50_000], 0)];
         let plan = plan_funding(&reqs, &schedule, &p2tr(9)).unwrap();
         assert_eq!(plan.coordinator_amount, Amount::ZERO);

@@ -7,13 +7,13 @@
 //! - [`params`]: round parameters and shared plain data types.
 //! - [`musig`]: MuSig2 (BIP-327) helpers: Taproot key aggregation and cache, nonces, signing.
 
+pub mod exit;
+pub mod fees;
 pub mod keys;
 pub mod musig;
 pub mod params;
 pub mod scripts;
 pub mod tree;
-pub mod fees;
-pub mod exit;
 
 pub use bitcoin;
 pub use musig2;

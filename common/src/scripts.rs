@@ -262,15 +262,10 @@ pub fn descriptor_checksum(desc: &str) -> Option<String> {
     fn polymod(c: u64, val: u64) -> u64 {
         let c0 = c >> 35;
         let mut c = ((c & 0x7_ffff_ffff) << 5) ^ val;
-        for (bit, gen) in [
-            0xf5_dee5_1989u64,
-            0xa9_fdca_3312,
-            0x1b_ab10_e32d,
-            0x37_06b1_677a,
-            0x64_4d62_6ffd,
-        ]
-        .iter()
-        .enumerate()
+        for (bit, gen) in
+            [0xf5_dee5_1989u64, 0xa9_fdca_3312, 0x1b_ab10_e32d, 0x37_06b1_677a, 0x64_4d62_6ffd]
+                .iter()
+                .enumerate()
         {
             if c0 & (1 << bit) != 0 {
                 c ^= gen;
@@ -314,15 +309,9 @@ mod tests {
     #[test]
     fn descriptor_checksum_matches_bip380_examples() {
         // Examples from BIP-380.
+        assert_eq!(descriptor_checksum("raw(deadbeef)").as_deref(), Some("89f8spxm"));
         assert_eq!(
-            descriptor_checksum("raw(deadbeef)").as_deref(),
-            Some("89f8spxm")
-        );
-        assert_eq!(
-            descriptor_checksum(
-                "addr(mkmZxiEcEd8ZqjQWVZuC6so5dFMKEFpN2j)"
-            )
-            .as_deref(),
+            descriptor_checksum("addr(mkmZxiEcEd8ZqjQWVZuC6so5dFMKEFpN2j)").as_deref(),
             Some("02wpgw69")
         );
         assert_eq!(descriptor_checksum("pk(é)"), None);

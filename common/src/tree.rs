@@ -140,7 +140,13 @@ impl TreeShape {
         Ok(shape)
     }
 
-    fn push_node(&mut self, leaves: Range<usize>, parent: Option<(usize, u32)>, depth: u8, r: usize) {
+    fn push_node(
+        &mut self,
+        leaves: Range<usize>,
+        parent: Option<(usize, u32)>,
+        depth: u8,
+        r: usize,
+    ) {
         let index = self.nodes.len();
         self.nodes.push(NodeShape { leaves: leaves.clone(), parent, children: Vec::new(), depth });
         let len = leaves.len();
@@ -310,7 +316,8 @@ impl TreePlan {
     }
 
     fn node_script(&self, node: usize) -> Result<ScriptBuf, TreeError> {
-        let key = self.keys.get(node).and_then(Option::as_ref).ok_or(TreeError::OutOfScope(node))?;
+        let key =
+            self.keys.get(node).and_then(Option::as_ref).ok_or(TreeError::OutOfScope(node))?;
         Ok(p2tr_key_only(key))
     }
 
@@ -322,7 +329,9 @@ impl TreePlan {
                     value: self.leaves[l].output.amount,
                     script_pubkey: self.leaves[l].output.script_pubkey.clone(),
                 },
-                Child::Node(c) => TxOut { value: self.amounts[c], script_pubkey: self.node_script(c)? },
+                Child::Node(c) => {
+                    TxOut { value: self.amounts[c], script_pubkey: self.node_script(c)? }
+                }
             });
         }
         outputs.push(anchor_output());
@@ -341,7 +350,8 @@ impl TreePlan {
             let (previous_output, prevout) = match self.shape.nodes[i].parent {
                 None => (funding, self.root_output()?),
                 Some((parent, vout)) => {
-                    let parent_node = nodes[parent].as_ref().ok_or(TreeError::OutOfScope(parent))?;
+                    let parent_node =
+                        nodes[parent].as_ref().ok_or(TreeError::OutOfScope(parent))?;
                     let prevout = parent_node
                         .tx
                         .output
@@ -487,9 +497,10 @@ mod tests {
 
     fn leaves(n: usize, seed: u64) -> (Arc<[TreeLeaf]>, Point) {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-        let script = ScriptBuf::new_p2tr_tweaked(
-            bitcoin::key::TweakedPublicKey::dangerous_assume_tweaked(Keypair::from_rng(&mut rng).xonly()),
-        );
+        let script =
+            ScriptBuf::new_p2tr_tweaked(bitcoin::key::TweakedPublicKey::dangerous_assume_tweaked(
+                Keypair::from_rng(&mut rng).xonly(),
+            ));
         let leaves: Vec<TreeLeaf> = (0..n)
             .map(|i| TreeLeaf {
                 output: LeafOutput {
@@ -520,7 +531,10 @@ mod tests {
                 for (i, node) in shape.nodes().iter().enumerate() {
                     assert!(node.children.len() <= radix as usize);
                     if !(n == 1 && i == 0) {
-                        assert!(node.children.len() >= 2, "n={n} r={radix} node {i} has one output");
+                        assert!(
+                            node.children.len() >= 2,
+                            "n={n} r={radix} node {i} has one output"
+                        );
                     }
                     let covered: usize = node
                         .children
@@ -559,7 +573,10 @@ mod tests {
             TreeShape::new(17, p),
             Err(TreeError::TooDeep { leaves: 17, radix: 4, max_depth: 2 })
         );
-        assert_eq!(TreeShape::new(5, TreeParams { radix: 1, max_depth: 8 }), Err(TreeError::BadRadix(1)));
+        assert_eq!(
+            TreeShape::new(5, TreeParams { radix: 1, max_depth: 8 }),
+            Err(TreeError::BadRadix(1))
+        );
         let (mut l, b) = leaves(3, 1);
         Arc::get_mut(&mut l).unwrap()[1].output.amount = Amount::from_sat(10);
         let err = TreePlan::new(l, b, TreeParams::default(), &Scope::Full, None).unwrap_err();
@@ -569,7 +586,8 @@ mod tests {
     fn check_tree(n: usize, radix: u8, seed: u64) {
         let (l, b) = leaves(n, seed);
         let params = TreeParams { radix, max_depth: 16 };
-        let funding = OutPoint { txid: Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros()), vout: 0 };
+        let funding =
+            OutPoint { txid: Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros()), vout: 0 };
         let tree = Tree::build(l.clone(), b, params, None, |_| funding).unwrap();
         for (i, node) in tree.built_nodes() {
             // Conservation: zero fee at every node.
@@ -584,7 +602,10 @@ mod tests {
             musig::key_sort(&mut expect);
             assert_eq!(tree.key_set(i).unwrap(), &expect[..]);
             if let Some((parent, vout)) = tree.shape().nodes()[i].parent {
-                assert_eq!(node.tx.input[0].previous_output, OutPoint { txid: tree.node(parent).unwrap().txid, vout });
+                assert_eq!(
+                    node.tx.input[0].previous_output,
+                    OutPoint { txid: tree.node(parent).unwrap().txid, vout }
+                );
             }
         }
         // A participant's scoped build gives the same transactions for its path.

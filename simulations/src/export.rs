@@ -51,7 +51,10 @@ pub fn batch_json(batch: &SignedBatch) -> Result<String> {
         prevouts: batch
             .prevouts
             .iter()
-            .map(|o| Output { script_pubkey: hex::encode(o.script_pubkey.as_bytes()), amount_sat: o.value.to_sat() })
+            .map(|o| Output {
+                script_pubkey: hex::encode(o.script_pubkey.as_bytes()),
+                amount_sat: o.value.to_sat(),
+            })
             .collect(),
     };
     let nodes = batch.signed_nodes().iter().map(|tx| NodeTx { tx: serialize_hex(tx) }).collect();
@@ -61,7 +64,11 @@ pub fn batch_json(batch: &SignedBatch) -> Result<String> {
         .iter()
         .enumerate()
         .map(|(i, leaf)| {
-            let (node, vout) = batch.tree.shape().leaf_output(i).ok_or_else(|| anyhow!("leaf {i} has no output"))?;
+            let (node, vout) = batch
+                .tree
+                .shape()
+                .leaf_output(i)
+                .ok_or_else(|| anyhow!("leaf {i} has no output"))?;
             Ok(Leaf {
                 script_pubkey: hex::encode(leaf.output.script_pubkey.as_bytes()),
                 amount_sat: leaf.output.amount.to_sat(),

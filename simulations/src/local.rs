@@ -166,7 +166,8 @@ pub fn build_batch<R: Rng>(
         funding = Some(tx);
         outpoint
     })?;
-    let mut funding = funding.ok_or_else(|| anyhow!("tree build did not ask for the funding outpoint"))?;
+    let mut funding =
+        funding.ok_or_else(|| anyhow!("tree build did not ask for the funding outpoint"))?;
     timings.build += start.elapsed();
 
     // Every cosigner of every node signs; nodes in parallel.
@@ -180,7 +181,12 @@ pub fn build_batch<R: Rng>(
                 .key
                 .pubkeys()
                 .iter()
-                .map(|p| secrets.get(p).map(|s| (*p, *s)).ok_or_else(|| anyhow!("no secret for a key of node {i}")))
+                .map(|p| {
+                    secrets
+                        .get(p)
+                        .map(|s| (*p, *s))
+                        .ok_or_else(|| anyhow!("no secret for a key of node {i}"))
+                })
                 .collect::<Result<_>>()?;
             sign_locally(&node.key, &node.sighash, &signers).with_context(|| format!("node {i}"))
         })
@@ -196,7 +202,8 @@ pub fn build_batch<R: Rng>(
         .map(|(i, user)| {
             let ctx = user.deposit.signing_context()?;
             let sighash = key_spend_sighash(&funding, i, &prevouts)?;
-            let signers = [(user.key.point, user.key.scalar()), (coordinator.point, coordinator.scalar())];
+            let signers =
+                [(user.key.point, user.key.scalar()), (coordinator.point, coordinator.scalar())];
             Ok(key_spend_witness(&sign_locally(&ctx, &sighash, &signers)?))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -209,7 +216,8 @@ pub fn build_batch<R: Rng>(
 
 /// The virtual-deposit leaf script of a user: its key and the coordinator's, `exit_csv`.
 pub fn leaf_script(user: &User, coordinator: &Keypair, exit_csv: u16) -> Result<ScriptBuf> {
-    Ok(DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?.script_pubkey())
+    Ok(DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?
+        .script_pubkey())
 }
 
 /// What an exit cost on chain.
@@ -263,7 +271,8 @@ pub fn reclaim_leaf(
     rate: FeeRate,
 ) -> Result<Transaction> {
     use cohort_common::chain::Chain;
-    let (node, vout) = batch.tree.shape().leaf_output(leaf).ok_or_else(|| anyhow!("no leaf {leaf}"))?;
+    let (node, vout) =
+        batch.tree.shape().leaf_output(leaf).ok_or_else(|| anyhow!("no leaf {leaf}"))?;
     let node = batch.tree.node(node)?;
     let outpoint = OutPoint { txid: node.txid, vout };
     let txout = node.tx.output[vout as usize].clone();

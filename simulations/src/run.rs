@@ -13,11 +13,15 @@ use cohort_common::exit::{p2tr_single, FeeInput};
 use cohort_common::fees::max_inputs;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams, DEFAULT_DEPOSIT_CSV, DEFAULT_EXIT_CSV};
+use cohort_common::params::{
+    FeeSchedule, LeafOutput, TreeParams, DEFAULT_DEPOSIT_CSV, DEFAULT_EXIT_CSV,
+};
 use cohort_common::scripts::DepositScript;
 
 use crate::export::write_batch;
-use crate::local::{build_batch, publish_path, reclaim_leaf, BatchTimings, ExitCost, SignedBatch, User};
+use crate::local::{
+    build_batch, publish_path, reclaim_leaf, BatchTimings, ExitCost, SignedBatch, User,
+};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -168,7 +172,9 @@ pub fn run(config: &Config) -> Result<Report> {
     let start = Instant::now();
     let mut funding_txids = Vec::new();
     for (_, batch) in &batches {
-        funding_txids.push(ledger.broadcast(&batch.funding).context("broadcasting the funding transaction")?);
+        funding_txids.push(
+            ledger.broadcast(&batch.funding).context("broadcasting the funding transaction")?,
+        );
     }
     ledger.mine(1)?;
     for txid in &funding_txids {
@@ -250,11 +256,8 @@ fn exit_sample<R: Rng>(
     let mut results = Vec::new();
     let mut pending = Vec::new();
     for &user in &chosen {
-        let (offset, batch) = batches
-            .iter()
-            .rev()
-            .find(|(offset, _)| *offset <= user)
-            .context("user in no batch")?;
+        let (offset, batch) =
+            batches.iter().rev().find(|(offset, _)| *offset <= user).context("user in no batch")?;
         let local = user - offset;
         let leaf = batch.remainder_leaf[local];
         let mut cost = ExitCost::default();
@@ -264,11 +267,18 @@ fn exit_sample<R: Rng>(
     // The leaves are virtual deposits: the user alone spends them after exit_csv.
     ledger.mine(u32::from(cohort_common::params::DEFAULT_EXIT_CSV))?;
     for (user, batch, leaf, mut cost) in pending {
-        let tx = reclaim_leaf(ledger, batch, &users[user], leaf, coordinator, cohort_common::params::DEFAULT_EXIT_CSV, rate)?;
+        let tx = reclaim_leaf(
+            ledger,
+            batch,
+            &users[user],
+            leaf,
+            coordinator,
+            cohort_common::params::DEFAULT_EXIT_CSV,
+            rate,
+        )?;
         cost.vbytes += tx.vsize() as u64;
         results.push((user, cost));
     }
     ledger.mine(1)?;
     Ok(results)
 }
-
