@@ -147,6 +147,9 @@ pub enum RejectReason {
         /// What libbitcoinconsensus reported (`ERR_SCRIPT` for a plain script failure).
         error: bitcoinconsensus::Error,
     },
+    /// The transaction could not be handed to libbitcoinconsensus at all.
+    #[error("transaction cannot be script-checked: {0}")]
+    Unverifiable(crate::consensus::ConsensusError),
     /// The outputs spend more than the inputs bring.
     #[error("outputs total {output} but inputs only {input}")]
     ValueOutExceedsIn {
@@ -174,7 +177,9 @@ pub enum RejectReason {
         next_height: u32,
     },
     /// The absolute locktime is not yet reached for the next block.
-    #[error("locktime {lock_time} not final at next height {next_height}, median time {median_time}")]
+    #[error(
+        "locktime {lock_time} not final at next height {next_height}, median time {median_time}"
+    )]
     NonFinal {
         /// The transaction's locktime.
         lock_time: absolute::LockTime,
@@ -210,7 +215,9 @@ pub enum RejectReason {
         version: i32,
     },
     /// A package parent below the minimum relay fee has no P2A anchor output.
-    #[error("package parent pays {fee}, below the minimum relay fee, and has no p2a anchor output")]
+    #[error(
+        "package parent pays {fee}, below the minimum relay fee, and has no p2a anchor output"
+    )]
     ParentWithoutAnchor {
         /// Fee the parent pays.
         fee: Amount,

@@ -10,7 +10,8 @@ use bitcoin::{Transaction, TxOut};
 use rayon::prelude::*;
 
 /// Script verification flags: everything up to and including Taproot.
-pub const VERIFY_FLAGS: u32 = bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT;
+pub const VERIFY_FLAGS: u32 =
+    bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT;
 
 /// Inputs from which verification is spread over rayon.
 const PARALLEL_FROM: usize = 4;
@@ -111,9 +112,7 @@ mod tests {
     use bitcoin::secp256k1::{Message, SECP256K1};
     use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
     use bitcoin::transaction::Version;
-    use bitcoin::{
-        absolute, Amount, OutPoint, ScriptBuf, Sequence, TxIn, Txid, Witness,
-    };
+    use bitcoin::{absolute, Amount, OutPoint, ScriptBuf, Sequence, TxIn, Txid, Witness};
 
     fn key(i: u8) -> Keypair {
         Keypair::from_seckey_slice(SECP256K1, &[i.max(1); 32]).expect("valid key")
@@ -140,7 +139,10 @@ mod tests {
                     ..TxIn::default()
                 })
                 .collect(),
-            output: vec![TxOut { value: Amount::from_sat(5_000), script_pubkey: ScriptBuf::new_p2a() }],
+            output: vec![TxOut {
+                value: Amount::from_sat(5_000),
+                script_pubkey: ScriptBuf::new_p2a(),
+            }],
         };
         let prevouts = Prevouts::All(&spent);
         let mut sigs = Vec::new();
@@ -203,8 +205,14 @@ mod tests {
         let tx = Transaction {
             version: Version::non_standard(3),
             lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn { previous_output: OutPoint::new(Txid::all_zeros(), 0), ..TxIn::default() }],
-            output: vec![TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::new_op_return([]) }],
+            input: vec![TxIn {
+                previous_output: OutPoint::new(Txid::all_zeros(), 0),
+                ..TxIn::default()
+            }],
+            output: vec![TxOut {
+                value: Amount::ZERO,
+                script_pubkey: ScriptBuf::new_op_return([]),
+            }],
         };
         assert_eq!(spent[0].script_pubkey.as_bytes(), [0x51, 0x02, 0x4e, 0x73]);
         assert_eq!(verify_tx(&tx, &spent), Ok(()));
