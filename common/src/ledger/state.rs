@@ -22,8 +22,9 @@ pub(super) fn block_time(height: u32) -> u64 {
 /// Median time past of the block at `height` (median of it and its 10 ancestors).
 /// Timestamps strictly increase, so the median is the middle block of the window.
 pub(super) fn median_time_past(height: u32) -> u64 {
-    let count = MTP_WINDOW.min(height + 1);
-    block_time(height + 1 - count + count / 2)
+    let count = MTP_WINDOW.min(height.saturating_add(1));
+    // The window is blocks height - (count - 1) ..= height; its middle is index count / 2.
+    block_time(height - (count - 1 - count / 2))
 }
 
 /// A known transaction and where it stands.
@@ -308,5 +309,6 @@ mod tests {
         assert_eq!(median_time_past(4), block_time(2));
         assert_eq!(median_time_past(10), block_time(5));
         assert_eq!(median_time_past(100), block_time(95));
+        assert_eq!(median_time_past(u32::MAX), block_time(u32::MAX - 5));
     }
 }
