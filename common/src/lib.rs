@@ -5,11 +5,22 @@
 //!
 //! - [`keys`]: key types and conversions between the two secp256k1 crates.
 //! - [`params`]: round parameters and shared plain data types.
-//! - [`musig`]: MuSig2 (BIP-327) helpers: Taproot key aggregation and cache, nonces, signing.
+//! - [`musig`]: MuSig2 (BIP-327) helpers: Taproot key aggregation and cache, nonces,
+//!   signing, aggregate-first combination.
+//! - [`scripts`]: static deposit addresses, virtual-deposit leaves, P2A anchors.
+//! - [`tree`]: the deterministic virtual-transaction tree.
+//! - [`fees`]: funding-transaction weight, fee shares, the funding transaction.
+//! - [`exit`]: CPFP children for node transactions and script-path reclaims.
+//! - [`chain`]: the chain-access trait.
+//! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
+//! - [`ledger`]: the embedded regtest ledger.
 
+pub mod chain;
+pub mod consensus;
 pub mod exit;
 pub mod fees;
 pub mod keys;
+pub mod ledger;
 pub mod musig;
 pub mod params;
 pub mod scripts;

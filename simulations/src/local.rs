@@ -247,7 +247,7 @@ pub fn publish_path(
         }
         let child = cpfp_child(&tx, &fee, rate)?;
         chain.broadcast_package(&tx, &child).with_context(|| format!("publishing node {txid}"))?;
-        chain.mine(1)?;
+        chain.mine(1);
         cost.nodes += 1;
         cost.vbytes += tx.vsize() as u64 + child.vsize() as u64;
         fee = FeeInput {

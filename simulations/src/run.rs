@@ -176,7 +176,7 @@ pub fn run(config: &Config) -> Result<Report> {
             ledger.broadcast(&batch.funding).context("broadcasting the funding transaction")?,
         );
     }
-    ledger.mine(1)?;
+    ledger.mine(1);
     for txid in &funding_txids {
         if ledger.confirmations(txid)? != Some(1) {
             bail!("funding transaction {txid} did not confirm");
@@ -265,7 +265,7 @@ fn exit_sample<R: Rng>(
         pending.push((user, batch, leaf, cost));
     }
     // The leaves are virtual deposits: the user alone spends them after exit_csv.
-    ledger.mine(u32::from(cohort_common::params::DEFAULT_EXIT_CSV))?;
+    ledger.mine(u32::from(cohort_common::params::DEFAULT_EXIT_CSV));
     for (user, batch, leaf, mut cost) in pending {
         let tx = reclaim_leaf(
             ledger,
@@ -279,6 +279,6 @@ fn exit_sample<R: Rng>(
         cost.vbytes += tx.vsize() as u64;
         results.push((user, cost));
     }
-    ledger.mine(1)?;
+    ledger.mine(1);
     Ok(results)
 }
