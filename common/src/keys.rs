@@ -77,9 +77,7 @@ pub struct Keypair {
 
 impl std::fmt::Debug for Keypair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keypair")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("Keypair").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -87,11 +85,7 @@ impl Keypair {
     /// Builds the key pair of a secret key.
     pub fn from_secret(secret: SecretKey) -> Self {
         let public = PublicKey::from_secret_key(secp256k1::SECP256K1, &secret);
-        Keypair {
-            secret,
-            public,
-            point: to_point(&public),
-        }
+        Keypair { secret, public, point: to_point(&public) }
     }
 
     /// A fresh random key pair from the operating system's randomness.

@@ -35,10 +35,7 @@ pub struct TreeParams {
 
 impl Default for TreeParams {
     fn default() -> Self {
-        TreeParams {
-            radix: DEFAULT_RADIX,
-            max_depth: DEFAULT_MAX_DEPTH,
-        }
+        TreeParams { radix: DEFAULT_RADIX, max_depth: DEFAULT_MAX_DEPTH }
     }
 }
 
