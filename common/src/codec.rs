@@ -92,9 +92,7 @@ fn config<const LIMIT: usize>() -> bincode::config::Configuration<
 
 /// Encoding needs no limit; this configuration writes exactly what [`config`] reads.
 fn encode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_variable_int_encoding()
+    bincode::config::standard().with_little_endian().with_variable_int_encoding()
 }
 
 /// Encodes a value into a body.
@@ -115,10 +113,7 @@ pub fn encode_into<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<
 /// limit, if the bytes are not a valid encoding, or if bytes are left after the value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
     if bytes.len() > limit {
-        return Err(CodecError::BodyTooLarge {
-            len: bytes.len(),
-            limit,
-        });
+        return Err(CodecError::BodyTooLarge { len: bytes.len(), limit });
     }
     let log2 = limit
         .min(MAX_DECODE_LIMIT)
@@ -147,10 +142,7 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Resu
     match bytes.len().checked_sub(read) {
         Some(0) => Ok(value),
         Some(extra) => Err(CodecError::TrailingBytes { read, extra }),
-        None => Err(CodecError::Decode(format!(
-            "decoder read {read} of {} bytes",
-            bytes.len()
-        ))),
+        None => Err(CodecError::Decode(format!("decoder read {read} of {} bytes", bytes.len()))),
     }
 }
 
@@ -162,10 +154,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(msg: &T, max_frame: u32) -> Result<Ve
         Ok(l) if l <= max_frame => l.to_be_bytes(),
         _ => {
             let len = u64::try_from(len).unwrap_or(u64::MAX);
-            return Err(CodecError::FrameTooLarge {
-                len,
-                max: max_frame,
-            });
+            return Err(CodecError::FrameTooLarge { len, max: max_frame });
         }
     };
     out[..FRAME_HEADER_LEN].copy_from_slice(&header);
@@ -178,15 +167,10 @@ pub fn encode_frame<T: Serialize + ?Sized>(msg: &T, max_frame: u32) -> Result<Ve
 pub fn read_frame_len(header: [u8; FRAME_HEADER_LEN], max_frame: u32) -> Result<usize, CodecError> {
     let len = u32::from_be_bytes(header);
     if len > max_frame {
-        return Err(CodecError::FrameTooLarge {
-            len: u64::from(len),
-            max: max_frame,
-        });
+        return Err(CodecError::FrameTooLarge { len: u64::from(len), max: max_frame });
     }
-    usize::try_from(len).map_err(|_| CodecError::FrameTooLarge {
-        len: u64::from(len),
-        max: max_frame,
-    })
+    usize::try_from(len)
+        .map_err(|_| CodecError::FrameTooLarge { len: u64::from(len), max: max_frame })
 }
 
 /// Splits a byte stream into frame bodies, incrementally.
@@ -207,11 +191,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder accepting bodies of at most `max_frame` bytes.
     pub fn new(max_frame: u32) -> Self {
-        FrameDecoder {
-            max_frame,
-            buf: Vec::new(),
-            start: 0,
-        }
+        FrameDecoder { max_frame, buf: Vec::new(), start: 0 }
     }
 
     /// The largest body length accepted.
@@ -240,12 +220,10 @@ impl FrameDecoder {
             return Ok(None);
         };
         let len = read_frame_len(*header, self.max_frame)?;
-        let end = FRAME_HEADER_LEN
-            .checked_add(len)
-            .ok_or(CodecError::FrameTooLarge {
-                len: u64::try_from(len).unwrap_or(u64::MAX),
-                max: self.max_frame,
-            })?;
+        let end = FRAME_HEADER_LEN.checked_add(len).ok_or(CodecError::FrameTooLarge {
+            len: u64::try_from(len).unwrap_or(u64::MAX),
+            max: self.max_frame,
+        })?;
         let Some(body) = pending.get(FRAME_HEADER_LEN..end) else {
             return Ok(None);
         };
@@ -287,10 +265,7 @@ impl<T: DeserializeOwned> Encoded<T> {
 impl<T> Encoded<T> {
     /// Wraps bytes claimed to encode a `T` (not checked until [`decode`](Self::decode)).
     pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Self {
-        Encoded {
-            bytes: bytes.into(),
-            _type: PhantomData,
-        }
+        Encoded { bytes: bytes.into(), _type: PhantomData }
     }
 
     /// The encoded bytes.
@@ -311,10 +286,7 @@ impl<T> Encoded<T> {
 
 impl<T> Clone for Encoded<T> {
     fn clone(&self) -> Self {
-        Encoded {
-            bytes: Arc::clone(&self.bytes),
-            _type: PhantomData,
-        }
+        Encoded { bytes: Arc::clone(&self.bytes), _type: PhantomData }
     }
 }
 
@@ -426,23 +398,14 @@ mod tests {
     fn oversize_frame_refused_after_header_only() {
         let mut dec = FrameDecoder::new(1000);
         dec.push(&1001u32.to_be_bytes());
-        assert_eq!(
-            dec.next_frame(),
-            Err(CodecError::FrameTooLarge {
-                len: 1001,
-                max: 1000
-            })
-        );
+        assert_eq!(dec.next_frame(), Err(CodecError::FrameTooLarge { len: 1001, max: 1000 }));
         // The error sticks: the stream cannot resynchronise.
         dec.push(&[0; 16]);
         assert!(dec.next_frame().is_err());
         // A maximal header is refused too, without allocating 4 GiB.
         let mut dec = FrameDecoder::new(1000);
         dec.push(&[0xff; 4]);
-        assert!(matches!(
-            dec.next_frame(),
-            Err(CodecError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(dec.next_frame(), Err(CodecError::FrameTooLarge { .. })));
         assert!(read_frame_len([0xff; 4], u32::MAX - 1).is_err());
     }
 
@@ -454,10 +417,7 @@ mod tests {
         assert!(encode_frame(&s, max).is_ok());
         assert_eq!(
             encode_frame(&s, max - 1),
-            Err(CodecError::FrameTooLarge {
-                len: body_len as u64,
-                max: max - 1
-            })
+            Err(CodecError::FrameTooLarge { len: body_len as u64, max: max - 1 })
         );
     }
 
@@ -476,10 +436,7 @@ mod tests {
     fn truncated_body_is_an_error() {
         let bytes = encode(&sample()).unwrap();
         for cut in 0..bytes.len() {
-            assert!(
-                decode::<Sample>(&bytes[..cut], 4096).is_err(),
-                "cut at {cut}"
-            );
+            assert!(decode::<Sample>(&bytes[..cut], 4096).is_err(), "cut at {cut}");
         }
     }
 
@@ -497,10 +454,7 @@ mod tests {
     #[test]
     fn input_longer_than_limit_is_refused() {
         let bytes = encode(&vec![0u8; 5000]).unwrap();
-        assert!(matches!(
-            decode::<Vec<u8>>(&bytes, 4096),
-            Err(CodecError::BodyTooLarge { .. })
-        ));
+        assert!(matches!(decode::<Vec<u8>>(&bytes, 4096), Err(CodecError::BodyTooLarge { .. })));
         assert_eq!(decode::<Vec<u8>>(&bytes, 8192).unwrap().len(), 5000);
     }
 
@@ -509,10 +463,7 @@ mod tests {
         // A string claiming u64::MAX / 2 bytes, then nothing.
         let mut bytes = vec![253];
         bytes.extend((u64::MAX / 2).to_le_bytes());
-        assert_eq!(
-            decode::<String>(&bytes, 4096),
-            Err(CodecError::LimitExceeded { limit: 4096 })
-        );
+        assert_eq!(decode::<String>(&bytes, 4096), Err(CodecError::LimitExceeded { limit: 4096 }));
         // A byte string (as `ScriptBuf` reads it) claiming just over the limit.
         let mut bytes = vec![252];
         bytes.extend(5000u32.to_le_bytes());
@@ -522,10 +473,7 @@ mod tests {
         );
         // A sequence is not claimed up front (serde caps its preallocation): it simply
         // runs out of input.
-        assert!(matches!(
-            decode::<Vec<u8>>(&bytes, 4096),
-            Err(CodecError::Decode(_))
-        ));
+        assert!(matches!(decode::<Vec<u8>>(&bytes, 4096), Err(CodecError::Decode(_))));
     }
 
     #[test]

@@ -79,10 +79,7 @@ impl Reason {
     pub fn try_new(text: impl Into<String>) -> Result<Self, MessageError> {
         let text = text.into();
         if text.len() > MAX_REASON_LEN {
-            return Err(MessageError::ReasonTooLong {
-                len: text.len(),
-                max: MAX_REASON_LEN,
-            });
+            return Err(MessageError::ReasonTooLong { len: text.len(), max: MAX_REASON_LEN });
         }
         Ok(Reason(text))
     }
@@ -237,23 +234,14 @@ mod tests {
         assert_eq!(r.as_str().len(), MAX_REASON_LEN);
         assert_eq!(
             Reason::try_new(long),
-            Err(MessageError::ReasonTooLong {
-                len: 400,
-                max: MAX_REASON_LEN
-            })
+            Err(MessageError::ReasonTooLong { len: 400, max: MAX_REASON_LEN })
         );
         // A peer's overlong reason is a decode error.
         let bytes = crate::codec::encode(&"x".repeat(MAX_REASON_LEN + 1)).unwrap();
         let err = crate::codec::decode::<Reason>(&bytes, 4096).unwrap_err();
         assert!(err.to_string().contains("exceeds the maximum"), "{err}");
         let bytes = crate::codec::encode(&"x".repeat(MAX_REASON_LEN)).unwrap();
-        assert_eq!(
-            crate::codec::decode::<Reason>(&bytes, 4096)
-                .unwrap()
-                .as_str()
-                .len(),
-            256
-        );
+        assert_eq!(crate::codec::decode::<Reason>(&bytes, 4096).unwrap().as_str().len(), 256);
     }
 
     #[test]
@@ -266,9 +254,6 @@ mod tests {
         e.input(&[1u8; 32]);
         e.input(&[2u8; 32]);
         let expected = sha256::Hash::from_engine(e).to_byte_array();
-        assert_eq!(
-            tagged_hash(OWNERSHIP_TAG, &[&[1u8; 32], &[2u8; 32]]),
-            expected
-        );
+        assert_eq!(tagged_hash(OWNERSHIP_TAG, &[&[1u8; 32], &[2u8; 32]]), expected);
     }
 }

@@ -264,10 +264,7 @@ impl fmt::Display for RefusalReason {
             Expiring(o) => write!(f, "deposit {o} times out too soon"),
             Banned(o) => write!(f, "deposit {o} is banned for now"),
             NotDepositAddress(o) => {
-                write!(
-                    f,
-                    "deposit {o} is not at the static address of its key and timeout"
-                )
+                write!(f, "deposit {o} is not at the static address of its key and timeout")
             }
             DuplicateDeposit(o) => write!(f, "deposit {o} is registered twice"),
             BadOwnershipSignature { deposit } => {
@@ -288,10 +285,7 @@ impl fmt::Display for RefusalReason {
             }
             NoDeposits => write!(f, "no deposit offered"),
             DepositCsvTooLarge { csv, max } => {
-                write!(
-                    f,
-                    "deposit timeout of {csv} blocks exceeds the maximum of {max}"
-                )
+                write!(f, "deposit timeout of {csv} blocks exceeds the maximum of {max}")
             }
             FeeTooLow { max_fee, required } => {
                 write!(
@@ -349,10 +343,7 @@ mod tests {
             max_fee: Amount::from_sat(100),
             required: Amount::from_sat(250),
         };
-        assert_eq!(
-            r.to_string(),
-            "fee of 250 sat exceeds the maximum fee of 100 sat"
-        );
+        assert_eq!(r.to_string(), "fee of 250 sat exceeds the maximum fee of 100 sat");
         assert_eq!(
             RefusalReason::TooManyLeaves { count: 9, max: 8 }.to_string(),
             "9 leaves exceed the maximum of 8"
