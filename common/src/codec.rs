@@ -7,12 +7,14 @@
 //!
 //! Bodies use bincode's `standard()` configuration: **little-endian**, variable-length
 //! integers (a `u64` below 251 takes one byte), enum variants and lengths as varints.
-//! Decoding runs with a byte limit: bincode counts every byte a length prefix claims
-//! *before* it allocates for it, so a hostile prefix inside a body fails with
-//! [`CodecError::LimitExceeded`] instead of allocating. The limit is a compile-time
-//! parameter in bincode, so [`decode`] rounds the caller's limit up to the next power of
-//! two (from 4 KiB up to [`MAX_DECODE_LIMIT`]): a decode never reserves more than twice
-//! the requested limit, and an input longer than the limit is refused outright.
+//! Decoding runs with a byte limit: bincode counts every byte a string or byte-string
+//! length prefix claims *before* it allocates for it, so a hostile prefix inside a body
+//! fails with [`CodecError::LimitExceeded`] instead of allocating. The limit is a
+//! compile-time parameter in bincode, so [`decode`] rounds the caller's limit up to the
+//! next power of two (at least 4 KiB, at most [`MAX_DECODE_LIMIT`]); an input longer than
+//! the requested limit is refused outright. Sequences are not claimed up front: serde
+//! preallocates at most 1 MiB per sequence from a length prefix and then has to read
+//! every element, so a lying sequence length only ends the decode early.
 //! Trailing bytes after the value are an error.
 //!
 //! # Frames
