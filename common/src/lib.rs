@@ -11,16 +11,20 @@
 //! - [`tree`]: the deterministic virtual-transaction tree.
 //! - [`fees`]: funding-transaction weight, fee shares, the funding transaction.
 //! - [`exit`]: CPFP children for node transactions and script-path reclaims.
+//! - [`codec`]: frames and the bincode body codec (the only module naming bincode).
+//! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
 //! - [`ledger`]: the embedded regtest ledger.
 
 pub mod chain;
+pub mod codec;
 pub mod consensus;
 pub mod exit;
 pub mod fees;
 pub mod keys;
 pub mod ledger;
+pub mod messages;
 pub mod musig;
 pub mod params;
 pub mod scripts;

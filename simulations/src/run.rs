@@ -238,13 +238,29 @@ fn exit_sample<R: Rng>(
     rng: &mut R,
 ) -> Result<Vec<(usize, ExitCost)>> {
     let n = users.len();
+    let want = count.clamp(1, n);
     let mut chosen: Vec<usize> = vec![0, n / 2, n - 1];
-    while chosen.len() < count {
-        chosen.push(rng.gen_range(0..n));
-    }
-    chosen.truncate(count.max(1).min(n));
-    chosen.sort_unstable();
     chosen.dedup();
+    chosen.truncate(want);
+    // Distinct random users for the rest; a full scan tops up if draws keep colliding.
+    for _ in 0..want * 4 {
+        if chosen.len() >= want {
+            break;
+        }
+        let pick = rng.gen_range(0..n);
+        if !chosen.contains(&pick) {
+            chosen.push(pick);
+        }
+    }
+    for user in 0..n {
+        if chosen.len() >= want {
+            break;
+        }
+        if !chosen.contains(&user) {
+            chosen.push(user);
+        }
+    }
+    chosen.sort_unstable();
 
     let fee_key = Keypair::from_rng(rng);
     let outpoint: OutPoint = ledger.faucet(&p2tr_single(&fee_key), Amount::from_sat(5_000_000))?;
