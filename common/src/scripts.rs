@@ -240,6 +240,20 @@ pub fn key_spend_sighash(
         .map_err(|e| ScriptError::Sighash { input, reason: e.to_string() })
 }
 
+/// The key-path sighashes of every input at once (one pass over the transaction-wide
+/// hashes, instead of one per input).
+pub fn key_spend_sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, ScriptError> {
+    let mut cache = SighashCache::new(tx);
+    (0..tx.input.len())
+        .map(|input| {
+            cache
+                .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
+                .map(|h| h.to_byte_array())
+                .map_err(|e| ScriptError::Sighash { input, reason: e.to_string() })
+        })
+        .collect()
+}
+
 /// The witness of a key-path spend with SIGHASH_DEFAULT: the 64-byte signature alone.
 pub fn key_spend_witness(sig: &schnorr::Signature) -> Witness {
     Witness::from_slice(&[sig.as_ref()])

@@ -17,7 +17,7 @@ use cohort_common::musig::{
     combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point, Scalar,
 };
 use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
-use cohort_common::scripts::{key_spend_sighash, key_spend_witness, DepositScript};
+use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
 use cohort_common::tree::{Tree, TreeLeaf};
 
 /// One simulated user: its deposit and the keys it signs with.
@@ -196,15 +196,15 @@ pub fn build_batch<R: Rng>(
     // Deposit inputs: MuSig2(U, C) with the deposit's Taproot tweak.
     let start = std::time::Instant::now();
     let prevouts: Vec<TxOut> = users.iter().map(|u| u.txout.clone()).collect();
+    let sighashes = key_spend_sighashes(&funding, &prevouts)?;
     let witnesses = users
         .par_iter()
-        .enumerate()
-        .map(|(i, user)| {
+        .zip(&sighashes)
+        .map(|(user, sighash)| {
             let ctx = user.deposit.signing_context()?;
-            let sighash = key_spend_sighash(&funding, i, &prevouts)?;
             let signers =
                 [(user.key.point, user.key.scalar()), (coordinator.point, coordinator.scalar())];
-            Ok(key_spend_witness(&sign_locally(&ctx, &sighash, &signers)?))
+            Ok(key_spend_witness(&sign_locally(&ctx, sighash, &signers)?))
         })
         .collect::<Result<Vec<_>>>()?;
     for (input, witness) in funding.input.iter_mut().zip(witnesses) {
