@@ -1,1 +1,7 @@
 //! Cohort coordinator.
+//!
+//! # Layout
+//!
+//! - [`store`]: persistent state (rounds, registrations, batches, signed trees, bans).
+
+pub mod store;

@@ -1,0 +1,311 @@
+//! Coordinator storage: rounds, registrations, batches, signed trees and bans, behind one
+//! trait with a SQLite backend (the default, one file) and an in-memory one.
+//!
+//! Both backends pass the same contract suite (`contract.rs`). Nothing here knows about
+//! sockets or the round engine: the driver writes what the engine decided and, after a
+//! restart, reads back [`CoordinatorStore::unfinished_batches`] to pick up where it was.
+
+use bitcoin::hashes::Hash;
+use bitcoin::{OutPoint, Transaction, Txid};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+pub(crate) mod contract;
+pub mod memory;
+pub mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// Most rounds one [`CoordinatorStore::recent_rounds`] read returns, whatever the limit.
+pub const MAX_ROUNDS_READ: usize = 1_000;
+
+/// Largest integer a store keeps in a 64-bit field (SQLite integers are signed).
+pub const MAX_STORED_INT: u64 = i64::MAX as u64;
+
+/// Errors from a coordinator store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, locking, constraint); the message is SQLite's.
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    /// A stored value does not decode: the file was damaged or edited.
+    #[error("corrupt store: {what}")]
+    Corrupt {
+        /// Which value, and what is wrong with it.
+        what: String,
+    },
+    /// The file was written by a newer version of this program; refuse rather than guess.
+    #[error("store schema version {found} is newer than the {supported} this build supports")]
+    NewerSchema {
+        /// The file's `user_version`.
+        found: u32,
+        /// The newest schema version this build knows.
+        supported: u32,
+    },
+    /// The record to update, or the parent of the record to insert, does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// Which record.
+        what: String,
+    },
+    /// Creating the store file failed.
+    #[error("store file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An integer is above [`MAX_STORED_INT`] and cannot be stored or looked up.
+    #[error("{what} = {value} is above the storable maximum {MAX_STORED_INT}")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            // A column holding the wrong type or an out-of-range integer means the file
+            // was not written by us.
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                StoreError::Corrupt { what: e.to_string() }
+            }
+            other => StoreError::Sqlite(other.to_string()),
+        }
+    }
+}
+
+/// Checks that `value` fits a stored 64-bit integer; both backends apply the same rule.
+pub(crate) fn check_int(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+/// A [`StoreError::Corrupt`] for `what`.
+pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { what: what.into() }
+}
+
+/// Decodes a stored txid.
+pub(crate) fn txid_from(bytes: &[u8], what: &str) -> Result<Txid, StoreError> {
+    let array: [u8; 32] =
+        bytes.try_into().map_err(|_| corrupt(format!("{what}: {} bytes, not 32", bytes.len())))?;
+    Ok(Txid::from_byte_array(array))
+}
+
+/// Decodes a stored consensus-encoded transaction; `what` names it in the error.
+pub(crate) fn tx_from(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<Transaction, StoreError> {
+    bitcoin::consensus::deserialize(bytes).map_err(|e| corrupt(format!("{}: {e}", what())))
+}
+
+/// Where a round stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoundState {
+    /// Taking registrations.
+    Registering,
+    /// Batches are being signed.
+    Signing,
+    /// Every batch is finalized or aborted.
+    Finished,
+    /// The round was abandoned.
+    Aborted,
+}
+
+/// One round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// The round number.
+    pub round: u64,
+    /// The round's parameters, encoded by the caller.
+    pub params: Vec<u8>,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Where it stands.
+    pub state: RoundState,
+}
+
+/// Where a registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistrationStatus {
+    /// Accepted into the round, not yet placed.
+    Accepted,
+    /// Placed in this batch of the round.
+    InBatch(u32),
+    /// Left out (banned, misbehaved, did not fit).
+    Excluded,
+    /// Withdrawn by the participant.
+    Cancelled,
+    /// Its batch was finalized.
+    Completed,
+}
+
+/// One participant's registration in a round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationRecord {
+    /// The round.
+    pub round: u64,
+    /// The registration's id, unique within the round.
+    pub registration: u64,
+    /// The registration message, encoded by the caller.
+    pub body: Vec<u8>,
+    /// The deposits it offers, in the order given.
+    pub deposits: Vec<OutPoint>,
+    /// Where it stands.
+    pub status: RegistrationStatus,
+}
+
+/// Where one signing attempt of a batch stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchStatus {
+    /// Collecting nonces and signatures for the tree.
+    Signing,
+    /// The tree is signed; collecting deposit signatures.
+    TreeSigned,
+    /// The funding transaction is fully signed and broadcast.
+    Finalized {
+        /// The funding transaction's id.
+        txid: Txid,
+    },
+    /// The funding transaction confirmed.
+    Confirmed {
+        /// At this height.
+        height: u32,
+    },
+    /// The attempt was given up.
+    Aborted {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl BatchStatus {
+    /// Whether nothing more will happen to this attempt (finalized, confirmed or aborted);
+    /// the others are what a restarted coordinator must resume or abort.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Finalized { .. } | Self::Confirmed { .. } | Self::Aborted { .. })
+    }
+}
+
+/// One signing attempt of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// The round.
+    pub round: u64,
+    /// The batch's index in the round.
+    pub batch: u32,
+    /// The attempt number; a retry after an abort gets the next one.
+    pub attempt: u32,
+    /// The funding transaction (unsigned until the deposits are signed).
+    pub funding_tx: Transaction,
+    /// Where it stands.
+    pub status: BatchStatus,
+}
+
+/// A deposit outpoint refused until a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// The banned deposit.
+    pub outpoint: OutPoint,
+    /// Banned while `now_ms < until_ms`.
+    pub until_ms: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A coordinator's persistent state. Every method takes `&self` and is safe to call from
+/// several threads; each call is atomic. Every `u64` argument must be at most
+/// [`MAX_STORED_INT`], else [`StoreError::OutOfRange`].
+pub trait CoordinatorStore: Send + Sync {
+    /// Inserts a round, or replaces the one with the same number (its registrations and
+    /// batches stay).
+    fn put_round(&self, round: &RoundRecord) -> Result<(), StoreError>;
+
+    /// Changes a round's state; [`StoreError::NotFound`] if there is no such round.
+    fn set_round_state(&self, round: u64, state: RoundState) -> Result<(), StoreError>;
+
+    /// One round, if stored.
+    fn round(&self, round: u64) -> Result<Option<RoundRecord>, StoreError>;
+
+    /// The `min(limit, MAX_ROUNDS_READ)` highest-numbered rounds, highest first.
+    fn recent_rounds(&self, limit: usize) -> Result<Vec<RoundRecord>, StoreError>;
+
+    /// The highest-numbered round, if any.
+    fn latest_round(&self) -> Result<Option<RoundRecord>, StoreError>;
+
+    /// Inserts a registration, or replaces the one with the same `(round, registration)`;
+    /// [`StoreError::NotFound`] if its round is not stored.
+    fn put_registration(&self, registration: &RegistrationRecord) -> Result<(), StoreError>;
+
+    /// Changes a registration's status; [`StoreError::NotFound`] if there is none.
+    fn set_registration_status(
+        &self,
+        round: u64,
+        registration: u64,
+        status: RegistrationStatus,
+    ) -> Result<(), StoreError>;
+
+    /// One registration, if stored.
+    fn registration(
+        &self,
+        round: u64,
+        registration: u64,
+    ) -> Result<Option<RegistrationRecord>, StoreError>;
+
+    /// A round's registrations, by id.
+    fn registrations_of_round(&self, round: u64) -> Result<Vec<RegistrationRecord>, StoreError>;
+
+    /// Inserts a batch attempt, or replaces the one with the same `(round, batch, attempt)`
+    /// (keeping its signed tree); [`StoreError::NotFound`] if its round is not stored.
+    fn put_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
+
+    /// Changes a batch attempt's status; [`StoreError::NotFound`] if there is none.
+    fn set_batch_status(
+        &self,
+        round: u64,
+        batch: u32,
+        attempt: u32,
+        status: &BatchStatus,
+    ) -> Result<(), StoreError>;
+
+    /// A round's batch attempts, by `(batch, attempt)`.
+    fn batches_of_round(&self, round: u64) -> Result<Vec<BatchRecord>, StoreError>;
+
+    /// Every batch attempt not [finished](BatchStatus::is_finished), by
+    /// `(round, batch, attempt)`.
+    fn unfinished_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
+
+    /// Stores the fully signed tree of a batch attempt, all nodes or none, replacing any
+    /// earlier tree of that attempt; [`StoreError::NotFound`] if the attempt is not stored.
+    fn put_signed_tree(
+        &self,
+        round: u64,
+        batch: u32,
+        attempt: u32,
+        nodes: &[Transaction],
+    ) -> Result<(), StoreError>;
+
+    /// The signed tree of the highest attempt of a batch that has one, nodes in the order
+    /// stored.
+    fn signed_tree(&self, round: u64, batch: u32) -> Result<Option<Vec<Transaction>>, StoreError>;
+
+    /// Bans a deposit until `until_ms`. An existing longer ban is kept: bans only grow.
+    fn ban(&self, outpoint: &OutPoint, until_ms: u64, reason: &str) -> Result<(), StoreError>;
+
+    /// Whether a deposit is banned at `now_ms`.
+    fn is_banned(&self, outpoint: &OutPoint, now_ms: u64) -> Result<bool, StoreError>;
+
+    /// The bans in force at `now_ms`, by outpoint.
+    fn bans(&self, now_ms: u64) -> Result<Vec<BanRecord>, StoreError>;
+
+    /// Deletes the bans expired at `now_ms`; returns how many.
+    fn purge_expired_bans(&self, now_ms: u64) -> Result<usize, StoreError>;
+}

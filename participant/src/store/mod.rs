@@ -1,0 +1,235 @@
+//! Participant storage: the wallet seed, key counter, deposits, signed exit paths and history,
+//! behind one trait with a SQLite backend (the default, one file) and an in-memory one.
+//!
+//! Both backends pass the same contract suite (`contract.rs`). Nothing here knows about
+//! sockets or the session engine: the driver calls the store after the engine hands it
+//! something worth keeping. The exit paths are what lets a participant leave on its own if
+//! the coordinator disappears, so [`ParticipantStore::store_exit_paths`] is durable before it
+//! returns.
+
+use bitcoin::{OutPoint, Transaction, TxOut, Txid};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+pub(crate) mod contract;
+pub mod memory;
+pub mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// Most history events one read returns, whatever limit the caller asks for.
+pub const MAX_HISTORY_READ: usize = 1_000;
+
+/// Largest integer a store keeps in a 64-bit field (SQLite integers are signed).
+pub const MAX_STORED_INT: u64 = i64::MAX as u64;
+
+/// Errors from a participant store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, locking, constraint); the message is SQLite's.
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    /// A stored value does not decode: the file was damaged or edited.
+    #[error("corrupt store: {what}")]
+    Corrupt {
+        /// Which value, and what is wrong with it.
+        what: String,
+    },
+    /// The file was written by a newer version of this program; refuse rather than guess.
+    #[error("store schema version {found} is newer than the {supported} this build supports")]
+    NewerSchema {
+        /// The file's `user_version`.
+        found: u32,
+        /// The newest schema version this build knows.
+        supported: u32,
+    },
+    /// The record to update does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// Which record.
+        what: String,
+    },
+    /// Creating or securing the store file failed.
+    #[error("store file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `init_seed` was called on a store that already holds a seed; it is never overwritten.
+    #[error("a seed is already stored; refusing to overwrite it")]
+    SeedExists,
+    /// Every key index has been handed out.
+    #[error("key index counter exhausted at {0}")]
+    KeyIndexExhausted(u32),
+    /// An integer is above [`MAX_STORED_INT`] and cannot be stored.
+    #[error("{what} = {value} is above the storable maximum {MAX_STORED_INT}")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            // A column holding the wrong type or an out-of-range integer means the file
+            // was not written by us.
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                StoreError::Corrupt { what: e.to_string() }
+            }
+            other => StoreError::Sqlite(other.to_string()),
+        }
+    }
+}
+
+/// Checks that `value` fits a stored 64-bit integer; both backends apply the same rule.
+pub(crate) fn check_int(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+/// Where a deposit stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DepositStatus {
+    /// Confirmed and not yet offered to a round.
+    Unspent,
+    /// Registered in a round that has not produced a batch for it yet.
+    Registered {
+        /// The round.
+        round: u64,
+    },
+    /// Spent by a batch's funding transaction (signed, maybe not yet confirmed).
+    InBatch {
+        /// The funding transaction.
+        funding_txid: Txid,
+    },
+    /// Spent by something else (another wallet, a conflicting batch).
+    Spent,
+    /// Taken back through the deposit's timeout path.
+    Reclaimed {
+        /// The reclaim transaction.
+        txid: Txid,
+    },
+}
+
+/// A deposit output this wallet controls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositRecord {
+    /// Where it is.
+    pub outpoint: OutPoint,
+    /// What it holds.
+    pub txout: TxOut,
+    /// The derivation index of the participant key in its script.
+    pub key_index: u32,
+    /// The relative timelock of its reclaim path, in blocks.
+    pub deposit_csv: u16,
+    /// Where it stands.
+    pub status: DepositStatus,
+}
+
+/// Everything needed to take one leaf out of a batch tree without the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitPathRecord {
+    /// The batch's funding transaction, which the path's root spends.
+    pub funding_txid: Txid,
+    /// The round that made the batch.
+    pub round: u64,
+    /// The batch's index in its round.
+    pub batch: u32,
+    /// The leaf's index in the batch (unique per funding transaction).
+    pub leaf: u32,
+    /// The output this participant owns at the end of the path.
+    pub leaf_output: TxOut,
+    /// The tree node holding that output.
+    pub node: u32,
+    /// The output index of `leaf_output` in that node.
+    pub vout: u32,
+    /// The fully signed transactions from the root to the node, root first.
+    pub path: Vec<Transaction>,
+    /// The key index of the leaf's key, if the leaf pays one of our keys.
+    pub leaf_key_index: Option<u32>,
+    /// The leaf output's relative timelock, if it has a timeout path.
+    pub exit_csv: Option<u16>,
+}
+
+/// Something that happened, for the user to read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The round it belongs to, if any.
+    pub round: Option<u64>,
+    /// A short machine-readable kind (`registered`, `batch_signed`, `exit_broadcast`, ...).
+    pub kind: String,
+    /// Free text.
+    pub detail: String,
+}
+
+/// A participant's persistent state. Every method takes `&self` and is safe to call from
+/// several threads; each call is atomic.
+pub trait ParticipantStore: Send + Sync {
+    /// Stores the wallet seed. Fails with [`StoreError::SeedExists`] if one is stored,
+    /// whatever its value.
+    fn init_seed(&self, seed: [u8; 32]) -> Result<(), StoreError>;
+
+    /// The wallet seed, if [`ParticipantStore::init_seed`] was called.
+    fn seed(&self) -> Result<Option<[u8; 32]>, StoreError>;
+
+    /// Hands out the next key derivation index, starting at 0. An index is never handed
+    /// out twice, also across restarts.
+    fn next_key_index(&self) -> Result<u32, StoreError>;
+
+    /// Inserts a deposit, or replaces the one at the same outpoint.
+    fn put_deposit(&self, deposit: &DepositRecord) -> Result<(), StoreError>;
+
+    /// The deposit at `outpoint`, if stored.
+    fn deposit(&self, outpoint: &OutPoint) -> Result<Option<DepositRecord>, StoreError>;
+
+    /// Every deposit, ordered by outpoint (txid bytes, then vout).
+    fn deposits(&self) -> Result<Vec<DepositRecord>, StoreError>;
+
+    /// Changes a stored deposit's status; [`StoreError::NotFound`] if there is none.
+    fn set_deposit_status(
+        &self,
+        outpoint: &OutPoint,
+        status: &DepositStatus,
+    ) -> Result<(), StoreError>;
+
+    /// Stores all of a batch's exit paths at once: either all are stored or none, and they
+    /// are on disk when this returns. A path already stored under the same
+    /// `(funding_txid, leaf)` is replaced and keeps its exited mark.
+    fn store_exit_paths(&self, paths: &[ExitPathRecord]) -> Result<(), StoreError>;
+
+    /// Every stored exit path, exited or not, ordered by `(funding_txid, leaf)`.
+    fn exit_paths(&self) -> Result<Vec<ExitPathRecord>, StoreError>;
+
+    /// The exit paths not marked exited, ordered by `(funding_txid, leaf)`: what a watcher
+    /// still has to guard.
+    fn pending_exit_paths(&self) -> Result<Vec<ExitPathRecord>, StoreError>;
+
+    /// The exit path of one leaf, if stored.
+    fn exit_path(
+        &self,
+        funding_txid: &Txid,
+        leaf: u32,
+    ) -> Result<Option<ExitPathRecord>, StoreError>;
+
+    /// Marks a leaf as exited (its output has been claimed); [`StoreError::NotFound`] if
+    /// no such path is stored.
+    fn mark_exited(&self, funding_txid: &Txid, leaf: u32) -> Result<(), StoreError>;
+
+    /// Whether a leaf is marked exited; [`StoreError::NotFound`] if no such path is stored.
+    fn is_exited(&self, funding_txid: &Txid, leaf: u32) -> Result<bool, StoreError>;
+
+    /// Appends a history event.
+    fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError>;
+
+    /// The newest `min(limit, MAX_HISTORY_READ)` events, newest first.
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;
+}
