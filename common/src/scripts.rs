@@ -242,12 +242,19 @@ pub fn key_spend_sighash(
 
 /// The key-path sighashes of every input at once (one pass over the transaction-wide
 /// hashes, instead of one per input).
-pub fn key_spend_sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, ScriptError> {
+pub fn key_spend_sighashes(
+    tx: &Transaction,
+    prevouts: &[TxOut],
+) -> Result<Vec<[u8; 32]>, ScriptError> {
     let mut cache = SighashCache::new(tx);
     (0..tx.input.len())
         .map(|input| {
             cache
-                .taproot_key_spend_signature_hash(input, &Prevouts::All(prevouts), TapSighashType::Default)
+                .taproot_key_spend_signature_hash(
+                    input,
+                    &Prevouts::All(prevouts),
+                    TapSighashType::Default,
+                )
                 .map(|h| h.to_byte_array())
                 .map_err(|e| ScriptError::Sighash { input, reason: e.to_string() })
         })

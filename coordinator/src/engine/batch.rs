@@ -74,6 +74,17 @@ pub enum BuildError {
     Sighash(String),
 }
 
+/// Which attempt of which batch of which round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptId {
+    /// The round.
+    pub round: u64,
+    /// The batch within the round.
+    pub batch: u32,
+    /// The attempt number (1-based).
+    pub number: u32,
+}
+
 /// A built attempt, waiting for partial signatures.
 #[derive(Debug)]
 pub struct Attempt {
@@ -124,15 +135,14 @@ impl Attempt {
     /// Prices the batch, builds the funding transaction and tree, aggregates every
     /// node's nonce and signs the batch key's own partial signatures.
     pub fn build(
-        round: u64,
-        batch: u32,
-        number: u32,
+        id: AttemptId,
         members: &[&Member],
         coordinator: &Keypair,
         payout_script: &ScriptBuf,
         params: TreeParams,
         fees: &cohort_common::params::FeeSchedule,
     ) -> Result<Attempt, BuildError> {
+        let AttemptId { round, batch, number } = id;
         let requests: Vec<FundingRequest> = members
             .iter()
             .map(|m| FundingRequest {
@@ -188,7 +198,8 @@ impl Attempt {
             outpoint
         })?;
         let funding = funding.ok_or(BuildError::Sighash("no funding transaction".into()))?;
-        let prevouts: Vec<TxOut> = requests.iter().flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone())).collect();
+        let prevouts: Vec<TxOut> =
+            requests.iter().flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone())).collect();
 
         // Aggregate every node's nonce and sign the batch key's share, node by node on rayon.
         let shape = tree.shape();
@@ -198,21 +209,31 @@ impl Attempt {
                 let node = tree.node(i)?;
                 let info = &shape.nodes()[i];
                 let d = usize::from(info.depth) - 1;
-                let secnonce = musig::new_secnonce(&batch_key, Some(&batch_keypair.scalar()), Some(&node.sighash));
+                let secnonce = musig::new_secnonce(
+                    &batch_key,
+                    Some(&batch_keypair.scalar()),
+                    Some(&node.sighash),
+                );
                 let own = secnonce.public_nonce();
                 let mut nonces: Vec<PubNonce> =
                     leaf_nonces[info.leaves.clone()].iter().map(|n| n[d].clone()).collect();
                 nonces.push(own.clone());
                 let agg = musig::nonce_agg(&nonces)?;
-                let psig = musig::sign_partial(&node.key, &batch_keypair.scalar(), secnonce, &agg, &node.sighash)?;
+                let psig = musig::sign_partial(
+                    &node.key,
+                    &batch_keypair.scalar(),
+                    secnonce,
+                    &agg,
+                    &node.sighash,
+                )?;
                 Ok((agg, (own, psig)))
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
         let (node_agg, batch_partials): (Vec<_>, Vec<_>) = per_node.into_iter().unzip();
 
         // The deposits: MuSig2(U, C) contexts, sighashes and C's nonces.
-        let deposit_sighash =
-            key_spend_sighashes(&funding, &prevouts).map_err(|e| BuildError::Sighash(e.to_string()))?;
+        let deposit_sighash = key_spend_sighashes(&funding, &prevouts)
+            .map_err(|e| BuildError::Sighash(e.to_string()))?;
         let scripts: Vec<(&DepositScript, &PubNonce)> =
             members.iter().flat_map(|m| m.scripts.iter().zip(&m.deposit_nonces)).collect();
         if scripts.len() != funding.input.len() {
@@ -228,7 +249,8 @@ impl Attempt {
             .par_iter()
             .map(|m| musig::new_secnonce(&coordinator.point, Some(&coordinator.scalar()), Some(m)))
             .collect();
-        let coordinator_pubnonces = coordinator_secnonces.iter().map(|n| n.public_nonce()).collect();
+        let coordinator_pubnonces =
+            coordinator_secnonces.iter().map(|n| n.public_nonce()).collect();
 
         let body = Encoded::new(&ProposalBody {
             round,
@@ -242,8 +264,7 @@ impl Attempt {
         })
         .map_err(|e| BuildError::Sighash(e.to_string()))?;
 
-        let tree_partials =
-            shape.nodes().iter().map(|n| vec![None; n.leaves.len()]).collect();
+        let tree_partials = shape.nodes().iter().map(|n| vec![None; n.leaves.len()]).collect();
         let node_count = tree.node_count();
         let inputs = funding.input.len();
         Ok(Attempt {
@@ -307,7 +328,11 @@ impl Attempt {
 
     /// Takes a member's tree partial signatures: exactly one per own leaf per node on
     /// that leaf's path. Returns whether every member has now delivered.
-    pub fn add_tree_sigs(&mut self, member: usize, sigs: &[NodePartial]) -> Result<bool, ContributionError> {
+    pub fn add_tree_sigs(
+        &mut self,
+        member: usize,
+        sigs: &[NodePartial],
+    ) -> Result<bool, ContributionError> {
         if self.tree_done[member] {
             return Err(ContributionError::Duplicate);
         }
@@ -353,15 +378,15 @@ impl Attempt {
     /// Combines every node's signature, aggregate-first, on rayon. On failure returns
     /// the registrations whose partial signatures were invalid.
     pub fn combine_tree(&mut self) -> Result<(), Vec<u64>> {
-        let results: Vec<Result<schnorr::Signature, Vec<usize>>> = (0..self.tree.node_count())
-            .into_par_iter()
-            .map(|i| self.combine_node(i))
-            .collect();
+        let results: Vec<Result<schnorr::Signature, Vec<usize>>> =
+            (0..self.tree.node_count()).into_par_iter().map(|i| self.combine_node(i)).collect();
         let mut culprits = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(sig) => self.node_sigs[i] = Some(sig),
-                Err(leaves) => culprits.extend(leaves.into_iter().map(|l| self.members[self.leaf_member[l]])),
+                Err(leaves) => {
+                    culprits.extend(leaves.into_iter().map(|l| self.members[self.leaf_member[l]]))
+                }
             }
         }
         culprits.sort_unstable();
@@ -393,11 +418,16 @@ impl Attempt {
             return Err(missing);
         }
         let (nonce, psig) = &self.batch_partials[i];
-        contributions.push(Contribution { signer: self.batch_key, pubnonce: nonce.clone(), psig: *psig });
+        contributions.push(Contribution {
+            signer: self.batch_key,
+            pubnonce: nonce.clone(),
+            psig: *psig,
+        });
         match musig::combine(&node.key, &self.node_agg[i], &node.sighash, &contributions) {
             Ok(sig) => Ok(sig),
-            Err(MusigError::InvalidPartials { signers }) => Ok(signers)
-                .and_then(|s| Err(s.into_iter().filter_map(|k| info.leaves.clone().nth(k)).collect())),
+            Err(MusigError::InvalidPartials { signers }) => Ok(signers).and_then(|s| {
+                Err(s.into_iter().filter_map(|k| info.leaves.clone().nth(k)).collect())
+            }),
             Err(_) => Err(info.leaves.clone().collect()),
         }
     }
@@ -425,7 +455,11 @@ impl Attempt {
     }
 
     /// Takes a member's deposit partial signatures: exactly one per own input.
-    pub fn add_deposit_sigs(&mut self, member: usize, sigs: &[DepositPartial]) -> Result<bool, ContributionError> {
+    pub fn add_deposit_sigs(
+        &mut self,
+        member: usize,
+        sigs: &[DepositPartial],
+    ) -> Result<bool, ContributionError> {
         if self.deposits_done[member] {
             return Err(ContributionError::Duplicate);
         }
@@ -451,7 +485,8 @@ impl Attempt {
     /// Signs C's share of every deposit input, combines aggregate-first, and returns the
     /// complete funding transaction, or the registrations whose signatures were invalid.
     pub fn complete_funding(&mut self) -> Result<Transaction, Vec<u64>> {
-        let secnonces: Vec<Option<SecNonce>> = self.coordinator_secnonces.iter_mut().map(Option::take).collect();
+        let secnonces: Vec<Option<SecNonce>> =
+            self.coordinator_secnonces.iter_mut().map(Option::take).collect();
         let coordinator = &self.coordinator;
         let results: Vec<Result<schnorr::Signature, ()>> = secnonces
             .into_par_iter()
@@ -461,17 +496,27 @@ impl Attempt {
                 let psig_user = self.deposit_partials[i].ok_or(())?;
                 let (user, user_nonce) = &self.deposit_user[i];
                 let coord_nonce = &self.coordinator_pubnonces[i];
-                let agg = musig::nonce_agg(&[user_nonce.clone(), coord_nonce.clone()]).map_err(|_| ())?;
+                let agg =
+                    musig::nonce_agg(&[user_nonce.clone(), coord_nonce.clone()]).map_err(|_| ())?;
                 let ctx = &self.deposit_ctx[i];
                 let msg = &self.deposit_sighash[i];
-                let own = musig::sign_partial(ctx, &coordinator.scalar(), secnonce, &agg, msg).map_err(|_| ())?;
+                let own = musig::sign_partial(ctx, &coordinator.scalar(), secnonce, &agg, msg)
+                    .map_err(|_| ())?;
                 musig::combine(
                     ctx,
                     &agg,
                     msg,
                     &[
-                        Contribution { signer: *user, pubnonce: user_nonce.clone(), psig: psig_user },
-                        Contribution { signer: coordinator.point, pubnonce: coord_nonce.clone(), psig: own },
+                        Contribution {
+                            signer: *user,
+                            pubnonce: user_nonce.clone(),
+                            psig: psig_user,
+                        },
+                        Contribution {
+                            signer: coordinator.point,
+                            pubnonce: coord_nonce.clone(),
+                            psig: own,
+                        },
                     ],
                 )
                 .map_err(|_| ())

@@ -71,7 +71,8 @@ pub fn check(
         });
     }
     let depth = usize::from(params.tree.max_depth);
-    let nonce_counts = body.leaves.iter().map(|l| l.nonces.len()).chain([body.remainder.nonces.len()]);
+    let nonce_counts =
+        body.leaves.iter().map(|l| l.nonces.len()).chain([body.remainder.nonces.len()]);
     for got in nonce_counts {
         if got != depth {
             return Err(RefusalReason::BadNonceCount { expected: count(depth), got: count(got) });
@@ -81,7 +82,10 @@ pub fn check(
     let keys = body.leaves.iter().map(|l| &l.cosigner).chain([&body.remainder.cosigner]);
     for key in keys {
         let bytes = key.serialize();
-        if !cosigners.insert(bytes) || taken.cosigners.contains(&bytes) || is_coordinator(key, params) {
+        if !cosigners.insert(bytes)
+            || taken.cosigners.contains(&bytes)
+            || is_coordinator(key, params)
+        {
             return Err(RefusalReason::DuplicateCosigner);
         }
     }
