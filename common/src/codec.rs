@@ -103,6 +103,15 @@ pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// The length of a value's body encoding, computed without writing it (an already
+/// [`Encoded`] body inside it is counted, not copied).
+pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize, CodecError> {
+    let mut writer = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut writer, encode_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(writer.bytes_written)
+}
+
 /// Appends the body encoding of a value to `out`, returning the number of bytes written.
 pub fn encode_into<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<usize, CodecError> {
     bincode::serde::encode_into_std_write(msg, out, encode_config())
@@ -354,6 +363,12 @@ mod tests {
             data: vec![7; 300],
             items: vec![(1, true), (9, false)],
         }
+    }
+
+    #[test]
+    fn encoded_len_matches_encode() {
+        let value = (7u64, "cohort".to_string(), vec![1u8; 300]);
+        assert_eq!(encoded_len(&value).unwrap(), encode(&value).unwrap().len());
     }
 
     #[test]

@@ -7,7 +7,10 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
+use std::collections::HashSet;
+
 use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::{OutPoint, Transaction, TxOut};
 use serde::Serialize;
 
 use crate::local::SignedBatch;
@@ -46,37 +49,37 @@ struct BatchFile {
 
 /// The JSON document of a batch.
 pub fn batch_json(batch: &SignedBatch) -> Result<String> {
+    batch_json_parts(&batch.funding, &batch.prevouts, &batch.signed_nodes())
+}
+
+/// The JSON document of a funding transaction, its prevouts and its signed node
+/// transactions (pre-order, root first). Leaves are the nodes' outputs that no node
+/// spends, anchors aside.
+pub fn batch_json_parts(funding: &Transaction, prevouts: &[TxOut], nodes: &[Transaction]) -> Result<String> {
     let funding = Funding {
-        tx: serialize_hex(&batch.funding),
-        prevouts: batch
-            .prevouts
+        tx: serialize_hex(funding),
+        prevouts: prevouts
             .iter()
-            .map(|o| Output {
-                script_pubkey: hex::encode(o.script_pubkey.as_bytes()),
-                amount_sat: o.value.to_sat(),
-            })
+            .map(|o| Output { script_pubkey: hex::encode(o.script_pubkey.as_bytes()), amount_sat: o.value.to_sat() })
             .collect(),
     };
-    let nodes = batch.signed_nodes().iter().map(|tx| NodeTx { tx: serialize_hex(tx) }).collect();
-    let leaves = batch
-        .tree
-        .leaves()
-        .iter()
-        .enumerate()
-        .map(|(i, leaf)| {
-            let (node, vout) = batch
-                .tree
-                .shape()
-                .leaf_output(i)
-                .ok_or_else(|| anyhow!("leaf {i} has no output"))?;
-            Ok(Leaf {
-                script_pubkey: hex::encode(leaf.output.script_pubkey.as_bytes()),
-                amount_sat: leaf.output.amount.to_sat(),
-                node,
-                vout,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let spent: HashSet<OutPoint> = nodes.iter().flat_map(|t| t.input.iter().map(|i| i.previous_output)).collect();
+    let mut leaves = Vec::new();
+    for (node, tx) in nodes.iter().enumerate() {
+        let txid = tx.compute_txid();
+        let Some(last) = tx.output.len().checked_sub(1) else { return Err(anyhow!("node {node} has no outputs")) };
+        for (vout, out) in tx.output.iter().enumerate().take(last) {
+            if !spent.contains(&OutPoint { txid, vout: vout as u32 }) {
+                leaves.push(Leaf {
+                    script_pubkey: hex::encode(out.script_pubkey.as_bytes()),
+                    amount_sat: out.value.to_sat(),
+                    node,
+                    vout: vout as u32,
+                });
+            }
+        }
+    }
+    let nodes = nodes.iter().map(|tx| NodeTx { tx: serialize_hex(tx) }).collect();
     Ok(serde_json::to_string_pretty(&BatchFile { funding, nodes, leaves })?)
 }
 

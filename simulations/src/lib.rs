@@ -1,12 +1,16 @@
-//! Cohort simulations: whole batches of many users in one process on the embedded
+//! Cohort simulations: whole rounds of many users in one process on the embedded
 //! regtest ledger.
 //!
 //! # Layout
 //!
-//! - [`local`]: a batch built and signed with local keys (no network), exits.
+//! - [`memnet`]: the deterministic in-memory network with simulated time and faults.
+//! - [`round`]: a round through the real coordinator and participant engines.
+//! - [`local`]: a batch built and signed with local keys (no engines), exits.
+//! - [`run`]: the local-key run (`cohort-sim --local`) and user funding.
 //! - [`export`]: the `batch.json` export of a signed batch.
-//! - [`run`]: the `cohort-sim` run: deposits, batches, confirmation, exits, report.
 
 pub mod export;
 pub mod local;
+pub mod memnet;
+pub mod round;
 pub mod run;

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use clap::Parser;
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
 
 use cohort_common::params::{DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX};
+use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
+use cohort_sim::round::{run_round, RoundConfig};
 use cohort_sim::run::{run, Config};
 
-/// Simulate N users joining Cohort batches on the embedded regtest ledger.
+/// Simulate N users joining a Cohort round on the embedded regtest ledger.
 #[derive(Debug, Parser)]
 #[command(name = "cohort-sim", version)]
 struct Args {
@@ -19,34 +21,98 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_RADIX, value_parser = clap::value_parser!(u8).range(2..=16))]
     radix: u8,
     /// Largest tree depth.
-    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH)]
+    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH, value_parser = clap::value_parser!(u8).range(1..=32))]
     max_depth: u8,
-    /// Seed for keys and amounts (nonces are always fresh randomness).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Largest funding transaction weight, in weight units.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_WEIGHT)]
     max_batch_weight: u64,
-    /// How many users execute a full unilateral exit (at least 3 when N allows).
+    /// Seed for keys, amounts, faults and the network (nonces are always fresh randomness).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of participants that misbehave (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    faults: f64,
+    /// How the faulty participants misbehave.
+    #[arg(long, value_enum, default_value_t = KindArg::InvalidSig)]
+    fault_kind: KindArg,
+    /// In which phase they misbehave.
+    #[arg(long, value_enum, default_value_t = PhaseArg::Tree)]
+    fault_phase: PhaseArg,
+    /// Probability that any message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// How many users execute a full unilateral exit after the round.
     #[arg(long, default_value_t = 3)]
     exits: usize,
-    /// Write `batch.json` (one batch) and `batch-K.json` (every batch) to this directory.
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write `batch-K.json` per batch (fully signed transactions) to this directory.
     #[arg(long)]
     export: Option<PathBuf>,
+    /// Skip the engines: build and sign batches with local keys (the foundation's check).
+    #[arg(long)]
+    local: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KindArg {
+    Drop,
+    InvalidSig,
+    Timeout,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PhaseArg {
+    Tree,
+    Deposit,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let config = Config {
+    if !(0.0..=1.0).contains(&args.faults) || !(0.0..=1.0).contains(&args.loss) {
+        anyhow::bail!("--faults and --loss must be between 0 and 1");
+    }
+    if args.local {
+        let report = run(&Config {
+            users: args.users,
+            radix: args.radix,
+            max_depth: args.max_depth,
+            seed: args.seed,
+            max_batch_weight: args.max_batch_weight,
+            exits: args.exits,
+            export: args.export,
+        })?;
+        print!("{report}");
+        return Ok(());
+    }
+    let kind = match args.fault_kind {
+        KindArg::Drop => FaultKind::Drop,
+        KindArg::InvalidSig => FaultKind::InvalidSig,
+        KindArg::Timeout => FaultKind::Timeout,
+    };
+    let phase = match args.fault_phase {
+        PhaseArg::Tree => FaultPhase::Tree,
+        PhaseArg::Deposit => FaultPhase::Deposit,
+    };
+    let config = RoundConfig {
         users: args.users,
         radix: args.radix,
         max_depth: args.max_depth,
-        seed: args.seed,
         max_batch_weight: args.max_batch_weight,
+        seed: args.seed,
+        faults: args.faults,
+        fault: (args.faults > 0.0).then_some(Fault { kind, phase }),
+        loss: args.loss,
         exits: args.exits,
         export: args.export,
+        progress: true,
     };
-    let report = run(&config)?;
-    print!("{report}");
+    let outcome = run_round(&config)?;
+    print!("{}", outcome.report);
+    if let Some(path) = args.json {
+        let json = serde_json::to_string_pretty(&outcome.report)?;
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

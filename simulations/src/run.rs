@@ -123,31 +123,7 @@ pub fn run(config: &Config) -> Result<Report> {
 
     // Deposits: every user funds its static address from the faucet, one block.
     let start = Instant::now();
-    let mut users = Vec::with_capacity(config.users);
-    let mut funding_requests = Vec::with_capacity(config.users);
-    for i in 0..config.users {
-        let key = Keypair::from_rng(&mut rng);
-        let deposit = DepositScript::new(key.public, coordinator.public, DEFAULT_DEPOSIT_CSV)?;
-        let amount = Amount::from_sat(rng.gen_range(50_000..2_000_000));
-        let extra_leaf = (i % 3 == 2).then(|| LeafOutput {
-            script_pubkey: p2tr_single(&Keypair::from_rng(&mut rng)),
-            amount: Amount::from_sat(20_000),
-        });
-        funding_requests.push((deposit.script_pubkey(), amount));
-        users.push((key, deposit, amount, extra_leaf));
-    }
-    let outpoints = ledger.faucet_many(&funding_requests)?;
-    let users: Vec<User> = users
-        .into_iter()
-        .zip(outpoints)
-        .map(|((key, deposit, amount, extra_leaf), outpoint)| User {
-            txout: TxOut { value: amount, script_pubkey: deposit.script_pubkey() },
-            key,
-            deposit,
-            outpoint,
-            extra_leaf,
-        })
-        .collect();
+    let users = fund_users(&ledger, &mut rng, config.users, &coordinator)?;
     let deposits = start.elapsed();
 
     // Batches: as many users per funding transaction as the weight limit allows.
@@ -213,6 +189,41 @@ pub fn run(config: &Config) -> Result<Report> {
         exits,
         exit_time,
     })
+}
+
+/// Gives `n` users a key, a static deposit address and a confirmed deposit of a random
+/// amount (one faucet block); every third also asks for an extra fixed leaf.
+pub fn fund_users<R: Rng>(
+    ledger: &Ledger,
+    rng: &mut R,
+    n: usize,
+    coordinator: &Keypair,
+) -> Result<Vec<User>> {
+    let mut users = Vec::with_capacity(n);
+    let mut requests = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = Keypair::from_rng(rng);
+        let deposit = DepositScript::new(key.public, coordinator.public, DEFAULT_DEPOSIT_CSV)?;
+        let amount = Amount::from_sat(rng.gen_range(50_000..2_000_000));
+        let extra_leaf = (i % 3 == 2).then(|| LeafOutput {
+            script_pubkey: p2tr_single(&Keypair::from_rng(rng)),
+            amount: Amount::from_sat(20_000),
+        });
+        requests.push((deposit.script_pubkey(), amount));
+        users.push((key, deposit, amount, extra_leaf));
+    }
+    let outpoints = ledger.faucet_many(&requests)?;
+    Ok(users
+        .into_iter()
+        .zip(outpoints)
+        .map(|((key, deposit, amount, extra_leaf), outpoint)| User {
+            txout: TxOut { value: amount, script_pubkey: deposit.script_pubkey() },
+            key,
+            deposit,
+            outpoint,
+            extra_leaf,
+        })
+        .collect())
 }
 
 /// Virtual bytes of the same deposits spent in one plain transaction paying every

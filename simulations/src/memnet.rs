@@ -1,0 +1,498 @@
+//! A deterministic in-memory network: one coordinator engine and N participant
+//! session engines, simulated time, seeded per-message latency and loss, and fault
+//! injection. Everything that happens at the same simulated millisecond is handled
+//! together: the coordinator first, then the participants concerned, in parallel.
+//!
+//! Messages are handed over as values (no serialization) and counted with
+//! `codec::encoded_len`, so a batch's shared proposal body is encoded once and every
+//! participant receives the same bytes, as a QUIC driver would send them.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::{Transaction, Txid};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use cohort_common::chain::Chain;
+use cohort_common::codec::encoded_len;
+use cohort_common::ledger::Ledger;
+use cohort_common::messages::{ToCoordinator, ToParticipant};
+use cohort_coordinator::engine::{Coordinator, Event as CoordEvent, PeerId};
+use cohort_participant::session::{Event as SessionEvent, ExitPath, Session};
+
+/// A misbehaviour injected into a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Disconnects instead of sending its signatures.
+    Drop,
+    /// Sends a corrupted partial signature.
+    InvalidSig,
+    /// Goes silent instead of sending its signatures.
+    Timeout,
+}
+
+/// The phase in which a faulty participant misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPhase {
+    /// Instead of its tree partial signatures.
+    Tree,
+    /// Instead of its deposit partial signatures.
+    Deposit,
+}
+
+/// A participant's injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// What it does.
+    pub kind: FaultKind,
+    /// When.
+    pub phase: FaultPhase,
+}
+
+/// Network behaviour.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Seed of latency and loss.
+    pub seed: u64,
+    /// One-way latency range, drawn per message, in whole milliseconds.
+    pub latency_ms: (u64, u64),
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Simulated time between a broadcast and the block that confirms it.
+    pub block_delay: Duration,
+    /// Simulated time a participant's driver takes to store its exit paths.
+    pub persist_delay: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            seed: 1,
+            latency_ms: (5, 50),
+            loss: 0.0,
+            block_delay: Duration::from_secs(1),
+            persist_delay: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Traffic and time counted by the network.
+#[derive(Debug, Clone, Default)]
+pub struct NetStats {
+    /// Messages to participants.
+    pub messages_to_participants: u64,
+    /// Messages from participants.
+    pub messages_from_participants: u64,
+    /// Bytes to participants (frame bodies plus 4-byte headers).
+    pub bytes_to_participants: u64,
+    /// Bytes from participants.
+    pub bytes_from_participants: u64,
+    /// Messages lost on purpose.
+    pub lost: u64,
+    /// Process CPU time spent inside coordinator engine calls (includes its rayon work).
+    pub coordinator_cpu: Duration,
+    /// Simulated time at the end.
+    pub simulated: Duration,
+}
+
+enum Delivery {
+    Connect(usize),
+    ToCoordinator(usize, ToCoordinator),
+    Disconnect(usize),
+    ToParticipant(usize, ToParticipant),
+    Persisted(usize, u32, u32),
+    Mine,
+    CoordinatorTimer,
+    ParticipantTimer(usize),
+}
+
+/// One participant slot.
+#[derive(Debug)]
+pub struct Peer {
+    /// Its session engine.
+    pub session: Session,
+    /// Its injected fault, if any.
+    pub fault: Option<Fault>,
+    /// Whether it went silent or disconnected.
+    pub gone: bool,
+    /// Exit paths its driver stored, by funding txid.
+    pub stored: HashMap<Txid, Vec<ExitPath>>,
+    /// Exit paths stored per (batch, attempt), until a funding txid is known.
+    pending: HashMap<(u32, u32), (Txid, Vec<ExitPath>)>,
+    /// The funding txid it saw finalized.
+    pub finalized: Option<Txid>,
+    /// Whether it saw its batch confirm.
+    pub confirmed: bool,
+    /// Whether it was refused, rejected a proposal or failed.
+    pub failed: bool,
+}
+
+impl Peer {
+    /// A participant running `session`, with an optional fault.
+    pub fn new(session: Session, fault: Option<Fault>) -> Self {
+        Peer {
+            session,
+            fault,
+            gone: false,
+            stored: HashMap::new(),
+            pending: HashMap::new(),
+            finalized: None,
+            confirmed: false,
+            failed: false,
+        }
+    }
+}
+
+/// Coordinator-side events with the simulated time they happened at.
+pub type EventLog = Vec<(Duration, CoordEvent)>;
+
+/// The network: a coordinator, its participants, the ledger, and a queue of deliveries.
+pub struct MemNet {
+    config: NetConfig,
+    rng: StdRng,
+    start: Instant,
+    now: Duration,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    pending: HashMap<u64, Delivery>,
+    /// The coordinator engine.
+    pub coordinator: Coordinator,
+    /// The participants; peer id `i` is participant `i`.
+    pub peers: Vec<Peer>,
+    /// The ledger.
+    pub ledger: Arc<Ledger>,
+    /// Traffic counters.
+    pub stats: NetStats,
+    /// Every coordinator event.
+    pub events: EventLog,
+    /// The real instant each event in `events` was seen.
+    pub event_wall: Vec<Instant>,
+    /// Funding transactions the coordinator broadcast, by txid.
+    pub broadcast: BTreeMap<Txid, Transaction>,
+    coordinator_timer: Option<Duration>,
+    participant_timer: Vec<Option<Duration>>,
+}
+
+impl std::fmt::Debug for MemNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemNet").field("now", &self.now).field("peers", &self.peers.len()).finish_non_exhaustive()
+    }
+}
+
+impl MemNet {
+    /// A network around `coordinator` and `peers`; every peer connects at time zero.
+    pub fn new(config: NetConfig, coordinator: Coordinator, peers: Vec<Peer>, ledger: Arc<Ledger>) -> Self {
+        let n = peers.len();
+        let mut net = MemNet {
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            start: Instant::now(),
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            pending: HashMap::new(),
+            coordinator,
+            peers,
+            ledger,
+            stats: NetStats::default(),
+            events: Vec::new(),
+            event_wall: Vec::new(),
+            broadcast: BTreeMap::new(),
+            coordinator_timer: None,
+            participant_timer: vec![None; n],
+        };
+        for i in 0..n {
+            net.schedule(Duration::ZERO, Delivery::Connect(i));
+        }
+        net
+    }
+
+    /// The simulated instant now.
+    pub fn instant(&self) -> Instant {
+        self.start + self.now
+    }
+
+    fn schedule(&mut self, delay: Duration, d: Delivery) {
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+        self.pending.insert(self.seq, d);
+    }
+
+    fn latency(&mut self) -> Option<Duration> {
+        if self.config.loss > 0.0 && self.rng.gen_bool(self.config.loss.min(1.0)) {
+            self.stats.lost += 1;
+            return None;
+        }
+        let (lo, hi) = self.config.latency_ms;
+        Some(Duration::from_millis(self.rng.gen_range(lo..=hi.max(lo))))
+    }
+
+    /// Opens a round now.
+    pub fn start_round(&mut self, challenge: [u8; 32]) -> u64 {
+        let now = self.instant();
+        let before = process_cpu();
+        let round = self.coordinator.start_round(now, challenge);
+        self.after_coordinator();
+        self.stats.coordinator_cpu += process_cpu().saturating_sub(before);
+        round
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
+        f(&mut self.coordinator)
+    }
+
+    /// Runs until nothing is left to deliver or `deadline` of simulated time passes.
+    pub fn run(&mut self, deadline: Duration) {
+        while let Some(Reverse((at, _))) = self.queue.peek().copied() {
+            if at > deadline {
+                break;
+            }
+            self.now = at;
+            let mut batch = Vec::new();
+            while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
+                if t != at {
+                    break;
+                }
+                self.queue.pop();
+                if let Some(d) = self.pending.remove(&seq) {
+                    batch.push(d);
+                }
+            }
+            self.step(batch);
+        }
+        self.stats.simulated = self.now;
+    }
+
+    fn step(&mut self, deliveries: Vec<Delivery>) {
+        let now = self.instant();
+        // Only coordinator work runs between these two readings.
+        let before = process_cpu();
+        let mut to_participants: BTreeMap<usize, Vec<Delivery>> = BTreeMap::new();
+        let mut touched_coordinator = false;
+        for d in deliveries {
+            match d {
+                Delivery::Connect(i) => {
+                    self.timed(|c| c.peer_connected(now, i as PeerId));
+                    touched_coordinator = true;
+                }
+                Delivery::Disconnect(i) => {
+                    self.timed(|c| c.peer_disconnected(now, i as PeerId));
+                    touched_coordinator = true;
+                }
+                Delivery::ToCoordinator(i, msg) => {
+                    let ledger = self.ledger.clone();
+                    self.timed(|c| c.handle_message(now, i as PeerId, msg, ledger.as_ref()));
+                    touched_coordinator = true;
+                }
+                Delivery::CoordinatorTimer => {
+                    if self.coordinator_timer.is_some_and(|t| t <= self.now) {
+                        self.coordinator_timer = None;
+                        self.timed(|c| c.handle_timeout(now));
+                        touched_coordinator = true;
+                    }
+                }
+                Delivery::Mine => {
+                    let height = self.ledger.mine(1);
+                    for txid in self.coordinator.awaiting_confirmation() {
+                        if self.ledger.confirmations(&txid).ok().flatten().is_some_and(|c| c >= 1) {
+                            self.timed(|c| c.confirmed(now, txid, height));
+                            touched_coordinator = true;
+                        }
+                    }
+                }
+                other @ (Delivery::ToParticipant(i, _) | Delivery::Persisted(i, _, _) | Delivery::ParticipantTimer(i)) => {
+                    to_participants.entry(i).or_default().push(other);
+                }
+            }
+        }
+        if touched_coordinator {
+            self.after_coordinator();
+            self.stats.coordinator_cpu += process_cpu().saturating_sub(before);
+        }
+        self.run_participants(now, to_participants);
+    }
+
+    fn after_coordinator(&mut self) {
+        let now = self.instant();
+        while let Some(event) = self.coordinator.poll_event() {
+            if let CoordEvent::Broadcast { batch, tx, .. } = &event {
+                let result = self.ledger.broadcast(tx).map_err(|e| e.to_string());
+                if let Ok(txid) = &result {
+                    self.broadcast.insert(*txid, (**tx).clone());
+                    self.schedule(self.config.block_delay, Delivery::Mine);
+                }
+                let b = *batch;
+                self.timed(|c| c.broadcast_result(now, b, result));
+            }
+            self.events.push((self.now, event));
+            self.event_wall.push(Instant::now());
+        }
+        while let Some((peer, msg)) = self.coordinator.poll_transmit() {
+            let i = peer as usize;
+            if i >= self.peers.len() {
+                continue;
+            }
+            self.stats.messages_to_participants += 1;
+            self.stats.bytes_to_participants += 4 + encoded_len(&msg).unwrap_or(0) as u64;
+            if let Some(delay) = self.latency() {
+                self.schedule(delay, Delivery::ToParticipant(i, msg));
+            }
+        }
+        let next = self.coordinator.poll_timeout().map(|t| t.saturating_duration_since(self.start));
+        if next.is_some() && next != self.coordinator_timer {
+            self.coordinator_timer = next;
+            if let Some(t) = next {
+                let delay = t.saturating_sub(self.now);
+                self.schedule(delay, Delivery::CoordinatorTimer);
+            }
+        }
+    }
+
+    fn run_participants(&mut self, now: Instant, work: BTreeMap<usize, Vec<Delivery>>) {
+        if work.is_empty() {
+            return;
+        }
+        let mut slots: Vec<Vec<Delivery>> = (0..self.peers.len()).map(|_| Vec::new()).collect();
+        for (i, d) in work {
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = d;
+            }
+        }
+        let outputs: Vec<(usize, PeerOutput)> = self
+            .peers
+            .par_iter_mut()
+            .zip(slots.par_iter_mut())
+            .enumerate()
+            .filter(|(_, (_, d))| !d.is_empty())
+            .map(|(i, (peer, d))| (i, drive_peer(peer, now, std::mem::take(d))))
+            .collect();
+        for (i, out) in outputs {
+            for msg in out.transmit {
+                self.stats.messages_from_participants += 1;
+                self.stats.bytes_from_participants += 4 + encoded_len(&msg).unwrap_or(0) as u64;
+                if let Some(delay) = self.latency() {
+                    self.schedule(delay, Delivery::ToCoordinator(i, msg));
+                }
+            }
+            if out.disconnect {
+                if let Some(delay) = self.latency() {
+                    self.schedule(delay, Delivery::Disconnect(i));
+                }
+            }
+            for (batch, attempt) in out.persist {
+                self.schedule(self.config.persist_delay, Delivery::Persisted(i, batch, attempt));
+            }
+            let next = self.peers[i].session.poll_timeout().map(|t| t.saturating_duration_since(self.start));
+            if next.is_some() && next != self.participant_timer[i] {
+                self.participant_timer[i] = next;
+                if let Some(t) = next {
+                    let delay = t.saturating_sub(self.now);
+                    self.schedule(delay, Delivery::ParticipantTimer(i));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct PeerOutput {
+    transmit: Vec<ToCoordinator>,
+    persist: Vec<(u32, u32)>,
+    disconnect: bool,
+}
+
+fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerOutput {
+    let mut out = PeerOutput::default();
+    if peer.gone {
+        return out;
+    }
+    for d in deliveries {
+        match d {
+            Delivery::ToParticipant(_, msg) => peer.session.handle_message(now, msg),
+            Delivery::Persisted(_, batch, attempt) => {
+                if let Some((txid, paths)) = peer.pending.remove(&(batch, attempt)) {
+                    peer.stored.insert(txid, paths);
+                }
+                peer.session.exit_paths_persisted(now, batch, attempt);
+            }
+            Delivery::ParticipantTimer(_) => {
+                if peer.session.poll_timeout().is_some_and(|t| t <= now) {
+                    peer.session.handle_timeout(now);
+                }
+            }
+            _ => {}
+        }
+    }
+    while let Some(event) = peer.session.poll_event() {
+        match event {
+            SessionEvent::PersistExitPaths { batch, attempt, funding_tx, paths, .. } => {
+                peer.pending.insert((batch, attempt), (funding_tx.compute_txid(), paths));
+                out.persist.push((batch, attempt));
+            }
+            SessionEvent::Finalized { txid, .. } => peer.finalized = Some(txid),
+            SessionEvent::Confirmed { .. } => peer.confirmed = true,
+            SessionEvent::Refused(_) | SessionEvent::ProposalRejected { .. } | SessionEvent::Failed(_) => {
+                peer.failed = true
+            }
+            _ => {}
+        }
+    }
+    while let Some(mut msg) = peer.session.poll_transmit() {
+        if let Some(fault) = peer.fault {
+            let hit = matches!(
+                (&msg, fault.phase),
+                (ToCoordinator::TreeSigs(_), FaultPhase::Tree) | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
+            );
+            if hit {
+                match fault.kind {
+                    FaultKind::Drop => {
+                        peer.gone = true;
+                        out.disconnect = true;
+                        return out;
+                    }
+                    FaultKind::Timeout => {
+                        peer.gone = true;
+                        return out;
+                    }
+                    FaultKind::InvalidSig => corrupt(&mut msg),
+                }
+            }
+        }
+        out.transmit.push(msg);
+    }
+    out
+}
+
+/// Replaces the first partial signature of a TreeSigs or DepositSigs with a wrong one.
+fn corrupt(msg: &mut ToCoordinator) {
+    let wrong = musig2::secp::MaybeScalar::reduce_from(&[0x5a; 32]);
+    match msg {
+        ToCoordinator::TreeSigs(s) => {
+            if let Some(p) = s.sigs.first_mut() {
+                p.psig = wrong;
+            }
+        }
+        ToCoordinator::DepositSigs(s) => {
+            if let Some(p) = s.sigs.first_mut() {
+                p.psig = wrong;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// CPU time of the whole process (every thread, user and system), in nanoseconds from
+/// `/proc/self/task/*/schedstat`; zero where that is not available.
+pub fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Duration::from_nanos(total)
+}

@@ -1,0 +1,561 @@
+//! A whole round through the real engines: N participant sessions and one coordinator
+//! on the in-memory network, deposits on the embedded ledger, faults injected on
+//! demand, and a sample of exits executed from the exit paths participants stored.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use cohort_common::chain::Chain;
+use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::params::TreeParams;
+use cohort_common::scripts::DepositScript;
+use cohort_coordinator::engine::{BatchPhase, Coordinator, CoordinatorConfig, Event as CoordEvent};
+use cohort_participant::session::{OwnedDeposit, Session, SessionConfig, SharedCaches};
+
+use crate::local::User;
+use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
+use crate::run::fund_users;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct RoundConfig {
+    /// Participants, one deposit each.
+    pub users: usize,
+    /// Tree radix.
+    pub radix: u8,
+    /// Largest tree depth.
+    pub max_depth: u8,
+    /// Largest funding transaction weight.
+    pub max_batch_weight: u64,
+    /// Seed of keys, amounts, faults and the network.
+    pub seed: u64,
+    /// Share of participants that misbehave.
+    pub faults: f64,
+    /// How they misbehave (when `faults > 0`).
+    pub fault: Option<Fault>,
+    /// Message loss probability.
+    pub loss: f64,
+    /// Users whose exit is executed after the round.
+    pub exits: usize,
+    /// Where to write `batch-K.json` per batch.
+    pub export: Option<PathBuf>,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+impl RoundConfig {
+    /// A fault-free round of `users` with defaults.
+    pub fn new(users: usize) -> Self {
+        RoundConfig {
+            users,
+            radix: 4,
+            max_depth: 8,
+            max_batch_weight: cohort_common::params::DEFAULT_MAX_BATCH_WEIGHT,
+            seed: 1,
+            faults: 0.0,
+            fault: None,
+            loss: 0.0,
+            exits: 3,
+            export: None,
+            progress: false,
+        }
+    }
+}
+
+/// One batch in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// Attempts it took.
+    pub attempts: u32,
+    /// Its funding txid (none if it failed).
+    pub funding_txid: Option<String>,
+    /// Leaves in its tree.
+    pub leaves: usize,
+    /// Deposits it spends.
+    pub inputs: usize,
+}
+
+/// One executed exit.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitReport {
+    /// The user.
+    pub user: usize,
+    /// Node transactions it published (shared ones are counted once).
+    pub nodes: usize,
+    /// Virtual bytes published, reclaim included.
+    pub vbytes: u64,
+}
+
+/// What the round measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    /// Participants.
+    pub users: usize,
+    /// Honest users whose leaves are in a confirmed batch.
+    pub completed: usize,
+    /// Participants excluded from a batch.
+    pub excluded: usize,
+    /// Participants given a fault.
+    pub faulty: usize,
+    /// Batches.
+    pub batches: Vec<BatchReport>,
+    /// Wall time of the whole run, setup included.
+    pub wall_ms: u64,
+    /// Wall time per phase: deposits, registration, tree signing, deposit signing and
+    /// broadcast, confirmation.
+    pub phase_ms: PhaseTimes,
+    /// CPU time inside the coordinator engine (its rayon work included).
+    pub coordinator_cpu_ms: u64,
+    /// Messages to participants.
+    pub messages_to_participants: u64,
+    /// Messages from participants.
+    pub messages_from_participants: u64,
+    /// Bytes to participants.
+    pub bytes_to_participants: u64,
+    /// Bytes from participants.
+    pub bytes_from_participants: u64,
+    /// Messages lost on purpose.
+    pub lost_messages: u64,
+    /// Simulated protocol time.
+    pub simulated_ms: u64,
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: u64,
+    /// Exits executed on the ledger.
+    pub exits: Vec<ExitReport>,
+}
+
+/// Wall time of each phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseTimes {
+    /// Funding every user's deposit.
+    pub deposits: u64,
+    /// Until registration closed and every batch was proposed.
+    pub registration: u64,
+    /// Until the last tree was signed.
+    pub tree_signing: u64,
+    /// Until the last funding transaction was broadcast.
+    pub deposit_signing: u64,
+    /// Until the last confirmation.
+    pub confirmation: u64,
+    /// Executing the exits.
+    pub exits: u64,
+}
+
+impl std::fmt::Display for RoundReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.phase_ms;
+        writeln!(f, "users              {} ({} faulty)", self.users, self.faulty)?;
+        writeln!(f, "completed          {} honest users in confirmed batches", self.completed)?;
+        writeln!(f, "excluded           {}", self.excluded)?;
+        writeln!(f, "batches            {}", self.batches.len())?;
+        for (k, b) in self.batches.iter().enumerate() {
+            writeln!(
+                f,
+                "  batch {k:<4} {} attempt(s), {} inputs, {} leaves, funding {}",
+                b.attempts,
+                b.inputs,
+                b.leaves,
+                b.funding_txid.as_deref().unwrap_or("none (failed)")
+            )?;
+        }
+        writeln!(f, "wall time          {:.2} s", self.wall_ms as f64 / 1e3)?;
+        writeln!(f, "  deposits         {:>8} ms", p.deposits)?;
+        writeln!(f, "  registration     {:>8} ms", p.registration)?;
+        writeln!(f, "  tree signing     {:>8} ms", p.tree_signing)?;
+        writeln!(f, "  deposit signing  {:>8} ms", p.deposit_signing)?;
+        writeln!(f, "  confirmation     {:>8} ms", p.confirmation)?;
+        writeln!(f, "  exits            {:>8} ms", p.exits)?;
+        writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
+        writeln!(
+            f,
+            "to participants    {} messages, {:.1} MiB",
+            self.messages_to_participants,
+            self.bytes_to_participants as f64 / 1048576.0
+        )?;
+        writeln!(
+            f,
+            "from participants  {} messages, {:.1} MiB",
+            self.messages_from_participants,
+            self.bytes_from_participants as f64 / 1048576.0
+        )?;
+        writeln!(f, "simulated time     {:.2} s ({} messages lost)", self.simulated_ms as f64 / 1e3, self.lost_messages)?;
+        writeln!(f, "peak memory        {:.0} MiB", self.peak_rss_bytes as f64 / 1048576.0)?;
+        for e in &self.exits {
+            writeln!(
+                f,
+                "exit user {:<6}   {} node txs published, {} vbytes, leaf reclaimed after exit_csv",
+                e.user, e.nodes, e.vbytes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything a finished round leaves behind, for tests and exports.
+#[derive(Debug)]
+pub struct RoundOutcome {
+    /// The report.
+    pub report: RoundReport,
+    /// The network with every engine in its final state.
+    pub net: MemNet,
+    /// The users.
+    pub users: Vec<User>,
+    /// Which users were given a fault.
+    pub faulty: Vec<bool>,
+}
+
+/// Runs one round on a fresh ledger.
+pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
+    if config.users == 0 {
+        bail!("--users must be at least 1");
+    }
+    let wall = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let ledger = Arc::new(Ledger::new());
+    let coordinator_key = Keypair::from_rng(&mut rng);
+    let payout = p2tr_single(&Keypair::from_rng(&mut rng));
+    let exit_csv = cohort_common::params::DEFAULT_EXIT_CSV;
+
+    let users = fund_users(&ledger, &mut rng, config.users, &coordinator_key)?;
+    let deposits_ms = ms(wall.elapsed());
+
+    let mut cc = CoordinatorConfig::new(payout);
+    cc.tree = TreeParams { radix: config.radix, max_depth: config.max_depth };
+    cc.max_batch_weight = config.max_batch_weight;
+    cc.exit_csv = exit_csv;
+    cc.max_registrations = config.users;
+    cc.registration_window = Duration::from_secs(30);
+    cc.phase_timeout = Duration::from_secs(20);
+    let coordinator = Coordinator::new(coordinator_key.clone(), cc);
+
+    let caches = Arc::new(SharedCaches::new());
+    let mut faulty = vec![false; config.users];
+    let mut peers = Vec::with_capacity(config.users);
+    for (i, user) in users.iter().enumerate() {
+        let fault = match config.fault {
+            Some(f) if config.faults > 0.0 && rng.gen_bool(config.faults.min(1.0)) => Some(f),
+            _ => None,
+        };
+        faulty[i] = fault.is_some();
+        let remainder = DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
+        let session = Session::new(
+            SessionConfig {
+                deposits: vec![OwnedDeposit {
+                    outpoint: user.outpoint,
+                    txout: user.txout.clone(),
+                    script: user.deposit.clone(),
+                    key: user.key.clone(),
+                }],
+                leaves: user.extra_leaf.iter().cloned().collect(),
+                remainder_script: remainder.script_pubkey(),
+                max_fee: Amount::from_sat(50_000),
+            },
+            Some(caches.clone()),
+        );
+        peers.push(Peer::new(session, fault));
+    }
+
+    let net_config = NetConfig { seed: config.seed, loss: config.loss, ..NetConfig::default() };
+    let mut net = MemNet::new(net_config, coordinator, peers, ledger.clone());
+    let mut challenge = [0u8; 32];
+    rng.fill(&mut challenge);
+    net.start_round(challenge);
+    let bar = progress_bar(config.progress, config.users as u64);
+    let started = Instant::now();
+    let mut simulated = Duration::ZERO;
+    while !net.coordinator.round_finished() && simulated < Duration::from_secs(3600) {
+        simulated += Duration::from_millis(100);
+        net.run(simulated);
+        if let Some(bar) = &bar {
+            let done = net.peers.iter().filter(|p| p.finalized.is_some()).count() as u64;
+            bar.set_position(done);
+            bar.set_message(phase_name(&net));
+        }
+    }
+    // Let the last messages (Confirmed) arrive.
+    net.run(simulated + Duration::from_secs(5));
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let engine_done = Instant::now();
+
+    let batches = batch_reports(&net);
+    let phase_ms = phase_times(&net, deposits_ms, started, engine_done);
+    let completed = count_completed(&net, &users, &faulty)?;
+    check_safety(&net, &users, &faulty)?;
+    let excluded = net.events.iter().filter(|(_, e)| matches!(e, CoordEvent::Excluded { .. })).count();
+
+    if let Some(dir) = &config.export {
+        export_batches(&net, dir)?;
+    }
+    let exit_start = Instant::now();
+    let exits = execute_exits(&net, &users, &faulty, &coordinator_key, config.exits, &mut rng)?;
+    let stats: NetStats = net.stats.clone();
+    let mut phase_ms = phase_ms;
+    phase_ms.exits = ms(exit_start.elapsed());
+    let report = RoundReport {
+        users: config.users,
+        completed,
+        excluded,
+        faulty: faulty.iter().filter(|f| **f).count(),
+        batches,
+        wall_ms: ms(wall.elapsed()),
+        phase_ms,
+        coordinator_cpu_ms: ms(stats.coordinator_cpu),
+        messages_to_participants: stats.messages_to_participants,
+        messages_from_participants: stats.messages_from_participants,
+        bytes_to_participants: stats.bytes_to_participants,
+        bytes_from_participants: stats.bytes_from_participants,
+        lost_messages: stats.lost,
+        simulated_ms: ms(stats.simulated),
+        peak_rss_bytes: peak_rss(),
+        exits,
+    };
+    Ok(RoundOutcome { report, net, users, faulty })
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn progress_bar(enabled: bool, len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} finalized  {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+fn phase_name(net: &MemNet) -> String {
+    let mut counts = [0usize; 5];
+    for b in net.coordinator.batches() {
+        let k = match b {
+            BatchPhase::Renoncing { .. } => 0,
+            BatchPhase::SigningTree { .. } => 1,
+            BatchPhase::SigningDeposits { .. } | BatchPhase::Broadcasting { .. } => 2,
+            BatchPhase::Finalized { .. } | BatchPhase::Confirmed { .. } => 3,
+            BatchPhase::Failed => 4,
+        };
+        counts[k] += 1;
+    }
+    format!(
+        "batches: {} renonce, {} tree, {} deposits, {} final, {} failed",
+        counts[0], counts[1], counts[2], counts[3], counts[4]
+    )
+}
+
+fn batch_reports(net: &MemNet) -> Vec<BatchReport> {
+    let mut out: Vec<BatchReport> = Vec::new();
+    for (_, e) in &net.events {
+        match e {
+            CoordEvent::Proposed { batch, attempt, funding_tx, .. } => {
+                let b = *batch as usize;
+                if out.len() <= b {
+                    out.resize(b + 1, BatchReport { attempts: 0, funding_txid: None, leaves: 0, inputs: 0 });
+                }
+                out[b].attempts = *attempt;
+                out[b].inputs = funding_tx.input.len();
+            }
+            CoordEvent::TreeSigned { batch, nodes, .. } => {
+                if let Some(r) = out.get_mut(*batch as usize) {
+                    // Leaves are every non-anchor output that no node spends.
+                    let spent: std::collections::HashSet<OutPoint> =
+                        nodes.iter().map(|t| t.input[0].previous_output).collect();
+                    r.leaves = nodes
+                        .iter()
+                        .flat_map(|t| {
+                            let txid = t.compute_txid();
+                            (0..t.output.len() as u32 - 1).map(move |v| OutPoint { txid, vout: v })
+                        })
+                        .filter(|op| !spent.contains(op))
+                        .count();
+                }
+            }
+            CoordEvent::BatchFinalized { batch, txid, attempts, .. } => {
+                if let Some(r) = out.get_mut(*batch as usize) {
+                    r.funding_txid = Some(txid.to_string());
+                    r.attempts = *attempts;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn phase_times(net: &MemNet, deposits: u64, started: Instant, done: Instant) -> PhaseTimes {
+    // The real instant of the last event of each phase.
+    let last = |f: &dyn Fn(&CoordEvent) -> bool| {
+        net.events
+            .iter()
+            .zip(&net.event_wall)
+            .filter(|((_, e), _)| f(e))
+            .map(|(_, w)| *w)
+            .max()
+            .unwrap_or(started)
+    };
+    let t_reg = last(&|e| matches!(e, CoordEvent::Proposed { attempt: 1, .. }));
+    let t_tree = last(&|e| matches!(e, CoordEvent::TreeSigned { .. })).max(t_reg);
+    let t_dep = last(&|e| matches!(e, CoordEvent::BatchFinalized { .. })).max(t_tree);
+    PhaseTimes {
+        deposits,
+        registration: ms(t_reg.saturating_duration_since(started)),
+        tree_signing: ms(t_tree.saturating_duration_since(t_reg)),
+        deposit_signing: ms(t_dep.saturating_duration_since(t_tree)),
+        confirmation: ms(done.saturating_duration_since(t_dep)),
+        exits: 0,
+    }
+}
+
+fn count_completed(net: &MemNet, users: &[User], faulty: &[bool]) -> Result<usize> {
+    let confirmed: std::collections::HashSet<OutPoint> = net
+        .broadcast
+        .iter()
+        .filter(|(txid, _)| net.ledger.confirmations(txid).ok().flatten().is_some_and(|c| c >= 1))
+        .flat_map(|(_, tx)| tx.input.iter().map(|i| i.previous_output))
+        .collect();
+    Ok(users.iter().zip(faulty).filter(|(u, f)| !**f && confirmed.contains(&u.outpoint)).count())
+}
+
+/// The safety invariant: every deposit spent by a broadcast funding transaction
+/// belongs to a participant that stored its exit paths for that transaction.
+fn check_safety(net: &MemNet, users: &[User], faulty: &[bool]) -> Result<()> {
+    let owner: std::collections::HashMap<OutPoint, usize> =
+        users.iter().enumerate().map(|(i, u)| (u.outpoint, i)).collect();
+    for (txid, tx) in &net.broadcast {
+        for input in &tx.input {
+            let Some(&i) = owner.get(&input.previous_output) else { continue };
+            if !net.peers[i].stored.contains_key(txid) && !faulty[i] {
+                bail!("user {i}'s deposit was spent by {txid} without its exit paths stored");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
+    let mut trees: std::collections::HashMap<u32, Vec<Transaction>> = Default::default();
+    for (_, e) in &net.events {
+        if let CoordEvent::TreeSigned { batch, nodes, .. } = e {
+            trees.insert(*batch, nodes.clone());
+        }
+    }
+    for (k, (txid, tx)) in net.broadcast.iter().enumerate() {
+        let batch = net
+            .events
+            .iter()
+            .find_map(|(_, e)| match e {
+                CoordEvent::BatchFinalized { batch, txid: t, .. } if t == txid => Some(*batch),
+                _ => None,
+            })
+            .unwrap_or(k as u32);
+        let nodes = trees.get(&batch).cloned().unwrap_or_default();
+        let prevouts: Vec<TxOut> = tx
+            .input
+            .iter()
+            .map(|i| net.ledger.transaction(&i.previous_output.txid).and_then(|t| t.output.get(i.previous_output.vout as usize).cloned()))
+            .collect::<Option<_>>()
+            .context("funding prevout not on the ledger")?;
+        let json = crate::export::batch_json_parts(tx, &prevouts, &nodes)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(format!("batch-{batch}.json")), json)?;
+    }
+    Ok(())
+}
+
+fn execute_exits<R: Rng>(
+    net: &MemNet,
+    users: &[User],
+    faulty: &[bool],
+    coordinator: &Keypair,
+    count: usize,
+    rng: &mut R,
+) -> Result<Vec<ExitReport>> {
+    let candidates: Vec<usize> = (0..users.len())
+        .filter(|&i| !faulty[i] && net.peers[i].finalized.is_some_and(|t| net.peers[i].stored.contains_key(&t)))
+        .collect();
+    if candidates.is_empty() || count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut chosen = vec![candidates[0], candidates[candidates.len() / 2], candidates[candidates.len() - 1]];
+    while chosen.len() < count.min(candidates.len()) {
+        chosen.push(candidates[rng.gen_range(0..candidates.len())]);
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    chosen.truncate(count.max(1));
+
+    let ledger = &net.ledger;
+    let rate = ledger.fee_rate()?;
+    let fee_key = Keypair::from_rng(rng);
+    let fee_script = p2tr_single(&fee_key);
+    let amount = Amount::from_sat(10_000_000);
+    let outpoint = ledger.faucet(&fee_script, amount)?;
+    let mut fee = FeeInput { outpoint, txout: TxOut { value: amount, script_pubkey: fee_script }, key: fee_key };
+    let exit_csv = cohort_common::params::DEFAULT_EXIT_CSV;
+    let mut pending = Vec::new();
+    for &i in &chosen {
+        let peer = &net.peers[i];
+        let txid: Txid = peer.finalized.context("not finalized")?;
+        let paths = peer.stored.get(&txid).context("no stored paths")?;
+        let script = DepositScript::virtual_deposit(users[i].key.public, coordinator.public, exit_csv)?;
+        let path = paths
+            .iter()
+            .find(|p| p.leaf_output.script_pubkey == script.script_pubkey())
+            .context("no remainder leaf path")?;
+        let mut report = ExitReport { user: i, nodes: 0, vbytes: 0 };
+        for tx in &path.path {
+            if ledger.confirmations(&tx.compute_txid())?.is_some() {
+                continue;
+            }
+            let child = cpfp_child(tx, &fee, rate)?;
+            ledger.broadcast_package(tx, &child).with_context(|| format!("user {i}: publishing a node"))?;
+            ledger.mine(1);
+            report.nodes += 1;
+            report.vbytes += (tx.vsize() + child.vsize()) as u64;
+            fee = FeeInput {
+                outpoint: OutPoint { txid: child.compute_txid(), vout: 0 },
+                txout: child.output[0].clone(),
+                key: fee.key,
+            };
+        }
+        let last = path.path.last().context("empty path")?;
+        let leaf_outpoint = OutPoint { txid: last.compute_txid(), vout: path.vout };
+        pending.push((i, script, leaf_outpoint, path.leaf_output.clone(), report));
+    }
+    ledger.mine(u32::from(exit_csv));
+    let mut out = Vec::new();
+    for (i, script, outpoint, txout, mut report) in pending {
+        let tx = reclaim_tx(&script, &users[i].key, outpoint, &txout, p2tr_single(&users[i].key), rate)?;
+        ledger.broadcast(&tx).with_context(|| format!("user {i}: reclaiming the leaf"))?;
+        report.vbytes += tx.vsize() as u64;
+        out.push(report);
+    }
+    ledger.mine(1);
+    Ok(out)
+}
+
+/// Peak resident set size of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
