@@ -1,1 +1,7 @@
 //! Cohort participant.
+//!
+//! # Layout
+//!
+//! - [`session`]: the sans-IO session engine (register, check, sign, persist, sign deposits).
+
+pub mod session;
