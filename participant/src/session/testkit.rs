@@ -1,0 +1,1 @@
+//! Honest-coordinator test kit.
