@@ -55,19 +55,29 @@ pub fn batch_json(batch: &SignedBatch) -> Result<String> {
 /// The JSON document of a funding transaction, its prevouts and its signed node
 /// transactions (pre-order, root first). Leaves are the nodes' outputs that no node
 /// spends, anchors aside.
-pub fn batch_json_parts(funding: &Transaction, prevouts: &[TxOut], nodes: &[Transaction]) -> Result<String> {
+pub fn batch_json_parts(
+    funding: &Transaction,
+    prevouts: &[TxOut],
+    nodes: &[Transaction],
+) -> Result<String> {
     let funding = Funding {
         tx: serialize_hex(funding),
         prevouts: prevouts
             .iter()
-            .map(|o| Output { script_pubkey: hex::encode(o.script_pubkey.as_bytes()), amount_sat: o.value.to_sat() })
+            .map(|o| Output {
+                script_pubkey: hex::encode(o.script_pubkey.as_bytes()),
+                amount_sat: o.value.to_sat(),
+            })
             .collect(),
     };
-    let spent: HashSet<OutPoint> = nodes.iter().flat_map(|t| t.input.iter().map(|i| i.previous_output)).collect();
+    let spent: HashSet<OutPoint> =
+        nodes.iter().flat_map(|t| t.input.iter().map(|i| i.previous_output)).collect();
     let mut leaves = Vec::new();
     for (node, tx) in nodes.iter().enumerate() {
         let txid = tx.compute_txid();
-        let Some(last) = tx.output.len().checked_sub(1) else { return Err(anyhow!("node {node} has no outputs")) };
+        let Some(last) = tx.output.len().checked_sub(1) else {
+            return Err(anyhow!("node {node} has no outputs"));
+        };
         for (vout, out) in tx.output.iter().enumerate().take(last) {
             if !spent.contains(&OutPoint { txid, vout: vout as u32 }) {
                 leaves.push(Leaf {

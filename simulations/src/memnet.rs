@@ -175,17 +175,29 @@ pub struct MemNet {
     pub broadcast: BTreeMap<Txid, Transaction>,
     coordinator_timer: Option<Duration>,
     participant_timer: Vec<Option<Duration>>,
+    /// Last scheduled arrival per link (to participant `i`, from participant `i`):
+    /// a link delivers in order, as one QUIC stream does.
+    link_down: Vec<Duration>,
+    link_up: Vec<Duration>,
 }
 
 impl std::fmt::Debug for MemNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemNet").field("now", &self.now).field("peers", &self.peers.len()).finish_non_exhaustive()
+        f.debug_struct("MemNet")
+            .field("now", &self.now)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl MemNet {
     /// A network around `coordinator` and `peers`; every peer connects at time zero.
-    pub fn new(config: NetConfig, coordinator: Coordinator, peers: Vec<Peer>, ledger: Arc<Ledger>) -> Self {
+    pub fn new(
+        config: NetConfig,
+        coordinator: Coordinator,
+        peers: Vec<Peer>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         let n = peers.len();
         let mut net = MemNet {
             rng: StdRng::seed_from_u64(config.seed),
@@ -204,6 +216,8 @@ impl MemNet {
             broadcast: BTreeMap::new(),
             coordinator_timer: None,
             participant_timer: vec![None; n],
+            link_down: vec![Duration::ZERO; n],
+            link_up: vec![Duration::ZERO; n],
         };
         for i in 0..n {
             net.schedule(Duration::ZERO, Delivery::Connect(i));
@@ -220,6 +234,16 @@ impl MemNet {
         self.seq += 1;
         self.queue.push(Reverse((self.now + delay, self.seq)));
         self.pending.insert(self.seq, d);
+    }
+
+    /// The delay of the next message on a link: a fresh latency, but never before the
+    /// previous message on the same link.
+    fn link_delay(&mut self, up: bool, i: usize) -> Option<Duration> {
+        let latency = self.latency()?;
+        let link = if up { &mut self.link_up[i] } else { &mut self.link_down[i] };
+        let arrival = (self.now + latency).max(*link);
+        *link = arrival;
+        Some(arrival - self.now)
     }
 
     fn latency(&mut self) -> Option<Duration> {
@@ -304,7 +328,9 @@ impl MemNet {
                         }
                     }
                 }
-                other @ (Delivery::ToParticipant(i, _) | Delivery::Persisted(i, _, _) | Delivery::ParticipantTimer(i)) => {
+                other @ (Delivery::ToParticipant(i, _)
+                | Delivery::Persisted(i, _, _)
+                | Delivery::ParticipantTimer(i)) => {
                     to_participants.entry(i).or_default().push(other);
                 }
             }
@@ -338,7 +364,7 @@ impl MemNet {
             }
             self.stats.messages_to_participants += 1;
             self.stats.bytes_to_participants += 4 + encoded_len(&msg).unwrap_or(0) as u64;
-            if let Some(delay) = self.latency() {
+            if let Some(delay) = self.link_delay(false, i) {
                 self.schedule(delay, Delivery::ToParticipant(i, msg));
             }
         }
@@ -374,19 +400,22 @@ impl MemNet {
             for msg in out.transmit {
                 self.stats.messages_from_participants += 1;
                 self.stats.bytes_from_participants += 4 + encoded_len(&msg).unwrap_or(0) as u64;
-                if let Some(delay) = self.latency() {
+                if let Some(delay) = self.link_delay(true, i) {
                     self.schedule(delay, Delivery::ToCoordinator(i, msg));
                 }
             }
             if out.disconnect {
-                if let Some(delay) = self.latency() {
+                if let Some(delay) = self.link_delay(true, i) {
                     self.schedule(delay, Delivery::Disconnect(i));
                 }
             }
             for (batch, attempt) in out.persist {
                 self.schedule(self.config.persist_delay, Delivery::Persisted(i, batch, attempt));
             }
-            let next = self.peers[i].session.poll_timeout().map(|t| t.saturating_duration_since(self.start));
+            let next = self.peers[i]
+                .session
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(self.start));
             if next.is_some() && next != self.participant_timer[i] {
                 self.participant_timer[i] = next;
                 if let Some(t) = next {
@@ -435,7 +464,12 @@ fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerO
             }
             SessionEvent::Finalized { txid, .. } => peer.finalized = Some(txid),
             SessionEvent::Confirmed { .. } => peer.confirmed = true,
-            SessionEvent::Refused(_) | SessionEvent::ProposalRejected { .. } | SessionEvent::Failed(_) => {
+            ref e @ (SessionEvent::Refused(_)
+            | SessionEvent::ProposalRejected { .. }
+            | SessionEvent::Failed(_)) => {
+                if std::env::var_os("COHORT_DEBUG").is_some() {
+                    eprintln!("peer event: {e:?}");
+                }
                 peer.failed = true
             }
             _ => {}
@@ -445,7 +479,8 @@ fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerO
         if let Some(fault) = peer.fault {
             let hit = matches!(
                 (&msg, fault.phase),
-                (ToCoordinator::TreeSigs(_), FaultPhase::Tree) | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
+                (ToCoordinator::TreeSigs(_), FaultPhase::Tree)
+                    | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
             );
             if hit {
                 match fault.kind {

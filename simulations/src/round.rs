@@ -186,7 +186,12 @@ impl std::fmt::Display for RoundReport {
             self.messages_from_participants,
             self.bytes_from_participants as f64 / 1048576.0
         )?;
-        writeln!(f, "simulated time     {:.2} s ({} messages lost)", self.simulated_ms as f64 / 1e3, self.lost_messages)?;
+        writeln!(
+            f,
+            "simulated time     {:.2} s ({} messages lost)",
+            self.simulated_ms as f64 / 1e3,
+            self.lost_messages
+        )?;
         writeln!(f, "peak memory        {:.0} MiB", self.peak_rss_bytes as f64 / 1048576.0)?;
         for e in &self.exits {
             writeln!(
@@ -245,7 +250,8 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
             _ => None,
         };
         faulty[i] = fault.is_some();
-        let remainder = DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
+        let remainder =
+            DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
         let session = Session::new(
             SessionConfig {
                 deposits: vec![OwnedDeposit {
@@ -291,7 +297,8 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
     let phase_ms = phase_times(&net, deposits_ms, started, engine_done);
     let completed = count_completed(&net, &users, &faulty)?;
     check_safety(&net, &users, &faulty)?;
-    let excluded = net.events.iter().filter(|(_, e)| matches!(e, CoordEvent::Excluded { .. })).count();
+    let excluded =
+        net.events.iter().filter(|(_, e)| matches!(e, CoordEvent::Excluded { .. })).count();
 
     if let Some(dir) = &config.export {
         export_batches(&net, dir)?;
@@ -332,8 +339,10 @@ fn progress_bar(enabled: bool, len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} finalized  {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} finalized  {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     Some(bar)
 }
@@ -363,7 +372,10 @@ fn batch_reports(net: &MemNet) -> Vec<BatchReport> {
             CoordEvent::Proposed { batch, attempt, funding_tx, .. } => {
                 let b = *batch as usize;
                 if out.len() <= b {
-                    out.resize(b + 1, BatchReport { attempts: 0, funding_txid: None, leaves: 0, inputs: 0 });
+                    out.resize(
+                        b + 1,
+                        BatchReport { attempts: 0, funding_txid: None, leaves: 0, inputs: 0 },
+                    );
                 }
                 out[b].attempts = *attempt;
                 out[b].inputs = funding_tx.input.len();
@@ -465,7 +477,11 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
         let prevouts: Vec<TxOut> = tx
             .input
             .iter()
-            .map(|i| net.ledger.transaction(&i.previous_output.txid).and_then(|t| t.output.get(i.previous_output.vout as usize).cloned()))
+            .map(|i| {
+                net.ledger
+                    .transaction(&i.previous_output.txid)
+                    .and_then(|t| t.output.get(i.previous_output.vout as usize).cloned())
+            })
             .collect::<Option<_>>()
             .context("funding prevout not on the ledger")?;
         let json = crate::export::batch_json_parts(tx, &prevouts, &nodes)?;
@@ -484,12 +500,16 @@ fn execute_exits<R: Rng>(
     rng: &mut R,
 ) -> Result<Vec<ExitReport>> {
     let candidates: Vec<usize> = (0..users.len())
-        .filter(|&i| !faulty[i] && net.peers[i].finalized.is_some_and(|t| net.peers[i].stored.contains_key(&t)))
+        .filter(|&i| {
+            !faulty[i]
+                && net.peers[i].finalized.is_some_and(|t| net.peers[i].stored.contains_key(&t))
+        })
         .collect();
     if candidates.is_empty() || count == 0 {
         return Ok(Vec::new());
     }
-    let mut chosen = vec![candidates[0], candidates[candidates.len() / 2], candidates[candidates.len() - 1]];
+    let mut chosen =
+        vec![candidates[0], candidates[candidates.len() / 2], candidates[candidates.len() - 1]];
     while chosen.len() < count.min(candidates.len()) {
         chosen.push(candidates[rng.gen_range(0..candidates.len())]);
     }
@@ -503,14 +523,19 @@ fn execute_exits<R: Rng>(
     let fee_script = p2tr_single(&fee_key);
     let amount = Amount::from_sat(10_000_000);
     let outpoint = ledger.faucet(&fee_script, amount)?;
-    let mut fee = FeeInput { outpoint, txout: TxOut { value: amount, script_pubkey: fee_script }, key: fee_key };
+    let mut fee = FeeInput {
+        outpoint,
+        txout: TxOut { value: amount, script_pubkey: fee_script },
+        key: fee_key,
+    };
     let exit_csv = cohort_common::params::DEFAULT_EXIT_CSV;
     let mut pending = Vec::new();
     for &i in &chosen {
         let peer = &net.peers[i];
         let txid: Txid = peer.finalized.context("not finalized")?;
         let paths = peer.stored.get(&txid).context("no stored paths")?;
-        let script = DepositScript::virtual_deposit(users[i].key.public, coordinator.public, exit_csv)?;
+        let script =
+            DepositScript::virtual_deposit(users[i].key.public, coordinator.public, exit_csv)?;
         let path = paths
             .iter()
             .find(|p| p.leaf_output.script_pubkey == script.script_pubkey())
@@ -521,7 +546,9 @@ fn execute_exits<R: Rng>(
                 continue;
             }
             let child = cpfp_child(tx, &fee, rate)?;
-            ledger.broadcast_package(tx, &child).with_context(|| format!("user {i}: publishing a node"))?;
+            ledger
+                .broadcast_package(tx, &child)
+                .with_context(|| format!("user {i}: publishing a node"))?;
             ledger.mine(1);
             report.nodes += 1;
             report.vbytes += (tx.vsize() + child.vsize()) as u64;
@@ -538,7 +565,8 @@ fn execute_exits<R: Rng>(
     ledger.mine(u32::from(exit_csv));
     let mut out = Vec::new();
     for (i, script, outpoint, txout, mut report) in pending {
-        let tx = reclaim_tx(&script, &users[i].key, outpoint, &txout, p2tr_single(&users[i].key), rate)?;
+        let tx =
+            reclaim_tx(&script, &users[i].key, outpoint, &txout, p2tr_single(&users[i].key), rate)?;
         ledger.broadcast(&tx).with_context(|| format!("user {i}: reclaiming the leaf"))?;
         report.vbytes += tx.vsize() as u64;
         out.push(report);

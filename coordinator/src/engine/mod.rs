@@ -954,8 +954,9 @@ impl Coordinator {
             | BatchPhase::SigningDeposits { attempt, .. } => {
                 (attempt.number, attempt.members.clone())
             }
-            BatchPhase::Renoncing { attempt, members, .. } => {
-                (attempt.saturating_sub(1), members.clone())
+            BatchPhase::Renoncing { .. } => {
+                // Already aborted: drop the culprits from the next attempt, nothing more.
+                return self.drop_while_renoncing(now, b, culprits, reason, ban);
             }
             _ => return,
         };
@@ -1044,6 +1045,52 @@ impl Coordinator {
             } else {
                 self.abort_attempt(now, b, holdouts, AbortReason::Timeout, true);
             }
+        }
+    }
+
+    fn drop_while_renoncing(
+        &mut self,
+        now: Instant,
+        b: u32,
+        culprits: Vec<u64>,
+        reason: AbortReason,
+        ban: bool,
+    ) {
+        let ban_until = now + self.config.ban_duration;
+        let Some(round) = &mut self.round else { return };
+        let round_id = round.params.round;
+        let Some(BatchPhase::Renoncing { attempt, members, waiting, .. }) =
+            round.batches.get_mut(b as usize)
+        else {
+            return;
+        };
+        for id in &culprits {
+            let Some(r) = round.registrations.get_mut(id) else { continue };
+            r.active = false;
+            members.retain(|m| m != id);
+            waiting.retain(|m| m != id);
+            if ban {
+                for (op, _) in &r.member.deposits {
+                    self.bans.insert(*op, ban_until);
+                    self.events.push_back(Event::Banned { outpoint: *op, until: ban_until });
+                }
+            }
+            let abort = Abort {
+                batch: b,
+                attempt: attempt.saturating_sub(1),
+                reason: reason.clone(),
+                excluded: vec![*id],
+            };
+            self.outbox.push_back((r.peer, ToParticipant::Abort(abort)));
+            self.events.push_back(Event::Excluded {
+                round: round_id,
+                batch: b,
+                registration: *id,
+                reason: reason.clone(),
+            });
+        }
+        if waiting.is_empty() {
+            self.rebuild(now, b);
         }
     }
 

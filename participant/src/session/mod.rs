@@ -43,9 +43,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use cohort_common::keys::Keypair;
-use cohort_common::messages::{
-    AbortReason, Reason, RefusalReason, ToCoordinator, ToParticipant,
-};
+use cohort_common::messages::{AbortReason, Reason, RefusalReason, ToCoordinator, ToParticipant};
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
 
@@ -282,7 +280,8 @@ impl Session {
             }
         }
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         let (next, acted) = match step(state, msg, &mut ctx) {
             Ok(next) => (next, true),
             Err(unchanged) => (unchanged, false),
@@ -301,7 +300,8 @@ impl Session {
         }
         let phase = self.state.name();
         let cancel = self.state.may_cancel();
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = ctx.fail(SessionError::CoordinatorTimeout { phase }, cancel);
         self.deadline = None;
     }
@@ -310,7 +310,8 @@ impl Session {
     /// signatures may go out. Any other (batch, attempt) is ignored.
     pub fn exit_paths_persisted(&mut self, now: Instant, batch: u32, attempt: u32) {
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = match state {
             State::AwaitingPersist(p) if p.is_for(batch, attempt) => p.persisted(&mut ctx),
             other => {
@@ -329,7 +330,8 @@ impl Session {
         if !cancel && !matches!(self.state, State::Idle) {
             return;
         }
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = ctx.fail(SessionError::Cancelled, cancel);
         self.deadline = None;
     }

@@ -182,11 +182,8 @@ pub(super) fn on_announce(announce: &RoundAnnounce, ctx: &mut Ctx<'_>) -> State 
     match secrets.register(ctx.config, announce.round, &announce.challenge) {
         Ok(register) => {
             ctx.send(ToCoordinator::Register(register));
-            let round = Round {
-                round: announce.round,
-                params: announce.params.clone(),
-                registration: 0,
-            };
+            let round =
+                Round { round: announce.round, params: announce.params.clone(), registration: 0 };
             State::Registering(Registering { round, secrets })
         }
         Err(e) => ctx.fail(SessionError::BadRound(e), false),
