@@ -232,7 +232,7 @@ pub enum Scope {
 /// A tree whose node keys are known, waiting for the funding outpoint.
 #[derive(Debug, Clone)]
 pub struct TreePlan {
-    shape: TreeShape,
+    shape: Arc<TreeShape>,
     leaves: Arc<[TreeLeaf]>,
     batch_key: Point,
     /// Sum of leaf amounts under each node.
@@ -252,13 +252,28 @@ impl TreePlan {
         scope: &Scope,
         cache: Option<&KeyAggCache>,
     ) -> Result<Self, TreeError> {
+        let shape = Arc::new(TreeShape::new(leaves.len(), params)?);
+        Self::with_shape(shape, leaves, batch_key, scope, cache)
+    }
+
+    /// As [`TreePlan::new`] with a shape already laid out for these leaves (shared by
+    /// many participants of one batch in one process).
+    pub fn with_shape(
+        shape: Arc<TreeShape>,
+        leaves: Arc<[TreeLeaf]>,
+        batch_key: Point,
+        scope: &Scope,
+        cache: Option<&KeyAggCache>,
+    ) -> Result<Self, TreeError> {
+        if shape.leaf_count() != leaves.len() {
+            return Err(TreeError::UnknownLeaf { index: leaves.len(), leaves: shape.leaf_count() });
+        }
         for (index, leaf) in leaves.iter().enumerate() {
             let dust = leaf.output.script_pubkey.minimal_non_dust();
             if leaf.output.amount < dust {
                 return Err(TreeError::DustLeaf { index, amount: leaf.output.amount, dust });
             }
         }
-        let shape = TreeShape::new(leaves.len(), params)?;
         let mut prefix = Vec::with_capacity(leaves.len() + 1);
         prefix.push(Amount::ZERO);
         for leaf in leaves.iter() {
@@ -341,7 +356,9 @@ impl TreePlan {
     /// Builds the node transactions of the scope, top-down from `funding`.
     pub fn finish(self, funding: OutPoint) -> Result<Tree, TreeError> {
         let count = self.shape.nodes.len();
-        let mut nodes: Vec<Option<Node>> = vec![None; count];
+        let mut ids: Vec<usize> = Vec::new();
+        let mut nodes: Vec<Node> = Vec::new();
+        let find = |ids: &[usize], i: usize| ids.binary_search(&i).ok();
         // Pre-order numbering puts every parent before its children.
         for i in 0..count {
             if !self.tx_nodes[i] {
@@ -350,8 +367,9 @@ impl TreePlan {
             let (previous_output, prevout) = match self.shape.nodes[i].parent {
                 None => (funding, self.root_output()?),
                 Some((parent, vout)) => {
-                    let parent_node =
-                        nodes[parent].as_ref().ok_or(TreeError::OutOfScope(parent))?;
+                    let parent_node = find(&ids, parent)
+                        .map(|k| &nodes[k])
+                        .ok_or(TreeError::OutOfScope(parent))?;
                     let prevout = parent_node
                         .tx
                         .output
@@ -375,9 +393,10 @@ impl TreePlan {
             let sighash = key_spend_sighash(&tx, 0, std::slice::from_ref(&prevout))
                 .map_err(|_| TreeError::Sighash(i))?;
             let key = self.keys[i].clone().ok_or(TreeError::OutOfScope(i))?;
-            nodes[i] = Some(Node { txid: tx.compute_txid(), tx, prevout, key, sighash });
+            ids.push(i);
+            nodes.push(Node { txid: tx.compute_txid(), tx, prevout, key, sighash });
         }
-        Ok(Tree { plan_shape: self.shape, leaves: self.leaves, batch_key: self.batch_key, nodes })
+        Ok(Tree { shape: self.shape, leaves: self.leaves, batch_key: self.batch_key, ids, nodes })
     }
 }
 
@@ -404,13 +423,15 @@ pub struct Node {
     pub sighash: [u8; 32],
 }
 
-/// A built tree (or the part of it a scope asked for).
+/// A built tree (or the part of it a scope asked for: only those nodes are kept).
 #[derive(Debug, Clone)]
 pub struct Tree {
-    plan_shape: TreeShape,
+    shape: Arc<TreeShape>,
     leaves: Arc<[TreeLeaf]>,
     batch_key: Point,
-    nodes: Vec<Option<Node>>,
+    /// Indices of the built nodes, ascending; `nodes[k]` is node `ids[k]`.
+    ids: Vec<usize>,
+    nodes: Vec<Node>,
 }
 
 impl Tree {
@@ -430,7 +451,7 @@ impl Tree {
 
     /// The shape.
     pub fn shape(&self) -> &TreeShape {
-        &self.plan_shape
+        &self.shape
     }
 
     /// The leaves.
@@ -445,17 +466,21 @@ impl Tree {
 
     /// Number of nodes in the whole tree.
     pub fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.shape.nodes.len()
     }
 
     /// A built node.
     pub fn node(&self, index: usize) -> Result<&Node, TreeError> {
-        self.nodes.get(index).and_then(Option::as_ref).ok_or(TreeError::OutOfScope(index))
+        self.ids
+            .binary_search(&index)
+            .ok()
+            .and_then(|k| self.nodes.get(k))
+            .ok_or(TreeError::OutOfScope(index))
     }
 
-    /// The built nodes with their indices.
+    /// The built nodes with their indices, in index order.
     pub fn built_nodes(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+        self.ids.iter().copied().zip(self.nodes.iter())
     }
 
     /// The sorted key set of a node (as its context holds it).
@@ -465,7 +490,7 @@ impl Tree {
 
     /// The nodes each leaf's cosigner key signs (its path).
     pub fn signed_by(&self, leaf: usize) -> Result<Vec<usize>, TreeError> {
-        self.plan_shape.path(leaf)
+        self.shape.path(leaf)
     }
 
     /// The path of `leaf` with signatures attached: fully signed transactions from
@@ -475,7 +500,7 @@ impl Tree {
         leaf: usize,
         sigs: &dyn Fn(usize) -> Option<schnorr::Signature>,
     ) -> Result<Vec<Transaction>, TreeError> {
-        self.plan_shape
+        self.shape
             .path(leaf)?
             .into_iter()
             .map(|i| {

@@ -93,8 +93,11 @@ pub struct NetStats {
     pub bytes_from_participants: u64,
     /// Messages lost on purpose.
     pub lost: u64,
-    /// Process CPU time spent inside coordinator engine calls (includes its rayon work).
+    /// Process CPU time spent inside coordinator engine calls (includes its rayon work,
+    /// not the ledger's checks of what it broadcasts).
     pub coordinator_cpu: Duration,
+    /// Process CPU time the ledger spent accepting broadcast funding transactions.
+    pub ledger_cpu: Duration,
     /// Simulated time at the end.
     pub simulated: Duration,
 }
@@ -179,6 +182,7 @@ pub struct MemNet {
     /// a link delivers in order, as one QUIC stream does.
     link_down: Vec<Duration>,
     link_up: Vec<Duration>,
+    ledger_in_step: Duration,
 }
 
 impl std::fmt::Debug for MemNet {
@@ -218,6 +222,7 @@ impl MemNet {
             participant_timer: vec![None; n],
             link_down: vec![Duration::ZERO; n],
             link_up: vec![Duration::ZERO; n],
+            ledger_in_step: Duration::ZERO,
         };
         for i in 0..n {
             net.schedule(Duration::ZERO, Delivery::Connect(i));
@@ -261,7 +266,9 @@ impl MemNet {
         let before = process_cpu();
         let round = self.coordinator.start_round(now, challenge);
         self.after_coordinator();
-        self.stats.coordinator_cpu += process_cpu().saturating_sub(before);
+        let spent = process_cpu().saturating_sub(before);
+        self.stats.coordinator_cpu +=
+            spent.saturating_sub(std::mem::take(&mut self.ledger_in_step));
         round
     }
 
@@ -337,7 +344,9 @@ impl MemNet {
         }
         if touched_coordinator {
             self.after_coordinator();
-            self.stats.coordinator_cpu += process_cpu().saturating_sub(before);
+            let spent = process_cpu().saturating_sub(before);
+            self.stats.coordinator_cpu +=
+                spent.saturating_sub(std::mem::take(&mut self.ledger_in_step));
         }
         self.run_participants(now, to_participants);
     }
@@ -346,7 +355,11 @@ impl MemNet {
         let now = self.instant();
         while let Some(event) = self.coordinator.poll_event() {
             if let CoordEvent::Broadcast { batch, tx, .. } = &event {
+                let before = process_cpu();
                 let result = self.ledger.broadcast(tx).map_err(|e| e.to_string());
+                let spent = process_cpu().saturating_sub(before);
+                self.stats.ledger_cpu += spent;
+                self.ledger_in_step += spent;
                 if let Ok(txid) = &result {
                     self.broadcast.insert(*txid, (**tx).clone());
                     self.schedule(self.config.block_delay, Delivery::Mine);
@@ -464,14 +477,9 @@ fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerO
             }
             SessionEvent::Finalized { txid, .. } => peer.finalized = Some(txid),
             SessionEvent::Confirmed { .. } => peer.confirmed = true,
-            ref e @ (SessionEvent::Refused(_)
+            SessionEvent::Refused(_)
             | SessionEvent::ProposalRejected { .. }
-            | SessionEvent::Failed(_)) => {
-                if std::env::var_os("COHORT_DEBUG").is_some() {
-                    eprintln!("peer event: {e:?}");
-                }
-                peer.failed = true
-            }
+            | SessionEvent::Failed(_) => peer.failed = true,
             _ => {}
         }
     }

@@ -114,6 +114,8 @@ pub struct RoundReport {
     pub phase_ms: PhaseTimes,
     /// CPU time inside the coordinator engine (its rayon work included).
     pub coordinator_cpu_ms: u64,
+    /// CPU time the embedded ledger spent checking the funding transactions.
+    pub ledger_cpu_ms: u64,
     /// Messages to participants.
     pub messages_to_participants: u64,
     /// Messages from participants.
@@ -174,6 +176,11 @@ impl std::fmt::Display for RoundReport {
         writeln!(f, "  confirmation     {:>8} ms", p.confirmation)?;
         writeln!(f, "  exits            {:>8} ms", p.exits)?;
         writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
+        writeln!(
+            f,
+            "ledger CPU         {:.2} s (libbitcoinconsensus on the funding txs)",
+            self.ledger_cpu_ms as f64 / 1e3
+        )?;
         writeln!(
             f,
             "to participants    {} messages, {:.1} MiB",
@@ -317,6 +324,7 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
         wall_ms: ms(wall.elapsed()),
         phase_ms,
         coordinator_cpu_ms: ms(stats.coordinator_cpu),
+        ledger_cpu_ms: ms(stats.ledger_cpu),
         messages_to_participants: stats.messages_to_participants,
         messages_from_participants: stats.messages_from_participants,
         bytes_to_participants: stats.bytes_to_participants,

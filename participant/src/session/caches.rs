@@ -12,6 +12,7 @@ use cohort_common::codec::{CodecError, Encoded};
 use cohort_common::messages::{ProposalBody, TreeLeaf};
 use cohort_common::musig::KeyAggCache;
 use cohort_common::params::DEFAULT_MAX_FRAME;
+use cohort_common::tree::TreeShape;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
@@ -28,6 +29,8 @@ pub struct DecodedBody {
     pub leaves: Arc<[TreeLeaf]>,
     /// `body.funding_tx.compute_txid()`.
     pub funding_txid: Txid,
+    /// The tree's shape, when the body's parameters allow one (the checks report why not).
+    pub shape: Option<Arc<TreeShape>>,
 }
 
 impl DecodedBody {
@@ -36,7 +39,8 @@ impl DecodedBody {
         let mut body = encoded.decode(BODY_DECODE_LIMIT)?;
         let leaves: Arc<[TreeLeaf]> = std::mem::take(&mut body.leaves).into();
         let funding_txid = body.funding_tx.compute_txid();
-        Ok(DecodedBody { body, leaves, funding_txid })
+        let shape = TreeShape::new(leaves.len(), body.tree).ok().map(Arc::new);
+        Ok(DecodedBody { body, leaves, funding_txid, shape })
     }
 }
 
@@ -46,6 +50,8 @@ impl DecodedBody {
 /// keeps that allocation alive, so its address cannot be reused by another body).
 pub struct SharedCaches {
     keys: KeyAggCache,
+    /// Final node signatures already verified: SHA-256 of key ‖ message ‖ signature.
+    verified: DashMap<[u8; 32], ()>,
     by_hash: DashMap<[u8; 32], Arc<DecodedBody>>,
     by_ptr: DashMap<(usize, usize), (Encoded<ProposalBody>, Arc<DecodedBody>)>,
 }
@@ -68,7 +74,12 @@ impl Default for SharedCaches {
 impl SharedCaches {
     /// Empty caches.
     pub fn new() -> Self {
-        SharedCaches { keys: KeyAggCache::new(), by_hash: DashMap::new(), by_ptr: DashMap::new() }
+        SharedCaches {
+            keys: KeyAggCache::new(),
+            verified: DashMap::new(),
+            by_hash: DashMap::new(),
+            by_ptr: DashMap::new(),
+        }
     }
 
     /// The key-context cache.
@@ -81,10 +92,36 @@ impl SharedCaches {
         self.by_hash.len()
     }
 
-    /// Drops every cached body (key contexts stay); call between rounds.
+    /// Drops every cached body and verified signature (key contexts stay); call
+    /// between rounds.
     pub fn clear_bodies(&self) {
         self.by_ptr.clear();
         self.by_hash.clear();
+        self.verified.clear();
+    }
+
+    /// Verifies a BIP-340 signature, at most once per exact (key, message, signature)
+    /// in this process: a pure function, so sharing the answer changes nothing.
+    pub fn verify_schnorr(
+        &self,
+        sig: &bitcoin::secp256k1::schnorr::Signature,
+        message: &[u8; 32],
+        key: &bitcoin::XOnlyPublicKey,
+    ) -> bool {
+        let id: [u8; 32] = Sha256::new()
+            .chain_update(key.serialize())
+            .chain_update(message)
+            .chain_update(sig.as_ref())
+            .finalize()
+            .into();
+        if self.verified.contains_key(&id) {
+            return true;
+        }
+        let ok = cohort_common::musig::verify_schnorr(sig, message, key);
+        if ok {
+            self.verified.insert(id, ());
+        }
+        ok
     }
 
     /// The decoded body of `encoded`, decoded at most once per distinct bytes.

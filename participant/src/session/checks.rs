@@ -400,13 +400,14 @@ fn build_tree(
     cache: Option<&KeyAggCache>,
 ) -> Result<Tree, ProposalError> {
     let body = &decoded.body;
-    let plan = TreePlan::new(
-        Arc::clone(&decoded.leaves),
-        body.batch_key,
-        body.tree,
-        &Scope::Paths(own.to_vec()),
-        cache,
-    )
+    let scope = Scope::Paths(own.to_vec());
+    let leaves = Arc::clone(&decoded.leaves);
+    let plan = match &decoded.shape {
+        Some(shape) => {
+            TreePlan::with_shape(Arc::clone(shape), leaves, body.batch_key, &scope, cache)
+        }
+        None => TreePlan::new(leaves, body.batch_key, body.tree, &scope, cache),
+    }
     .map_err(ProposalError::TreeBuild)?;
     let root = plan.root_output().map_err(ProposalError::TreeBuild)?;
     let funding = body.funding_tx.output.first().ok_or(ProposalError::FundingNoOutput)?;

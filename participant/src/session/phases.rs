@@ -264,7 +264,7 @@ impl TreeSigned {
 
     /// `SignedTree`: check every final signature, then ask the driver to persist.
     pub fn signed_tree(self, signed: &SignedTree, ctx: &mut Ctx<'_>) -> State {
-        match check_signed_tree(&self.proposal, signed) {
+        match check_signed_tree(&self.proposal, signed, ctx.caches) {
             Ok(paths) => {
                 ctx.emit(Event::PersistExitPaths {
                     round: self.round.round,

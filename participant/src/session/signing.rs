@@ -11,6 +11,7 @@ use cohort_common::messages::{DepositPartial, DepositSigs, NodePartial, SignedTr
 use cohort_common::musig;
 use cohort_common::scripts::key_spend_sighash;
 
+use super::caches::SharedCaches;
 use super::checks::{CheckedProposal, ProposalError};
 use super::register::{DepositSecret, LeafSecret};
 use super::{ExitPath, SessionConfig};
@@ -84,6 +85,7 @@ pub(super) fn sign_tree(
 pub(super) fn check_signed_tree(
     checked: &CheckedProposal,
     signed: &SignedTree,
+    caches: Option<&SharedCaches>,
 ) -> Result<Vec<ExitPath>, SignedTreeError> {
     let mut sigs: BTreeMap<usize, schnorr::Signature> = BTreeMap::new();
     for s in &signed.sigs {
@@ -98,7 +100,12 @@ pub(super) fn check_signed_tree(
     for &node in &checked.path_nodes {
         let sig = sigs.get(&node).ok_or(SignedTreeError::MissingNode(node))?;
         let n = checked.tree.node(node).map_err(|_| SignedTreeError::MissingNode(node))?;
-        if !musig::verify_schnorr(sig, &n.sighash, &musig::output_key(&n.key)) {
+        let key = musig::output_key(&n.key);
+        let valid = match caches {
+            Some(c) => c.verify_schnorr(sig, &n.sighash, &key),
+            None => musig::verify_schnorr(sig, &n.sighash, &key),
+        };
+        if !valid {
             return Err(SignedTreeError::InvalidSignature(node));
         }
     }

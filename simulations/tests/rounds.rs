@@ -1,0 +1,105 @@
+//! Whole rounds through the real engines on the in-memory network: happy paths,
+//! several batches, and every fault kind in every phase.
+
+use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
+use cohort_sim::round::{run_round, RoundConfig, RoundOutcome};
+
+fn round(users: usize, seed: u64) -> RoundConfig {
+    RoundConfig { seed, ..RoundConfig::new(users) }
+}
+
+/// Every honest user completed, every batch confirmed, and the sampled exits ran.
+fn assert_all_honest_completed(outcome: &RoundOutcome) {
+    let r = &outcome.report;
+    let honest = outcome.faulty.iter().filter(|f| !**f).count();
+    assert_eq!(r.completed, honest, "{r}");
+    assert!(r.batches.iter().all(|b| b.funding_txid.is_some()), "{r}");
+    for (i, peer) in outcome.net.peers.iter().enumerate() {
+        if !outcome.faulty[i] {
+            let txid = peer.finalized.expect("honest participant finalized");
+            assert!(peer.confirmed, "participant {i} saw its batch confirm");
+            assert!(peer.stored.contains_key(&txid), "participant {i} stored its exit paths");
+        }
+    }
+}
+
+#[test]
+fn happy_path_for_one_two_and_fifty_users() {
+    for (users, seed) in [(1, 1), (2, 2), (50, 3)] {
+        let outcome = run_round(&round(users, seed)).expect("round");
+        assert_all_honest_completed(&outcome);
+        let r = &outcome.report;
+        assert_eq!(r.batches.len(), 1);
+        assert_eq!(r.batches[0].attempts, 1);
+        assert_eq!(r.excluded, 0);
+        assert_eq!(r.exits.len(), users.min(3), "exits executed on the ledger");
+    }
+}
+
+#[test]
+fn a_small_weight_limit_forces_several_batches() {
+    let mut config = round(30, 4);
+    // Room for 9 deposit inputs per funding transaction.
+    config.max_batch_weight = 34 * 4 + 8 + 2 * 172 + 9 * 230;
+    let outcome = run_round(&config).expect("round");
+    assert_all_honest_completed(&outcome);
+    let r = &outcome.report;
+    assert!(r.batches.len() >= 3, "{r}");
+    assert!(r.batches.iter().all(|b| b.inputs <= 9));
+    assert_eq!(r.batches.iter().map(|b| b.inputs).sum::<usize>(), 30);
+    // Every funding transaction is different and confirmed on the ledger.
+    assert_eq!(outcome.net.broadcast.len(), r.batches.len());
+}
+
+#[test]
+fn every_fault_kind_in_every_phase_excludes_and_bans_only_the_culprits() {
+    let kinds = [FaultKind::Drop, FaultKind::InvalidSig, FaultKind::Timeout];
+    let phases = [FaultPhase::Tree, FaultPhase::Deposit];
+    for (k, kind) in kinds.into_iter().enumerate() {
+        for (p, phase) in phases.into_iter().enumerate() {
+            let mut config = round(24, 10 + (k * 2 + p) as u64);
+            config.faults = 0.15;
+            config.fault = Some(Fault { kind, phase });
+            let outcome = run_round(&config).expect("round");
+            let r = &outcome.report;
+            let culprits = outcome.faulty.iter().filter(|f| **f).count();
+            assert!(culprits > 0, "{kind:?}/{phase:?}: the seed gives at least one culprit");
+            assert_all_honest_completed(&outcome);
+            assert!(r.batches.iter().all(|b| b.attempts <= 2), "{kind:?}/{phase:?}: {r}");
+            assert_eq!(r.excluded, culprits, "{kind:?}/{phase:?}: only culprits excluded");
+            let now = outcome.net.instant();
+            for (user, faulty) in outcome.users.iter().zip(&outcome.faulty) {
+                assert_eq!(
+                    outcome.net.coordinator.is_banned(&user.outpoint, now),
+                    *faulty,
+                    "{kind:?}/{phase:?}: bans hit exactly the culprits"
+                );
+            }
+            // No culprit's deposit was spent.
+            for (user, faulty) in outcome.users.iter().zip(&outcome.faulty) {
+                if *faulty {
+                    let spent = outcome
+                        .net
+                        .broadcast
+                        .values()
+                        .any(|tx| tx.input.iter().any(|i| i.previous_output == user.outpoint));
+                    assert!(!spent, "{kind:?}/{phase:?}: a culprit's deposit stays put");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lost_messages_cost_their_senders_only() {
+    let mut config = round(30, 21);
+    config.loss = 0.01;
+    let outcome = run_round(&config).expect("round");
+    let r = &outcome.report;
+    // Each lost message knocks out at most its participant (excluded, or never
+    // registered); everyone else completes, and the run's safety check (no deposit
+    // spent without its owner's stored exit paths) held.
+    assert!(r.lost_messages > 0, "{r}");
+    assert!(r.completed + r.lost_messages as usize >= 30, "{r}");
+    assert!(r.completed + r.excluded <= 30, "{r}");
+}
