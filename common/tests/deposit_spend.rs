@@ -1,6 +1,9 @@
 //! The embedded ledger against real deposit spends: the cooperative MuSig2(U, C)
 //! key-path spend, a flipped signature bit, a double spend, and the CSV reclaim.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bitcoin::absolute::LockTime;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};

@@ -461,10 +461,10 @@ fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerO
                 }
                 peer.session.exit_paths_persisted(now, batch, attempt);
             }
-            Delivery::ParticipantTimer(_) => {
-                if peer.session.poll_timeout().is_some_and(|t| t <= now) {
-                    peer.session.handle_timeout(now);
-                }
+            Delivery::ParticipantTimer(_)
+                if peer.session.poll_timeout().is_some_and(|t| t <= now) =>
+            {
+                peer.session.handle_timeout(now);
             }
             _ => {}
         }

@@ -1,6 +1,9 @@
 //! End to end without network: a 40-leaf batch at radix 2 and 4, its funding
 //! transaction and chosen exits accepted by the embedded ledger.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cohort_sim::run::{run, Config};
 
 fn config(radix: u8, exits: usize) -> Config {

@@ -1,6 +1,9 @@
 //! Whole rounds through the real engines on the in-memory network: happy paths,
 //! several batches, and every fault kind in every phase.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::round::{run_round, RoundConfig, RoundOutcome};
 

@@ -350,6 +350,8 @@ impl AwaitingNonceRequest {
 /// `Abort` of the current attempt: drop every secret; leave if excluded or the batch
 /// is dropped, else wait for the next attempt's nonce request. `None` when the abort
 /// does not name the current attempt (the state is then handed back untouched).
+// The Err hands the untouched state back by move; boxing it would only add an allocation.
+#[allow(clippy::result_large_err)]
 pub(super) fn on_abort(state: State, abort: &Abort, ctx: &mut Ctx<'_>) -> Result<State, State> {
     let Some((round, batch, attempt)) = state.current_attempt() else { return Err(state) };
     if batch.is_some_and(|b| b != abort.batch) || abort.attempt != attempt {
