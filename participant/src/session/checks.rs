@@ -278,8 +278,7 @@ pub(super) fn check_proposal(
     let deposit_inputs = check_deposits(proposal, &decoded, config)?;
     check_fee(&own_leaves, &decoded.leaves, config)?;
 
-    let own_keys: Vec<Point> =
-        (0..own_leaves.len()).filter_map(|i| secrets.cosigner(i)).collect();
+    let own_keys: Vec<Point> = (0..own_leaves.len()).filter_map(|i| secrets.cosigner(i)).collect();
     let cache: Option<&KeyAggCache> = caches.map(SharedCaches::keys);
     let tree = build_tree(&decoded, &own_leaves, cache)?;
     let path_nodes = check_paths(&tree, &own_leaves, &own_keys, &decoded.leaves)?;

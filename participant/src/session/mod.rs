@@ -43,9 +43,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use cohort_common::keys::Keypair;
-use cohort_common::messages::{
-    AbortReason, Reason, RefusalReason, ToCoordinator, ToParticipant,
-};
+use cohort_common::messages::{AbortReason, Reason, RefusalReason, ToCoordinator, ToParticipant};
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
 
@@ -54,7 +52,7 @@ pub use checks::ProposalError;
 pub use register::{ParamsError, MAX_ACCEPTED_DEPTH};
 pub use signing::SignedTreeError;
 
-use phases::{Ctx, Outbox, State};
+use phases::{Ctx, Outbox, State, Step};
 
 /// The session waits `phase_timeout_ms` times this for the coordinator's next message.
 pub const TIMEOUT_FACTOR: u32 = 4;
@@ -282,10 +280,11 @@ impl Session {
             }
         }
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         let (next, acted) = match step(state, msg, &mut ctx) {
-            Ok(next) => (next, true),
-            Err(unchanged) => (unchanged, false),
+            Step::Acted(next) => (next, true),
+            Step::Ignored(unchanged) => (unchanged, false),
         };
         self.state = next;
         if acted {
@@ -301,7 +300,8 @@ impl Session {
         }
         let phase = self.state.name();
         let cancel = self.state.may_cancel();
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = ctx.fail(SessionError::CoordinatorTimeout { phase }, cancel);
         self.deadline = None;
     }
@@ -310,7 +310,8 @@ impl Session {
     /// signatures may go out. Any other (batch, attempt) is ignored.
     pub fn exit_paths_persisted(&mut self, now: Instant, batch: u32, attempt: u32) {
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = match state {
             State::AwaitingPersist(p) if p.is_for(batch, attempt) => p.persisted(&mut ctx),
             other => {
@@ -329,7 +330,8 @@ impl Session {
         if !cancel && !matches!(self.state, State::Idle) {
             return;
         }
-        let mut ctx = Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx =
+            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         self.state = ctx.fail(SessionError::Cancelled, cancel);
         self.deadline = None;
     }
@@ -363,40 +365,40 @@ impl Session {
     }
 }
 
-/// One message against the current phase: `Ok(next)` when it acted, `Err(state)`
+/// One message against the current phase: `Acted(next)` when it acted, `Ignored(state)`
 /// (unchanged) when the message does not fit.
-fn step(state: State, msg: ToParticipant, ctx: &mut Ctx<'_>) -> Result<State, State> {
+fn step(state: State, msg: ToParticipant, ctx: &mut Ctx<'_>) -> Step {
     use ToParticipant as M;
     match (state, msg) {
-        (State::Done(name), _) => Err(State::Done(name)),
-        (_, M::Goodbye(g)) => Ok(ctx_fail(ctx, SessionError::CoordinatorGoodbye(g.reason))),
-        (State::Idle, M::RoundAnnounce(a)) => Ok(phases::on_announce(&a, ctx)),
+        (State::Done(name), _) => Step::Ignored(State::Done(name)),
+        (_, M::Goodbye(g)) => {
+            Step::Acted(ctx_fail(ctx, SessionError::CoordinatorGoodbye(g.reason)))
+        }
+        (State::Idle, M::RoundAnnounce(a)) => Step::Acted(phases::on_announce(&a, ctx)),
         (State::Registering(p), M::Registered(r)) if r.round == p.round() => {
-            Ok(p.registered(r.registration, ctx))
+            Step::Acted(p.registered(r.registration, ctx))
         }
-        (State::Registering(_), M::Refused(r)) => Ok(refused(r.reason, ctx)),
+        (State::Registering(_), M::Refused(r)) => Step::Acted(refused(r.reason, ctx)),
         (State::AwaitingProposal(p), M::Refused(r)) if p.may_be_refused() => {
-            Ok(refused(r.reason, ctx))
+            Step::Acted(refused(r.reason, ctx))
         }
-        (State::AwaitingProposal(p), M::Proposal(proposal)) => Ok(p.proposal(&proposal, ctx)),
-        (State::TreeSigned(p), M::SignedTree(s)) if p.answers(&s) => Ok(p.signed_tree(&s, ctx)),
+        (State::AwaitingProposal(p), M::Proposal(proposal)) => {
+            Step::Acted(p.proposal(&proposal, ctx))
+        }
+        (State::TreeSigned(p), M::SignedTree(s)) if p.answers(&s) => {
+            Step::Acted(p.signed_tree(&s, ctx))
+        }
         (state, M::Abort(a)) => phases::on_abort(state, &a, ctx),
         (State::AwaitingNonceRequest(p), M::NonceRequest(r)) => {
-            let before = (r.batch, r.attempt);
-            let next = p.nonce_request(before.0, before.1, ctx);
-            if matches!(next, State::AwaitingNonceRequest(_)) {
-                Err(next)
-            } else {
-                Ok(next)
-            }
+            p.nonce_request(r.batch, r.attempt, ctx)
         }
         (State::DepositsSigned(p), M::Finalized(f)) if f.batch == p.batch() => {
-            Ok(p.finalized(f.txid, ctx))
+            Step::Acted(p.finalized(f.txid, ctx))
         }
         (State::Finalized(p), M::Confirmed(c)) if c.batch == p.batch() => {
-            Ok(p.confirmed(c.height, ctx))
+            Step::Acted(p.confirmed(c.height, ctx))
         }
-        (state, _) => Err(state),
+        (state, _) => Step::Ignored(state),
     }
 }
 

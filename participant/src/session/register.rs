@@ -242,9 +242,8 @@ impl Secrets {
             nonces: rem.pubnonces.clone(),
         };
         let body = RegisterBody { round, deposits, leaves, remainder, max_fee: config.max_fee };
-        let msg = body
-            .ownership_message(challenge)
-            .map_err(|e| ParamsError::Ownership(e.to_string()))?;
+        let msg =
+            body.ownership_message(challenge).map_err(|e| ParamsError::Ownership(e.to_string()))?;
         let msg = Message::from_digest(msg);
         let ownership_sigs = config
             .deposits
