@@ -323,3 +323,34 @@ fn shared_caches_still_check_each_participant() {
 fn testkit_script() -> ScriptBuf {
     cohort_common::exit::p2tr_single(&Keypair::random())
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+    /// A body with one flipped byte never panics the session, and is signed only when
+    /// everything the participant's money depends on is unchanged (the flip hit, say,
+    /// the coordinator's own output or the funding tx's version).
+    #[test]
+    fn a_mutated_body_is_signed_only_if_nothing_of_ours_changed(
+        at in 0usize..4_000,
+        flip in 1u8..=255,
+    ) {
+        let mut kit = Kit::new(1, None);
+        kit.register_all();
+        let batch = kit.build_batch(1);
+        let mut bytes = Encoded::new(&batch.body).unwrap().bytes().to_vec();
+        let at = at % bytes.len();
+        bytes[at] ^= flip;
+        let mutated = Encoded::<ProposalBody>::from_bytes(bytes);
+        kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &mutated)));
+        proptest::prop_assert!(!kit.parties[0].sent_deposit_sigs());
+        if kit.parties[0].sent_tree_sigs() {
+            let (m, h) = (mutated.decode(1 << 23).unwrap(), &batch.body);
+            proptest::prop_assert_eq!(&m.leaves, &h.leaves);
+            proptest::prop_assert_eq!(&m.funding_tx.output[0], &h.funding_tx.output[0]);
+            proptest::prop_assert_eq!(m.funding_tx.input[0].previous_output,
+                h.funding_tx.input[0].previous_output);
+            proptest::prop_assert_eq!(&m.funding_prevouts, &h.funding_prevouts);
+            proptest::prop_assert_eq!((m.batch_key, m.tree), (h.batch_key, h.tree));
+        }
+    }
+}
