@@ -52,7 +52,7 @@ pub use checks::ProposalError;
 pub use register::{ParamsError, MAX_ACCEPTED_DEPTH};
 pub use signing::SignedTreeError;
 
-use phases::{Ctx, Outbox, State};
+use phases::{Ctx, Outbox, State, Step};
 
 /// The session waits `phase_timeout_ms` times this for the coordinator's next message.
 pub const TIMEOUT_FACTOR: u32 = 4;
@@ -283,8 +283,8 @@ impl Session {
         let mut ctx =
             Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
         let (next, acted) = match step(state, msg, &mut ctx) {
-            Ok(next) => (next, true),
-            Err(unchanged) => (unchanged, false),
+            Step::Acted(next) => (next, true),
+            Step::Ignored(unchanged) => (unchanged, false),
         };
         self.state = next;
         if acted {
@@ -365,42 +365,40 @@ impl Session {
     }
 }
 
-/// One message against the current phase: `Ok(next)` when it acted, `Err(state)`
+/// One message against the current phase: `Acted(next)` when it acted, `Ignored(state)`
 /// (unchanged) when the message does not fit.
-// The Err hands the untouched state back by move; boxing it would only add an allocation.
-#[allow(clippy::result_large_err)]
-fn step(state: State, msg: ToParticipant, ctx: &mut Ctx<'_>) -> Result<State, State> {
+fn step(state: State, msg: ToParticipant, ctx: &mut Ctx<'_>) -> Step {
     use ToParticipant as M;
     match (state, msg) {
-        (State::Done(name), _) => Err(State::Done(name)),
-        (_, M::Goodbye(g)) => Ok(ctx_fail(ctx, SessionError::CoordinatorGoodbye(g.reason))),
-        (State::Idle, M::RoundAnnounce(a)) => Ok(phases::on_announce(&a, ctx)),
+        (State::Done(name), _) => Step::Ignored(State::Done(name)),
+        (_, M::Goodbye(g)) => {
+            Step::Acted(ctx_fail(ctx, SessionError::CoordinatorGoodbye(g.reason)))
+        }
+        (State::Idle, M::RoundAnnounce(a)) => Step::Acted(phases::on_announce(&a, ctx)),
         (State::Registering(p), M::Registered(r)) if r.round == p.round() => {
-            Ok(p.registered(r.registration, ctx))
+            Step::Acted(p.registered(r.registration, ctx))
         }
-        (State::Registering(_), M::Refused(r)) => Ok(refused(r.reason, ctx)),
+        (State::Registering(_), M::Refused(r)) => Step::Acted(refused(r.reason, ctx)),
         (State::AwaitingProposal(p), M::Refused(r)) if p.may_be_refused() => {
-            Ok(refused(r.reason, ctx))
+            Step::Acted(refused(r.reason, ctx))
         }
-        (State::AwaitingProposal(p), M::Proposal(proposal)) => Ok(p.proposal(&proposal, ctx)),
-        (State::TreeSigned(p), M::SignedTree(s)) if p.answers(&s) => Ok(p.signed_tree(&s, ctx)),
+        (State::AwaitingProposal(p), M::Proposal(proposal)) => {
+            Step::Acted(p.proposal(&proposal, ctx))
+        }
+        (State::TreeSigned(p), M::SignedTree(s)) if p.answers(&s) => {
+            Step::Acted(p.signed_tree(&s, ctx))
+        }
         (state, M::Abort(a)) => phases::on_abort(state, &a, ctx),
         (State::AwaitingNonceRequest(p), M::NonceRequest(r)) => {
-            let before = (r.batch, r.attempt);
-            let next = p.nonce_request(before.0, before.1, ctx);
-            if matches!(next, State::AwaitingNonceRequest(_)) {
-                Err(next)
-            } else {
-                Ok(next)
-            }
+            p.nonce_request(r.batch, r.attempt, ctx)
         }
         (State::DepositsSigned(p), M::Finalized(f)) if f.batch == p.batch() => {
-            Ok(p.finalized(f.txid, ctx))
+            Step::Acted(p.finalized(f.txid, ctx))
         }
         (State::Finalized(p), M::Confirmed(c)) if c.batch == p.batch() => {
-            Ok(p.confirmed(c.height, ctx))
+            Step::Acted(p.confirmed(c.height, ctx))
         }
-        (state, _) => Err(state),
+        (state, _) => Step::Ignored(state),
     }
 }
 

@@ -116,6 +116,16 @@ pub(super) struct Finalized {
     batch: u32,
 }
 
+/// The outcome of one input: the next state, or the same one when the input does not
+/// fit the phase (then nothing changed).
+#[derive(Debug)]
+pub(super) enum Step {
+    /// The input was acted on.
+    Acted(State),
+    /// The input was ignored; the state is handed back untouched.
+    Ignored(State),
+}
+
 /// The session's state: exactly one phase.
 #[derive(Debug)]
 pub(super) enum State {
@@ -332,30 +342,30 @@ impl Finalized {
 
 impl AwaitingNonceRequest {
     /// `NonceRequest` for a later attempt of this batch: fresh secrets, `Renonce`.
-    pub fn nonce_request(self, batch: u32, attempt: u32, ctx: &mut Ctx<'_>) -> State {
+    pub fn nonce_request(self, batch: u32, attempt: u32, ctx: &mut Ctx<'_>) -> Step {
         if batch != self.batch || attempt <= self.attempt {
-            return State::AwaitingNonceRequest(self);
+            return Step::Ignored(State::AwaitingNonceRequest(self));
         }
         let secrets = Secrets::fresh(ctx.config, self.round.params.tree.max_depth);
         ctx.send(ToCoordinator::Renonce(secrets.renonce(batch, attempt)));
-        State::AwaitingProposal(AwaitingProposal {
+        Step::Acted(State::AwaitingProposal(AwaitingProposal {
             round: self.round,
             batch: Some(batch),
             attempt,
             secrets,
-        })
+        }))
     }
 }
 
 /// `Abort` of the current attempt: drop every secret; leave if excluded or the batch
-/// is dropped, else wait for the next attempt's nonce request. `None` when the abort
+/// is dropped, else wait for the next attempt's nonce request. `Ignored` when the abort
 /// does not name the current attempt (the state is then handed back untouched).
-// The Err hands the untouched state back by move; boxing it would only add an allocation.
-#[allow(clippy::result_large_err)]
-pub(super) fn on_abort(state: State, abort: &Abort, ctx: &mut Ctx<'_>) -> Result<State, State> {
-    let Some((round, batch, attempt)) = state.current_attempt() else { return Err(state) };
+pub(super) fn on_abort(state: State, abort: &Abort, ctx: &mut Ctx<'_>) -> Step {
+    let Some((round, batch, attempt)) = state.current_attempt() else {
+        return Step::Ignored(state);
+    };
     if batch.is_some_and(|b| b != abort.batch) || abort.attempt != attempt {
-        return Err(state);
+        return Step::Ignored(state);
     }
     let round = round.clone();
     // Secrets (nonces, cosigner keys) of the aborted attempt are dropped here.
@@ -364,11 +374,11 @@ pub(super) fn on_abort(state: State, abort: &Abort, ctx: &mut Ctx<'_>) -> Result
     let (batch, attempt) = (abort.batch, abort.attempt);
     ctx.emit(Event::Aborted { batch, attempt, reason: abort.reason.clone(), excluded });
     if excluded {
-        return Ok(ctx.fail(SessionError::Excluded { batch, attempt }, false));
+        return Step::Acted(ctx.fail(SessionError::Excluded { batch, attempt }, false));
     }
     if matches!(abort.reason, AbortReason::MaxAttempts | AbortReason::Shutdown) {
         let reason = abort.reason.clone();
-        return Ok(ctx.fail(SessionError::BatchDropped { batch, reason }, false));
+        return Step::Acted(ctx.fail(SessionError::BatchDropped { batch, reason }, false));
     }
-    Ok(State::AwaitingNonceRequest(AwaitingNonceRequest { round, batch, attempt }))
+    Step::Acted(State::AwaitingNonceRequest(AwaitingNonceRequest { round, batch, attempt }))
 }

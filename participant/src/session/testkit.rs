@@ -1,1 +1,496 @@
-//! Honest-coordinator test kit.
+//! A small honest coordinator for session tests, built from common's primitives (fee
+//! plan, funding tx, tree, MuSig2 nonce aggregation and combination) over the embedded
+//! regtest ledger, for one to three participants.
+//!
+//! Shared with `participant/tests/malicious_coordinator.rs` (included there by path),
+//! so it names the session's types through `super::` only.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::schnorr;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut};
+use cohort_common::chain::Chain;
+use cohort_common::codec::Encoded;
+use cohort_common::exit::{cpfp_child, p2tr_single, FeeInput};
+use cohort_common::fees::{funding_tx, plan_funding, FundingRequest};
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::messages::{
+    DepositSigs, NodeNonce, NodeSignature, Proposal, ProposalBody, Register, Registered,
+    RoundAnnounce, RoundParams, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs,
+};
+use cohort_common::musig::{self, AggNonce, Contribution, PubNonce, SecNonce};
+use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
+use cohort_common::scripts::{key_spend_sighash, key_spend_witness, DepositScript};
+use cohort_common::tree::Tree;
+
+use super::{Event, ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
+
+/// One participant: its session, keys, and everything it sent.
+pub struct Party {
+    pub session: Session,
+    pub config: SessionConfig,
+    pub registration: u64,
+    /// Current cosigner key and public nonces per leaf (fixed, then the remainder).
+    pub leaf_keys: Vec<(musig::Point, Vec<PubNonce>)>,
+    /// Current public nonce per deposit.
+    pub deposit_nonces: Vec<PubNonce>,
+    /// Messages not yet consumed by the kit.
+    pub outbox: VecDeque<ToCoordinator>,
+    /// Every message ever sent.
+    pub sent: Vec<ToCoordinator>,
+    /// Every event ever emitted.
+    pub events: Vec<Event>,
+}
+
+impl Party {
+    /// Whether any message of this kind was ever sent.
+    pub fn sent_deposit_sigs(&self) -> bool {
+        self.sent.iter().any(|m| matches!(m, ToCoordinator::DepositSigs(_)))
+    }
+
+    /// Whether tree signatures were ever sent.
+    pub fn sent_tree_sigs(&self) -> bool {
+        self.sent.iter().any(|m| matches!(m, ToCoordinator::TreeSigs(_)))
+    }
+
+    /// The exit paths of the last `PersistExitPaths` event.
+    pub fn persist_request(&self) -> Option<(u32, u32, Vec<ExitPath>)> {
+        self.events.iter().rev().find_map(|e| match e {
+            Event::PersistExitPaths { batch, attempt, paths, .. } => {
+                Some((*batch, *attempt, paths.clone()))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// The coordinator's view of one batch attempt.
+pub struct Batch {
+    pub body: ProposalBody,
+    pub tree: Tree,
+    pub batch_key: Keypair,
+    pub node_secnonces: Vec<Option<SecNonce>>,
+    pub node_pubnonces: Vec<PubNonce>,
+    pub agg_nonces: Vec<AggNonce>,
+    /// Public nonces of every leaf, batch order.
+    pub leaf_nonces: Vec<Vec<PubNonce>>,
+    pub your_leaves: Vec<Vec<u32>>,
+    pub deposit_inputs: Vec<Vec<u32>>,
+    pub coord_secnonces: Vec<Option<SecNonce>>,
+    pub coord_pubnonces: Vec<PubNonce>,
+    pub node_sigs: BTreeMap<usize, schnorr::Signature>,
+}
+
+/// The honest coordinator and its participants.
+pub struct Kit {
+    pub ledger: Ledger,
+    pub coordinator: Keypair,
+    pub coordinator_script: ScriptBuf,
+    pub params: RoundParams,
+    pub parties: Vec<Party>,
+    pub now: Instant,
+}
+
+impl Kit {
+    /// `n` participants with one deposit and one fixed leaf each.
+    pub fn new(n: usize, caches: Option<Arc<SharedCaches>>) -> Kit {
+        let ledger = Ledger::new();
+        let coordinator = Keypair::random();
+        let params = RoundParams {
+            round: 7,
+            tree: TreeParams { radix: 2, max_depth: 4 },
+            fees: FeeSchedule::default(),
+            coordinator_key: coordinator.public,
+            exit_csv: 144,
+            max_deposit_csv: 28_800,
+            min_confs: 1,
+            safety_margin: 144,
+            max_leaves_per_registration: 4,
+            max_deposits_per_registration: 4,
+            max_batch_weight: 400_000,
+            registration_closes_ms: 0,
+            phase_timeout_ms: 1_000,
+            max_attempts: 3,
+        };
+        let parties = (0..n)
+            .map(|i| {
+                let user = Keypair::random();
+                let script = DepositScript::new(user.public, coordinator.public, 1_000).unwrap();
+                let amount = Amount::from_sat(200_000 + 1_000 * i as u64);
+                let outpoint = ledger.faucet(&script.script_pubkey(), amount).unwrap();
+                let txout = TxOut { value: amount, script_pubkey: script.script_pubkey() };
+                let config = SessionConfig {
+                    deposits: vec![OwnedDeposit { outpoint, txout, script, key: user.clone() }],
+                    leaves: vec![LeafOutput {
+                        script_pubkey: p2tr_single(&Keypair::random()),
+                        amount: Amount::from_sat(50_000),
+                    }],
+                    remainder_script: p2tr_single(&user),
+                    max_fee: Amount::from_sat(20_000),
+                };
+                Party {
+                    session: Session::new(config.clone(), caches.clone()),
+                    config,
+                    registration: 100 + i as u64,
+                    leaf_keys: Vec::new(),
+                    deposit_nonces: Vec::new(),
+                    outbox: VecDeque::new(),
+                    sent: Vec::new(),
+                    events: Vec::new(),
+                }
+            })
+            .collect();
+        let coordinator_script = p2tr_single(&Keypair::random());
+        Kit { ledger, coordinator, coordinator_script, params, parties, now: Instant::now() }
+    }
+
+    /// Moves the clock.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Delivers a message to party `i` and collects what it sends and emits.
+    pub fn deliver(&mut self, i: usize, msg: ToParticipant) {
+        let now = self.now;
+        self.parties[i].session.handle_message(now, msg);
+        self.pump(i);
+    }
+
+    /// Collects party `i`'s transmits and events.
+    pub fn pump(&mut self, i: usize) {
+        let p = &mut self.parties[i];
+        while let Some(m) = p.session.poll_transmit() {
+            p.sent.push(m.clone());
+            p.outbox.push_back(m);
+        }
+        while let Some(e) = p.session.poll_event() {
+            p.events.push(e);
+        }
+    }
+
+    /// Announces the round, takes every registration and accepts it.
+    pub fn register_all(&mut self) {
+        for i in 0..self.parties.len() {
+            let announce = RoundAnnounce {
+                round: self.params.round,
+                attempt: 1,
+                params: self.params.clone(),
+                challenge: [i as u8; 32],
+            };
+            self.deliver(i, ToParticipant::RoundAnnounce(announce));
+            let Some(ToCoordinator::Register(reg)) = self.parties[i].outbox.pop_front() else {
+                panic!("party {i} did not register");
+            };
+            self.check_register(i, &reg, &[i as u8; 32]);
+            let p = &mut self.parties[i];
+            p.leaf_keys = reg.body.leaves.iter().map(|l| (l.cosigner, l.nonces.clone())).collect();
+            p.leaf_keys.push((reg.body.remainder.cosigner, reg.body.remainder.nonces.clone()));
+            p.deposit_nonces = reg.body.deposits.iter().map(|d| d.nonce.clone()).collect();
+            let registered = Registered { round: self.params.round, registration: p.registration };
+            self.deliver(i, ToParticipant::Registered(registered));
+        }
+    }
+
+    /// What a coordinator checks of a registration that the session is responsible for.
+    fn check_register(&self, i: usize, reg: &Register, challenge: &[u8; 32]) {
+        let msg = reg.body.ownership_message(challenge).unwrap();
+        assert_eq!(reg.ownership_sigs.len(), reg.body.deposits.len());
+        for (d, sig) in reg.body.deposits.iter().zip(&reg.ownership_sigs) {
+            let xonly = d.user_key.x_only_public_key().0;
+            assert!(musig::verify_schnorr(sig, &msg, &xonly), "party {i} ownership sig");
+        }
+        let depth = usize::from(self.params.tree.max_depth);
+        assert!(reg.body.leaves.iter().all(|l| l.nonces.len() == depth));
+        assert_eq!(reg.body.remainder.nonces.len(), depth);
+    }
+
+    /// Takes party `i`'s `Renonce` and records its fresh keys and nonces.
+    pub fn take_renonce(&mut self, i: usize) {
+        let p = &mut self.parties[i];
+        let Some(ToCoordinator::Renonce(r)) = p.outbox.pop_front() else {
+            panic!("party {i} did not renonce");
+        };
+        p.leaf_keys = r.leaves.iter().map(|l| (l.cosigner, l.nonces.clone())).collect();
+        p.deposit_nonces = r.deposit_nonces;
+    }
+
+    /// Prices and builds an honest batch of every party, attempt `attempt`.
+    pub fn build_batch(&self, attempt: u32) -> Batch {
+        let reqs: Vec<FundingRequest> = self
+            .parties
+            .iter()
+            .map(|p| FundingRequest {
+                deposits: p.config.deposits.iter().map(|d| (d.outpoint, d.txout.clone())).collect(),
+                requested: p.config.leaves.iter().map(|l| l.amount).sum(),
+                remainder_script: p.config.remainder_script.clone(),
+                max_fee: p.config.max_fee,
+            })
+            .collect();
+        let plan = plan_funding(&reqs, &self.params.fees, &self.coordinator_script).unwrap();
+        let (mut leaves, mut leaf_nonces, mut your_leaves, mut deposit_inputs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut input = 0u32;
+        for (p, share) in self.parties.iter().zip(&plan.shares) {
+            let mut outputs = p.config.leaves.clone();
+            outputs.push(LeafOutput {
+                script_pubkey: p.config.remainder_script.clone(),
+                amount: share.remainder,
+            });
+            let mut mine = Vec::new();
+            for (output, (cosigner, nonces)) in outputs.into_iter().zip(&p.leaf_keys) {
+                mine.push(leaves.len() as u32);
+                leaves.push(TreeLeaf { output, cosigner: *cosigner });
+                leaf_nonces.push(nonces.clone());
+            }
+            your_leaves.push(mine);
+            let n = p.config.deposits.len() as u32;
+            deposit_inputs.push((input..input + n).collect());
+            input += n;
+        }
+        let batch_key = Keypair::random();
+        let mut funding = None;
+        let leaves: Arc<[TreeLeaf]> = leaves.into();
+        let tree = Tree::build(leaves.clone(), batch_key.point, self.params.tree, None, |root| {
+            let tx = funding_tx(&reqs, &plan, root, &self.coordinator_script);
+            let outpoint = OutPoint { txid: tx.compute_txid(), vout: 0 };
+            funding = Some(tx);
+            outpoint
+        })
+        .unwrap();
+        let funding_tx = funding.unwrap();
+        let mut node_secnonces = Vec::new();
+        let mut node_pubnonces = Vec::new();
+        let mut agg_nonces = Vec::new();
+        for shape in tree.shape().nodes() {
+            let sn = musig::new_secnonce(&batch_key.point, Some(&batch_key.scalar()), None);
+            let mut nonces: Vec<PubNonce> = shape
+                .leaves
+                .clone()
+                .map(|l| leaf_nonces[l][usize::from(shape.depth) - 1].clone())
+                .collect();
+            nonces.push(sn.public_nonce());
+            agg_nonces.push(musig::nonce_agg(&nonces).unwrap());
+            node_pubnonces.push(sn.public_nonce());
+            node_secnonces.push(Some(sn));
+        }
+        let coord_secnonces: Vec<SecNonce> = (0..input)
+            .map(|_| {
+                musig::new_secnonce(&self.coordinator.point, Some(&self.coordinator.scalar()), None)
+            })
+            .collect();
+        let body = ProposalBody {
+            round: self.params.round,
+            batch: 0,
+            attempt,
+            funding_prevouts: reqs
+                .iter()
+                .flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone()))
+                .collect(),
+            funding_tx,
+            leaves: leaves.to_vec(),
+            batch_key: batch_key.point,
+            tree: self.params.tree,
+        };
+        Batch {
+            body,
+            tree,
+            batch_key,
+            node_secnonces,
+            node_pubnonces,
+            agg_nonces,
+            leaf_nonces,
+            your_leaves,
+            deposit_inputs,
+            coord_pubnonces: coord_secnonces.iter().map(SecNonce::public_nonce).collect(),
+            coord_secnonces: coord_secnonces.into_iter().map(Some).collect(),
+            node_sigs: BTreeMap::new(),
+        }
+    }
+
+    /// The nodes on party `i`'s paths.
+    pub fn path_nodes(batch: &Batch, i: usize) -> BTreeSet<usize> {
+        batch.your_leaves[i]
+            .iter()
+            .flat_map(|&l| batch.tree.shape().path(l as usize).unwrap())
+            .collect()
+    }
+
+    /// Party `i`'s proposal with the given (possibly tampered) encoded body.
+    pub fn proposal(batch: &Batch, i: usize, body: &Encoded<ProposalBody>) -> Proposal {
+        let node_nonces = Self::path_nodes(batch, i)
+            .into_iter()
+            .map(|n| NodeNonce { node: n as u32, nonce: batch.agg_nonces[n].clone() })
+            .collect();
+        Proposal {
+            body: body.clone(),
+            your_leaves: batch.your_leaves[i].clone(),
+            node_nonces,
+            deposit_inputs: batch.deposit_inputs[i].clone(),
+            coordinator_deposit_nonces: batch.deposit_inputs[i]
+                .iter()
+                .map(|&k| batch.coord_pubnonces[k as usize].clone())
+                .collect(),
+        }
+    }
+
+    /// Sends every party its proposal (one shared encoded body).
+    pub fn propose(&mut self, batch: &Batch) {
+        let body = Encoded::new(&batch.body).unwrap();
+        for i in 0..self.parties.len() {
+            let proposal = Self::proposal(batch, i, &body);
+            self.deliver(i, ToParticipant::Proposal(proposal));
+        }
+    }
+
+    /// Takes party `i`'s tree signatures.
+    pub fn take_tree_sigs(&mut self, i: usize) -> TreeSigs {
+        match self.parties[i].outbox.pop_front() {
+            Some(ToCoordinator::TreeSigs(s)) => s,
+            other => panic!("party {i} sent {other:?} instead of tree signatures"),
+        }
+    }
+
+    /// Combines every node's signature from the parties' partial signatures and C_b's.
+    pub fn combine_tree(batch: &mut Batch, sigs: &[TreeSigs]) {
+        let psigs: BTreeMap<(u32, u32), _> =
+            sigs.iter().flat_map(|s| &s.sigs).map(|p| ((p.node, p.leaf), p.psig)).collect();
+        for (node, shape) in batch.tree.shape().nodes().to_vec().into_iter().enumerate() {
+            let n = batch.tree.node(node).unwrap();
+            let agg = &batch.agg_nonces[node];
+            let mut contributions: Vec<Contribution> = shape
+                .leaves
+                .clone()
+                .map(|l| Contribution {
+                    signer: batch.tree.leaves()[l].cosigner,
+                    pubnonce: batch.leaf_nonces[l][usize::from(shape.depth) - 1].clone(),
+                    psig: psigs[&(node as u32, l as u32)],
+                })
+                .collect();
+            let sn = batch.node_secnonces[node].take().unwrap();
+            let psig = musig::sign_partial(&n.key, &batch.batch_key.scalar(), sn, agg, &n.sighash)
+                .unwrap();
+            contributions.push(Contribution {
+                signer: batch.batch_key.point,
+                pubnonce: batch.node_pubnonces[node].clone(),
+                psig,
+            });
+            let sig = musig::combine(&n.key, agg, &n.sighash, &contributions).unwrap();
+            batch.node_sigs.insert(node, sig);
+        }
+    }
+
+    /// Party `i`'s signed tree.
+    pub fn signed_tree(batch: &Batch, i: usize) -> SignedTree {
+        SignedTree {
+            batch: batch.body.batch,
+            attempt: batch.body.attempt,
+            sigs: Self::path_nodes(batch, i)
+                .into_iter()
+                .map(|n| NodeSignature { node: n as u32, sig: batch.node_sigs[&n] })
+                .collect(),
+        }
+    }
+
+    /// Confirms party `i`'s last persist request.
+    pub fn persist(&mut self, i: usize) {
+        let (batch, attempt, _) = self.parties[i].persist_request().expect("persist request");
+        let now = self.now;
+        self.parties[i].session.exit_paths_persisted(now, batch, attempt);
+        self.pump(i);
+    }
+
+    /// Takes party `i`'s deposit signatures.
+    pub fn take_deposit_sigs(&mut self, i: usize) -> DepositSigs {
+        match self.parties[i].outbox.pop_front() {
+            Some(ToCoordinator::DepositSigs(s)) => s,
+            other => panic!("party {i} sent {other:?} instead of deposit signatures"),
+        }
+    }
+
+    /// Completes the funding tx with every party's deposit signatures and C's.
+    pub fn complete_funding(&self, batch: &mut Batch, sigs: &[DepositSigs]) -> Transaction {
+        let mut tx = batch.body.funding_tx.clone();
+        let prevouts = batch.body.funding_prevouts.clone();
+        for (i, s) in sigs.iter().enumerate() {
+            let p = &self.parties[i];
+            for (k, dp) in s.sigs.iter().enumerate() {
+                let input = dp.input as usize;
+                assert_eq!(batch.deposit_inputs[i][k], dp.input);
+                let ctx = p.config.deposits[k].script.signing_context().unwrap();
+                let pn = p.deposit_nonces[k].clone();
+                let cn = batch.coord_pubnonces[input].clone();
+                let agg = musig::nonce_agg(&[pn.clone(), cn.clone()]).unwrap();
+                let msg = key_spend_sighash(&tx, input, &prevouts).unwrap();
+                let sn = batch.coord_secnonces[input].take().unwrap();
+                let cpsig =
+                    musig::sign_partial(&ctx, &self.coordinator.scalar(), sn, &agg, &msg).unwrap();
+                let contributions = [
+                    Contribution {
+                        signer: p.config.deposits[k].key.point,
+                        pubnonce: pn,
+                        psig: dp.psig,
+                    },
+                    Contribution { signer: self.coordinator.point, pubnonce: cn, psig: cpsig },
+                ];
+                let sig = musig::combine(&ctx, &agg, &msg, &contributions).unwrap();
+                tx.input[input].witness = key_spend_witness(&sig);
+            }
+        }
+        tx
+    }
+
+    /// The whole honest round after registration: propose, sign, persist, complete,
+    /// broadcast, mine, finalize, confirm. Returns the funding tx.
+    pub fn run_round(&mut self, attempt: u32) -> Transaction {
+        let mut batch = self.build_batch(attempt);
+        self.propose(&batch);
+        let n = self.parties.len();
+        let sigs: Vec<TreeSigs> = (0..n).map(|i| self.take_tree_sigs(i)).collect();
+        Self::combine_tree(&mut batch, &sigs);
+        for i in 0..n {
+            self.deliver(i, ToParticipant::SignedTree(Self::signed_tree(&batch, i)));
+            assert!(!self.parties[i].sent_deposit_sigs(), "no deposit sigs before persisting");
+            self.persist(i);
+        }
+        let dsigs: Vec<DepositSigs> = (0..n).map(|i| self.take_deposit_sigs(i)).collect();
+        let funding = self.complete_funding(&mut batch, &dsigs);
+        let txid = self.ledger.broadcast(&funding).expect("funding tx accepted");
+        let height = self.ledger.mine(1);
+        for i in 0..n {
+            let finalized = cohort_common::messages::Finalized { batch: 0, txid };
+            self.deliver(i, ToParticipant::Finalized(finalized));
+            let confirmed = cohort_common::messages::Confirmed { batch: 0, height };
+            self.deliver(i, ToParticipant::Confirmed(confirmed));
+        }
+        funding
+    }
+
+    /// Publishes every transaction of `paths` not yet on chain, each with a CPFP child
+    /// paying from a fresh faucet output, mining after each level.
+    pub fn publish_paths(&self, paths: &[ExitPath]) {
+        for path in paths {
+            for tx in &path.path {
+                if self.ledger.transaction(&tx.compute_txid()).is_some() {
+                    continue;
+                }
+                let key = Keypair::random();
+                let amount = Amount::from_sat(50_000);
+                let outpoint = self.ledger.faucet(&p2tr_single(&key), amount).unwrap();
+                let txout = TxOut { value: amount, script_pubkey: p2tr_single(&key) };
+                let fee = FeeInput { outpoint, txout, key };
+                let rate = self.ledger.fee_rate().unwrap();
+                let child = cpfp_child(tx, &fee, rate).unwrap();
+                self.ledger.broadcast_package(tx, &child).expect("exit package accepted");
+                self.ledger.mine(1);
+            }
+            let last = path.path.last().unwrap();
+            let outpoint = OutPoint { txid: last.compute_txid(), vout: path.vout };
+            let utxo = self.ledger.utxo(&outpoint).unwrap().expect("leaf output on chain");
+            assert_eq!(utxo.txout, path.leaf_output);
+        }
+    }
+}
