@@ -17,6 +17,7 @@
 //! per leaf, signatures per deposit) are checked by the engines against the round.
 
 mod batch;
+mod chain;
 mod round;
 
 pub use batch::{
@@ -24,6 +25,7 @@ pub use batch::{
     NodeNonce, NodePartial, NodeSignature, NonceRequest, Proposal, ProposalBody, Renonce,
     SignedTree, TreeLeaf, TreeSigs,
 };
+pub use chain::{ServerInfo, SideRequest, SideResponse, UtxoInfo};
 pub use round::{
     ownership_message, DepositRegistration, LeafRequest, RefusalReason, Refused, Register,
     RegisterBody, Registered, RemainderRequest, RoundAnnounce, RoundParams,
