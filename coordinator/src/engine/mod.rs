@@ -27,7 +27,7 @@ use bitcoin::{OutPoint, Transaction, Txid};
 use rayon::prelude::*;
 
 use cohort_common::chain::Chain;
-use cohort_common::fees::max_inputs;
+use cohort_common::fees::{max_inputs, FeeError};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
     Abort, AbortReason, Confirmed, Finalized, NonceRequest, Reason, RefusalReason, Refused,
@@ -244,6 +244,15 @@ struct Round {
     registrations: BTreeMap<u64, Registration>,
     taken: Taken,
     batches: Vec<BatchPhase>,
+}
+
+/// One batch attempt built (or not), with the registrations pricing left out.
+#[derive(Debug)]
+struct Built {
+    batch: u32,
+    members: Vec<u64>,
+    dropped: Vec<(u64, FeeError)>,
+    result: Result<Attempt, BuildError>,
 }
 
 /// The coordinator's round engine. See the module documentation for the call order.
@@ -543,31 +552,26 @@ impl Coordinator {
         let built = self.build_attempts(
             groups.into_iter().enumerate().map(|(b, g)| (b as u32, 1, g)).collect(),
         );
-        for (b, members, result) in built {
-            self.install_attempt(now, b, 1, members, result);
+        for b in built {
+            self.install_attempt(now, 1, b);
         }
         self.maybe_finish_round();
     }
 
-    fn build_attempts(
-        &self,
-        jobs: Vec<(u32, u32, Vec<u64>)>,
-    ) -> Vec<(u32, Vec<u64>, Result<Attempt, BuildError>)> {
+    fn build_attempts(&self, jobs: Vec<(u32, u32, Vec<u64>)>) -> Vec<Built> {
         let Some(round) = &self.round else { return Vec::new() };
         jobs.into_par_iter()
             .map(|(b, attempt, mut ids)| {
                 // Members whose fees do not fit are dropped and the batch priced again.
+                let mut dropped = Vec::new();
                 loop {
                     let members: Vec<&Member> = ids
                         .iter()
                         .filter_map(|id| round.registrations.get(id).map(|r| &r.member))
                         .collect();
                     if members.is_empty() {
-                        return (
-                            b,
-                            ids,
-                            Err(BuildError::Fees(cohort_common::fees::FeeError::Empty)),
-                        );
+                        let result = Err(BuildError::Fees(cohort_common::fees::FeeError::Empty));
+                        return Built { batch: b, members: ids, dropped, result };
                     }
                     let id = AttemptId { round: round.params.round, batch: b, number: attempt };
                     let result = Attempt::build(
@@ -579,53 +583,47 @@ impl Coordinator {
                         &round.params.fees,
                     );
                     match result {
-                        Err(BuildError::Member { member, .. }) if member < ids.len() => {
-                            ids.remove(member);
+                        Err(BuildError::Member { member, error }) if member < ids.len() => {
+                            dropped.push((ids.remove(member), error));
                         }
-                        other => return (b, ids, other),
+                        result => return Built { batch: b, members: ids, dropped, result },
                     }
                 }
             })
             .collect()
     }
 
-    fn install_attempt(
-        &mut self,
-        now: Instant,
-        batch: u32,
-        attempt: u32,
-        members: Vec<u64>,
-        result: Result<Attempt, BuildError>,
-    ) {
+    fn install_attempt(&mut self, now: Instant, attempt: u32, built: Built) {
+        let Built { batch, members, dropped, result } = built;
         let timeout = self.config.phase_timeout;
         let Some(round) = &mut self.round else { return };
         let round_id = round.params.round;
-        // Registrations dropped while pricing are told why.
-        let dropped: Vec<u64> = round
-            .registrations
-            .iter()
-            .filter(|(id, r)| r.batch == Some(batch) && r.active && !members.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dropped {
-            if let Some(r) = round.registrations.get_mut(&id) {
-                r.active = false;
-                self.outbox.push_back((
-                    r.peer,
-                    ToParticipant::Refused(Refused {
-                        reason: RefusalReason::FeeTooLow {
-                            max_fee: r.member.max_fee,
-                            required: r.member.max_fee,
-                        },
-                    }),
-                ));
-                self.events.push_back(Event::Excluded {
-                    round: round_id,
-                    batch,
-                    registration: id,
-                    reason: AbortReason::Other(Reason::new("fee above max_fee")),
-                });
-            }
+        // Registrations dropped while pricing are told why; their deposits are not banned.
+        for (id, error) in dropped {
+            let Some(r) = round.registrations.get_mut(&id) else { continue };
+            r.active = false;
+            let reason = match error {
+                FeeError::FeeTooHigh { fee, max_fee, .. } => {
+                    RefusalReason::FeeTooLow { max_fee, required: fee }
+                }
+                FeeError::InsufficientFunds { deposited, requested, fee, dust, .. } => {
+                    RefusalReason::InsufficientFunds {
+                        available: deposited,
+                        needed: requested
+                            .checked_add(fee)
+                            .and_then(|a| a.checked_add(dust))
+                            .unwrap_or(deposited),
+                    }
+                }
+                other => RefusalReason::Other(Reason::new(other.to_string())),
+            };
+            self.outbox.push_back((r.peer, ToParticipant::Refused(Refused { reason })));
+            self.events.push_back(Event::Excluded {
+                round: round_id,
+                batch,
+                registration: id,
+                reason: AbortReason::Other(Reason::new("fee above max_fee or funds too small")),
+            });
         }
         let Some(slot) = round.batches.get_mut(batch as usize) else { return };
         match result {
@@ -900,8 +898,8 @@ impl Coordinator {
         let (attempt, members) = (*attempt, std::mem::take(members));
         let members: Vec<u64> = members.into_iter().filter(|m| !waiting.contains(m)).collect();
         let built = self.build_attempts(vec![(b, attempt, members)]);
-        for (b, members, result) in built {
-            self.install_attempt(now, b, attempt, members, result);
+        for b in built {
+            self.install_attempt(now, attempt, b);
         }
         self.maybe_finish_round();
     }

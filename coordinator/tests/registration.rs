@@ -1,0 +1,257 @@
+//! The round engine refuses every bad registration with its typed reason, against a
+//! real chain view (the embedded ledger).
+
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{Message, SECP256K1};
+use bitcoin::{Amount, OutPoint, ScriptBuf};
+use rand::SeedableRng;
+
+use cohort_common::exit::p2tr_single;
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::messages::{
+    DepositRegistration, LeafRequest, RefusalReason, Register, RegisterBody, RemainderRequest,
+    ToCoordinator, ToParticipant,
+};
+use cohort_common::musig::new_secnonce;
+use cohort_common::params::LeafOutput;
+use cohort_common::scripts::DepositScript;
+use cohort_coordinator::engine::{Coordinator, CoordinatorConfig};
+
+const CHALLENGE: [u8; 32] = [7u8; 32];
+
+struct World {
+    ledger: Ledger,
+    engine: Coordinator,
+    coordinator: Keypair,
+    rng: rand::rngs::StdRng,
+    now: Instant,
+    round: u64,
+    connected: std::collections::HashSet<u64>,
+}
+
+fn world() -> World {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let coordinator = Keypair::from_rng(&mut rng);
+    let config = CoordinatorConfig::new(p2tr_single(&Keypair::from_rng(&mut rng)));
+    let mut engine = Coordinator::new(coordinator.clone(), config);
+    let ledger = Ledger::new();
+    ledger.mine(200);
+    let now = Instant::now();
+    let round = engine.start_round(now, CHALLENGE);
+    World { ledger, engine, coordinator, rng, now, round, connected: Default::default() }
+}
+
+/// A correct registration of one funded deposit of `amount` with `csv`, its body and key.
+fn registration(w: &mut World, amount: u64, csv: u16) -> (RegisterBody, Keypair, OutPoint) {
+    let user = Keypair::from_rng(&mut w.rng);
+    let script = DepositScript::new(user.public, w.coordinator.public, csv).unwrap();
+    let outpoint = w.ledger.faucet(&script.script_pubkey(), Amount::from_sat(amount)).unwrap();
+    let nonce = |p: &Keypair| new_secnonce(&p.point, None, None).public_nonce();
+    let cosigner = Keypair::from_rng(&mut w.rng);
+    let remainder_key = Keypair::from_rng(&mut w.rng);
+    let body = RegisterBody {
+        round: w.round,
+        deposits: vec![DepositRegistration {
+            outpoint,
+            user_key: user.public,
+            deposit_csv: csv,
+            nonce: nonce(&user),
+        }],
+        leaves: vec![LeafRequest {
+            output: LeafOutput {
+                script_pubkey: p2tr_single(&Keypair::from_rng(&mut w.rng)),
+                amount: Amount::from_sat(10_000),
+            },
+            cosigner: cosigner.point,
+            nonces: (0..8).map(|_| nonce(&cosigner)).collect(),
+        }],
+        remainder: RemainderRequest {
+            script_pubkey: p2tr_single(&remainder_key),
+            cosigner: remainder_key.point,
+            nonces: (0..8).map(|_| nonce(&remainder_key)).collect(),
+        },
+        max_fee: Amount::from_sat(20_000),
+    };
+    (body, user, outpoint)
+}
+
+fn sign(body: &RegisterBody, user: &Keypair, challenge: &[u8; 32]) -> Register {
+    let msg = Message::from_digest(body.ownership_message(challenge).unwrap());
+    let kp = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &user.secret);
+    Register { body: body.clone(), ownership_sigs: vec![SECP256K1.sign_schnorr(&msg, &kp)] }
+}
+
+fn submit(w: &mut World, peer: u64, reg: Register) -> Result<u64, RefusalReason> {
+    if w.connected.insert(peer) {
+        w.engine.peer_connected(w.now, peer);
+    }
+    w.engine.handle_message(w.now, peer, ToCoordinator::Register(reg), &w.ledger);
+    let mut answer = None;
+    while let Some((to, msg)) = w.engine.poll_transmit() {
+        match msg {
+            ToParticipant::Registered(r) if to == peer => answer = Some(Ok(r.registration)),
+            ToParticipant::Refused(r) if to == peer => answer = Some(Err(r.reason)),
+            _ => {}
+        }
+    }
+    answer.expect("an answer")
+}
+
+/// Registers `body` as changed by `change`, re-signed by its owner.
+fn submit_changed(
+    w: &mut World,
+    peer: u64,
+    change: impl FnOnce(&mut RegisterBody),
+) -> Result<u64, RefusalReason> {
+    let (mut body, user, _) = registration(w, 100_000, 14_400);
+    change(&mut body);
+    let reg = sign(&body, &user, &CHALLENGE);
+    submit(w, peer, reg)
+}
+
+#[test]
+fn a_correct_registration_is_accepted_once() {
+    let mut w = world();
+    let (body, user, outpoint) = registration(&mut w, 100_000, 14_400);
+    assert!(submit(&mut w, 10, sign(&body, &user, &CHALLENGE)).is_ok());
+    // The same deposit again, from another peer, with fresh cosigner keys.
+    let (mut again, _, _) = registration(&mut w, 100_000, 14_400);
+    again.deposits = body.deposits.clone();
+    let r = submit(&mut w, 11, sign(&again, &user, &CHALLENGE));
+    assert_eq!(r, Err(RefusalReason::DuplicateDeposit(outpoint)));
+    // The very same registration again: its cosigner keys are taken too.
+    let r = submit(&mut w, 12, sign(&body, &user, &CHALLENGE));
+    assert_eq!(r, Err(RefusalReason::DuplicateCosigner));
+}
+
+#[test]
+fn bad_registrations_get_their_reasons() {
+    let mut w = world();
+
+    let (body, user, _) = registration(&mut w, 100_000, 14_400);
+    let mut reg = sign(&body, &user, &CHALLENGE);
+    let mut bytes = *reg.ownership_sigs[0].as_ref();
+    bytes[5] ^= 1;
+    reg.ownership_sigs[0] = bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
+    assert_eq!(submit(&mut w, 20, reg), Err(RefusalReason::BadOwnershipSignature { deposit: 0 }));
+
+    let mut unknown = OutPoint::null();
+    let r = submit_changed(&mut w, 21, |b| {
+        b.deposits[0].outpoint.txid =
+            bitcoin::Txid::from_raw_hash(bitcoin::hashes::Hash::from_byte_array([0x42; 32]));
+        unknown = b.deposits[0].outpoint;
+    });
+    assert_eq!(r, Err(RefusalReason::UnknownDeposit(unknown)));
+
+    let r = submit_changed(&mut w, 22, |b| b.round += 1);
+    assert!(matches!(r, Err(RefusalReason::WrongRound { .. })));
+
+    let r = submit_changed(&mut w, 23, |b| b.leaves[0].output.amount = Amount::from_sat(100));
+    assert_eq!(r, Err(RefusalReason::Dust { leaf: 0 }));
+
+    let r = submit_changed(&mut w, 24, |b| {
+        b.leaves[0].output.script_pubkey = ScriptBuf::from_bytes(vec![0x6a, 0x01, 0x01]);
+    });
+    assert_eq!(r, Err(RefusalReason::NonStandardScript { leaf: 0 }));
+
+    let r = submit_changed(&mut w, 25, |b| {
+        b.remainder.nonces.pop();
+    });
+    assert_eq!(r, Err(RefusalReason::BadNonceCount { expected: 8, got: 7 }));
+
+    let r = submit_changed(&mut w, 26, |b| b.max_fee = Amount::from_sat(10));
+    assert!(matches!(r, Err(RefusalReason::FeeTooLow { .. })));
+
+    let r = submit_changed(&mut w, 27, |b| b.deposits[0].deposit_csv = 30_000);
+    assert!(matches!(r, Err(RefusalReason::DepositCsvTooLarge { csv: 30_000, .. })));
+
+    let r = submit_changed(&mut w, 28, |b| b.remainder.cosigner = b.leaves[0].cosigner);
+    assert_eq!(r, Err(RefusalReason::DuplicateCosigner));
+
+    let (body, user, _) = registration(&mut w, 10_500, 14_400);
+    let r = submit(&mut w, 29, sign(&body, &user, &CHALLENGE));
+    assert!(matches!(r, Err(RefusalReason::InsufficientFunds { .. })));
+
+    // A deposit whose timeout is within the safety margin (144 blocks).
+    let (body, user, outpoint) = registration(&mut w, 100_000, 100);
+    let r = submit(&mut w, 30, sign(&body, &user, &CHALLENGE));
+    assert_eq!(r, Err(RefusalReason::Expiring(outpoint)));
+
+    // A banned deposit.
+    let (body, user, outpoint) = registration(&mut w, 100_000, 14_400);
+    w.engine.restore_ban(outpoint, w.now + Duration::from_secs(60));
+    let r = submit(&mut w, 31, sign(&body, &user, &CHALLENGE));
+    assert_eq!(r, Err(RefusalReason::Banned(outpoint)));
+
+    // A peer registers once per round.
+    let (body, user, _) = registration(&mut w, 100_000, 14_400);
+    assert!(submit(&mut w, 32, sign(&body, &user, &CHALLENGE)).is_ok());
+    let (body, user, _) = registration(&mut w, 100_000, 14_400);
+    assert!(matches!(
+        submit(&mut w, 32, sign(&body, &user, &CHALLENGE)),
+        Err(RefusalReason::Other(_))
+    ));
+}
+
+#[test]
+fn spent_and_unconfirmed_deposits_are_refused() {
+    let mut w = world();
+    // Spent: the deposit's outpoint was consumed (here: by a reclaim after its csv).
+    let csv = 150;
+    let (body, user, outpoint) = registration(&mut w, 100_000, csv);
+    let script = DepositScript::new(user.public, w.coordinator.public, csv).unwrap();
+    w.ledger.mine(u32::from(csv));
+    let txout =
+        bitcoin::TxOut { value: Amount::from_sat(100_000), script_pubkey: script.script_pubkey() };
+    let rate = bitcoin::FeeRate::from_sat_per_vb(2).unwrap();
+    let tx =
+        cohort_common::exit::reclaim_tx(&script, &user, outpoint, &txout, p2tr_single(&user), rate)
+            .unwrap();
+    use cohort_common::chain::Chain;
+    w.ledger.broadcast(&tx).unwrap();
+    w.ledger.mine(1);
+    let mut body = body;
+    body.deposits[0].deposit_csv = csv;
+    // It would also be expiring; the spent check comes first.
+    assert_eq!(
+        submit(&mut w, 40, sign(&body, &user, &CHALLENGE)),
+        Err(RefusalReason::Spent(outpoint))
+    );
+
+    // Unconfirmed: paid by a transaction still in the mempool.
+    let user = Keypair::from_rng(&mut w.rng);
+    let script = DepositScript::new(user.public, w.coordinator.public, 14_400).unwrap();
+    let funding = Keypair::from_rng(&mut w.rng);
+    let fee_out = w.ledger.faucet(&p2tr_single(&funding), Amount::from_sat(200_000)).unwrap();
+    let mut pay = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn { previous_output: fee_out, ..Default::default() }],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(150_000),
+            script_pubkey: script.script_pubkey(),
+        }],
+    };
+    let prev =
+        [bitcoin::TxOut { value: Amount::from_sat(200_000), script_pubkey: p2tr_single(&funding) }];
+    let sighash = cohort_common::scripts::key_spend_sighash(&pay, 0, &prev).unwrap();
+    let tweaked = {
+        use bitcoin::key::TapTweak;
+        bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &funding.secret)
+            .tap_tweak(SECP256K1, None)
+    };
+    let sig = SECP256K1.sign_schnorr(&Message::from_digest(sighash), &tweaked.to_keypair());
+    pay.input[0].witness = cohort_common::scripts::key_spend_witness(&sig);
+    // (The faucet mines a block: fund the template registration before broadcasting.)
+    let (mut body, _, _) = registration(&mut w, 100_000, 14_400);
+    let txid = w.ledger.broadcast(&pay).unwrap();
+    body.deposits[0].outpoint = OutPoint { txid, vout: 0 };
+    body.deposits[0].user_key = user.public;
+    let r = submit(&mut w, 41, sign(&body, &user, &CHALLENGE));
+    assert_eq!(r, Err(RefusalReason::Unconfirmed(OutPoint { txid, vout: 0 })));
+}
