@@ -958,21 +958,10 @@ impl Coordinator {
             }
             _ => return,
         };
+        let until = ban.then_some(ban_until);
         for id in &culprits {
-            let Some(r) = round.registrations.get_mut(id) else { continue };
-            r.active = false;
-            if ban {
-                for (op, _) in &r.member.deposits {
-                    self.bans.insert(*op, ban_until);
-                    self.events.push_back(Event::Banned { outpoint: *op, until: ban_until });
-                }
-            }
-            self.events.push_back(Event::Excluded {
-                round: round_id,
-                batch: b,
-                registration: *id,
-                reason: reason.clone(),
-            });
+            let regs = (&mut round.registrations, round_id);
+            exclude(regs, &mut self.bans, &mut self.events, (b, *id), &reason, until);
         }
         let remaining: Vec<u64> =
             members.iter().copied().filter(|m| !culprits.contains(m)).collect();
@@ -1038,8 +1027,7 @@ impl Coordinator {
         }
         for (b, holdouts, renoncing) in expired {
             if renoncing {
-                self.exclude_silent(now, b, holdouts);
-                self.rebuild(now, b);
+                self.drop_while_renoncing(now, b, holdouts, AbortReason::Timeout, true);
             } else {
                 self.abort_attempt(now, b, holdouts, AbortReason::Timeout, true);
             }
@@ -1054,7 +1042,7 @@ impl Coordinator {
         reason: AbortReason,
         ban: bool,
     ) {
-        let ban_until = now + self.config.ban_duration;
+        let until = ban.then_some(now + self.config.ban_duration);
         let Some(round) = &mut self.round else { return };
         let round_id = round.params.round;
         let Some(BatchPhase::Renoncing { attempt, members, waiting, .. }) =
@@ -1062,53 +1050,23 @@ impl Coordinator {
         else {
             return;
         };
-        for id in &culprits {
-            let Some(r) = round.registrations.get_mut(id) else { continue };
-            r.active = false;
-            members.retain(|m| m != id);
-            waiting.retain(|m| m != id);
-            if ban {
-                for (op, _) in &r.member.deposits {
-                    self.bans.insert(*op, ban_until);
-                    self.events.push_back(Event::Banned { outpoint: *op, until: ban_until });
-                }
-            }
-            let abort = Abort {
-                batch: b,
-                attempt: attempt.saturating_sub(1),
-                reason: reason.clone(),
-                excluded: vec![*id],
+        let aborted = attempt.saturating_sub(1);
+        members.retain(|m| !culprits.contains(m));
+        waiting.retain(|m| !culprits.contains(m));
+        let empty = waiting.is_empty();
+        for id in culprits {
+            let regs = (&mut round.registrations, round_id);
+            let Some(peer) =
+                exclude(regs, &mut self.bans, &mut self.events, (b, id), &reason, until)
+            else {
+                continue;
             };
-            self.outbox.push_back((r.peer, ToParticipant::Abort(abort)));
-            self.events.push_back(Event::Excluded {
-                round: round_id,
-                batch: b,
-                registration: *id,
-                reason: reason.clone(),
-            });
+            let abort =
+                Abort { batch: b, attempt: aborted, reason: reason.clone(), excluded: vec![id] };
+            self.outbox.push_back((peer, ToParticipant::Abort(abort)));
         }
-        if waiting.is_empty() {
+        if empty {
             self.rebuild(now, b);
-        }
-    }
-
-    fn exclude_silent(&mut self, now: Instant, b: u32, silent: Vec<u64>) {
-        let ban_until = now + self.config.ban_duration;
-        let Some(round) = &mut self.round else { return };
-        let round_id = round.params.round;
-        for id in silent {
-            let Some(r) = round.registrations.get_mut(&id) else { continue };
-            r.active = false;
-            for (op, _) in &r.member.deposits {
-                self.bans.insert(*op, ban_until);
-                self.events.push_back(Event::Banned { outpoint: *op, until: ban_until });
-            }
-            self.events.push_back(Event::Excluded {
-                round: round_id,
-                batch: b,
-                registration: id,
-                reason: AbortReason::Timeout,
-            });
         }
     }
 
@@ -1149,6 +1107,33 @@ impl Coordinator {
             self.events.push_back(Event::RoundFinished { round: round.params.round });
         }
     }
+}
+
+/// Marks a registration excluded from batch `b`, bans its deposits until `ban_until`
+/// when given, and records both. Returns its peer.
+fn exclude(
+    (registrations, round_id): (&mut BTreeMap<u64, Registration>, u64),
+    bans: &mut HashMap<OutPoint, Instant>,
+    events: &mut VecDeque<Event>,
+    (b, id): (u32, u64),
+    reason: &AbortReason,
+    ban_until: Option<Instant>,
+) -> Option<PeerId> {
+    let r = registrations.get_mut(&id)?;
+    r.active = false;
+    if let Some(until) = ban_until {
+        for (op, _) in &r.member.deposits {
+            bans.insert(*op, until);
+            events.push_back(Event::Banned { outpoint: *op, until });
+        }
+    }
+    events.push_back(Event::Excluded {
+        round: round_id,
+        batch: b,
+        registration: id,
+        reason: reason.clone(),
+    });
+    Some(r.peer)
 }
 
 fn millis(d: Duration) -> u64 {
