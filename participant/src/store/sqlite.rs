@@ -58,6 +58,11 @@ CREATE TABLE history (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+"#, r#"
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 "#];
 
 /// A participant store in one SQLite file.
@@ -446,6 +451,22 @@ impl ParticipantStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()?)
     }
 }
 
