@@ -1,0 +1,360 @@
+//! The coordinator service: the round engine driven over QUIC (STYLE 3).
+//!
+//! The [`Coordinator`] engine runs on ONE dedicated thread (it does rayon work inside its
+//! calls, so it never runs on the async reactor). Connection tasks of the
+//! [`cohort_transport::Server`] hand it `Connected` / `Message` / `Disconnected` events
+//! over a channel; the thread blocks on that inbox with a timeout set by the engine's
+//! next deadline, the round schedule and the confirmation poll. After every engine call
+//! it drains `poll_transmit` (to each peer's writer task) and `poll_event` (recorded in
+//! the [`CoordinatorStore`]; `Broadcast` goes to the [`Chain`], and on a dev chain a
+//! block is mined right after it so rounds finish on their own). Side requests are
+//! answered on tokio's blocking pool by [`SideRequests`], outside the engine.
+//!
+//! Restart: before the first round, [`recover`] aborts the batch attempts the store holds
+//! unfinished (nothing was broadcast for them, so every deposit is still the owner's),
+//! continues the round numbering and restores the bans in force.
+
+mod persist;
+mod side;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cohort_common::chain::Chain;
+use cohort_common::codec;
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::messages::{ServerInfo, SideRequest, SideResponse, ToCoordinator};
+use cohort_common::params::PROTOCOL_VERSION;
+use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
+
+use crate::engine::{Coordinator, CoordinatorConfig, Event};
+use crate::store::{CoordinatorStore, StoreError};
+
+pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
+pub use side::{SideRequests, MAX_MINE_PER_REQUEST};
+
+/// Errors starting the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The QUIC endpoint could not start.
+    #[error("transport: {0}")]
+    Transport(#[from] cohort_transport::TransportError),
+    /// The store could not be read or written during recovery.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The engine thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Where the chain comes from.
+#[derive(Clone)]
+pub enum ChainBackend {
+    /// The embedded regtest ledger, also served to participants as the dev chain
+    /// endpoint; a block is mined right after each funding broadcast.
+    Dev(Arc<Ledger>),
+    /// Another chain backend (no dev endpoint, no mining).
+    External(Arc<dyn Chain>),
+}
+
+impl std::fmt::Debug for ChainBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainBackend::Dev(l) => f.debug_tuple("Dev").field(l).finish(),
+            ChainBackend::External(_) => f.write_str("External"),
+        }
+    }
+}
+
+impl ChainBackend {
+    fn chain(&self) -> Arc<dyn Chain> {
+        match self {
+            ChainBackend::Dev(l) => l.clone(),
+            ChainBackend::External(c) => c.clone(),
+        }
+    }
+
+    fn ledger(&self) -> Option<Arc<Ledger>> {
+        match self {
+            ChainBackend::Dev(l) => Some(l.clone()),
+            ChainBackend::External(_) => None,
+        }
+    }
+}
+
+/// Everything the service runs with.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Round parameters and limits of the engine.
+    pub engine: CoordinatorConfig,
+    /// Time from the end of one round to the start of the next.
+    pub round_interval: Duration,
+    /// Transport limits.
+    pub limits: Limits,
+    /// How often funding transactions awaiting confirmation are looked up.
+    pub confirmation_poll: Duration,
+    /// The network addresses are for.
+    pub network: bitcoin::Network,
+    /// The `deposit_csv` suggested to new participants.
+    pub deposit_csv: u16,
+}
+
+enum Input {
+    Server(ServerEvent),
+    Shutdown,
+}
+
+struct Handler {
+    inbox: mpsc::Sender<Input>,
+    side: SideRequests,
+}
+
+impl cohort_transport::Service for Handler {
+    fn event(&self, event: ServerEvent) {
+        let _ = self.inbox.send(Input::Server(event));
+    }
+
+    fn side_request(&self, _peer: PeerId, request: SideRequest) -> SideResponse {
+        self.side.answer(request)
+    }
+}
+
+/// A running coordinator service.
+#[derive(Debug)]
+pub struct CoordinatorService {
+    server: Arc<Server>,
+    inbox: mpsc::Sender<Input>,
+    engine: Option<JoinHandle<()>>,
+    recovery: Recovery,
+}
+
+impl CoordinatorService {
+    /// Recovers from the store, binds the endpoint and starts the engine thread and the
+    /// round schedule (the first round starts at once). Must run inside a tokio runtime.
+    pub fn start(
+        config: ServiceConfig,
+        identity: &Identity,
+        key: Keypair,
+        store: Arc<dyn CoordinatorStore>,
+        chain: ChainBackend,
+    ) -> Result<CoordinatorService, ServiceError> {
+        let mut engine = Coordinator::new(key, config.engine.clone());
+        let recovery = recover(store.as_ref(), &mut engine, Instant::now())?;
+        if !recovery.aborted.is_empty() || recovery.last_round.is_some() {
+            tracing::info!(
+                aborted = recovery.aborted.len(),
+                last_round = ?recovery.last_round,
+                bans = recovery.bans,
+                "recovered from the store"
+            );
+        }
+        let info = ServerInfo {
+            version: PROTOCOL_VERSION,
+            coordinator_key: engine.public_key(),
+            network: config.network,
+            deposit_csv: config.deposit_csv,
+            exit_csv: config.engine.exit_csv,
+            dev: matches!(chain, ChainBackend::Dev(_)),
+        };
+        let server = Arc::new(Server::bind(config.listen, identity, config.limits.clone())?);
+        let (tx, rx) = mpsc::channel();
+        let driver = Driver {
+            engine,
+            persister: Persister::new(store),
+            chain: chain.chain(),
+            ledger: chain.ledger(),
+            outboxes: HashMap::new(),
+            round_interval: config.round_interval,
+            confirmation_poll: config.confirmation_poll,
+            next_round_at: Some(Instant::now()),
+            next_poll_at: Instant::now(),
+        };
+        let engine = std::thread::Builder::new()
+            .name("cohort-engine".into())
+            .spawn(move || driver.run(rx))
+            .map_err(ServiceError::Thread)?;
+        server.serve(Arc::new(Handler {
+            inbox: tx.clone(),
+            side: SideRequests::new(info, chain.ledger()),
+        }));
+        Ok(CoordinatorService { server, inbox: tx, engine: Some(engine), recovery })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServiceError> {
+        Ok(self.server.local_addr()?)
+    }
+
+    /// The URI participants use to reach this service at `host`.
+    pub fn uri(&self, host: &str) -> Result<CoordinatorUri, ServiceError> {
+        Ok(self.server.uri(host)?)
+    }
+
+    /// What the start-up recovery did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Stops the engine thread (nothing more is recorded), closes every connection and
+    /// waits until the closes are delivered. What is stored stays as it was: a round
+    /// in progress is aborted by the next start's recovery.
+    pub async fn shutdown(mut self, reason: &str) {
+        let _ = self.inbox.send(Input::Shutdown);
+        if let Some(engine) = self.engine.take() {
+            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        }
+        self.server.shutdown(reason).await;
+    }
+}
+
+/// The engine thread's state.
+struct Driver {
+    engine: Coordinator,
+    persister: Persister,
+    chain: Arc<dyn Chain>,
+    ledger: Option<Arc<Ledger>>,
+    outboxes: HashMap<PeerId, Outbox>,
+    round_interval: Duration,
+    confirmation_poll: Duration,
+    /// When the next round starts (`None` while one runs).
+    next_round_at: Option<Instant>,
+    next_poll_at: Instant,
+}
+
+impl Driver {
+    fn run(mut self, inbox: mpsc::Receiver<Input>) {
+        loop {
+            let now = Instant::now();
+            if self.next_round_at.is_some_and(|at| at <= now) && self.engine.round_finished() {
+                let challenge: [u8; 32] = rand::random();
+                let round = self.engine.start_round(now, challenge);
+                tracing::info!(round, "round started");
+                self.next_round_at = None;
+                self.pump(now);
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+                self.pump(now);
+            }
+            if self.next_poll_at <= now {
+                self.poll_confirmations(now);
+                self.next_poll_at = now + self.confirmation_poll;
+            }
+            let mut wake = self.next_poll_at;
+            if let Some(t) = self.engine.poll_timeout() {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.next_round_at {
+                wake = wake.min(t);
+            }
+            let wait = wake.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Input::Server(event)) => self.on_server_event(event),
+                Ok(Input::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn on_server_event(&mut self, event: ServerEvent) {
+        let now = Instant::now();
+        match event {
+            ServerEvent::Connected { peer, outbox, .. } => {
+                self.outboxes.insert(peer, outbox);
+                self.engine.peer_connected(now, peer);
+            }
+            ServerEvent::Message { peer, msg } => {
+                if let ToCoordinator::Register(reg) = &msg {
+                    self.persister.registering(codec::encode(reg).ok());
+                }
+                self.engine.handle_message(now, peer, msg, self.chain.as_ref());
+                self.persister.registering(None);
+            }
+            ServerEvent::Disconnected { peer, reason } => {
+                tracing::debug!(peer, reason, "peer left");
+                self.outboxes.remove(&peer);
+                self.engine.peer_disconnected(now, peer);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Drains the engine's messages and events until both are empty.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            while let Some((peer, msg)) = self.engine.poll_transmit() {
+                if let Some(outbox) = self.outboxes.get(&peer) {
+                    outbox.send(msg);
+                }
+            }
+            let Some(event) = self.engine.poll_event() else { return };
+            if let Err(e) = self.persister.record(now, &event) {
+                tracing::error!(error = %e, ?event, "cannot record an event");
+            }
+            self.on_engine_event(now, event);
+        }
+    }
+
+    fn on_engine_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Broadcast { round, batch, tx } => {
+                let result = self.chain.broadcast(&tx).map_err(|e| e.to_string());
+                match &result {
+                    Ok(txid) => {
+                        tracing::info!(round, batch, %txid, "funding transaction broadcast")
+                    }
+                    Err(e) => tracing::warn!(round, batch, error = %e, "funding broadcast refused"),
+                }
+                let ok = result.is_ok();
+                self.engine.broadcast_result(now, batch, result);
+                if ok {
+                    if let Some(ledger) = &self.ledger {
+                        ledger.mine(1);
+                        // Let the confirmation be seen at the next turn of the loop.
+                        self.next_poll_at = now;
+                    }
+                }
+            }
+            Event::RoundFinished { round } => {
+                tracing::info!(round, "round finished");
+                self.next_round_at = Some(now + self.round_interval);
+            }
+            Event::RegistrationClosed { round, registrations, batches } => {
+                tracing::info!(round, registrations, batches, "registration closed");
+            }
+            Event::BatchFailed { round, batch, reason } => {
+                tracing::warn!(round, batch, ?reason, "batch failed");
+            }
+            Event::BatchConfirmed { round, batch, height } => {
+                tracing::info!(round, batch, height, "batch confirmed");
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_confirmations(&mut self, now: Instant) {
+        let waiting = self.engine.awaiting_confirmation();
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(tip) = self.chain.tip_height() else { return };
+        for txid in waiting {
+            match self.chain.confirmations(&txid) {
+                Ok(Some(confs)) if confs >= 1 => {
+                    let height = tip.saturating_sub(confs - 1);
+                    self.engine.confirmed(now, txid, height);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%txid, error = %e, "cannot look up a confirmation"),
+            }
+        }
+        self.pump(now);
+    }
+}

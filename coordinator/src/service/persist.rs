@@ -1,0 +1,201 @@
+//! What the service records in the [`CoordinatorStore`]: the engine's events as rounds,
+//! registrations, batch attempts, signed trees and bans, and the recovery a restarted
+//! coordinator runs before its first round.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cohort_common::codec;
+
+use crate::engine::{Coordinator, Event};
+use crate::store::{
+    BatchRecord, BatchStatus, CoordinatorStore, RegistrationRecord, RegistrationStatus,
+    RoundRecord, RoundState, StoreError,
+};
+
+/// Why a restarted coordinator gives up the batches it found unfinished.
+pub const RESTART_REASON: &str = "coordinator restarted";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Batch attempts marked aborted, as `(round, batch, attempt)`.
+    pub aborted: Vec<(u64, u32, u32)>,
+    /// The round numbering continues after this one.
+    pub last_round: Option<u64>,
+    /// Bans restored into the engine.
+    pub bans: usize,
+}
+
+/// Prepares a fresh engine from the store: aborts the unfinished batch attempts (their
+/// deposits were never spent: nothing is broadcast before every deposit signature),
+/// continues the round numbering, and restores the bans in force.
+pub fn recover(
+    store: &dyn CoordinatorStore,
+    engine: &mut Coordinator,
+    now: Instant,
+) -> Result<Recovery, StoreError> {
+    let mut recovery = Recovery::default();
+    for b in store.unfinished_batches()? {
+        let status = BatchStatus::Aborted { reason: RESTART_REASON.to_owned() };
+        store.set_batch_status(b.round, b.batch, b.attempt, &status)?;
+        recovery.aborted.push((b.round, b.batch, b.attempt));
+    }
+    if let Some(latest) = store.latest_round()? {
+        if !matches!(latest.state, RoundState::Finished | RoundState::Aborted) {
+            store.set_round_state(latest.round, RoundState::Aborted)?;
+        }
+        engine.set_next_round(latest.round.saturating_add(1));
+        recovery.last_round = Some(latest.round);
+    }
+    let now_ms = now_ms();
+    for ban in store.bans(now_ms)? {
+        let left = Duration::from_millis(ban.until_ms.saturating_sub(now_ms));
+        engine.restore_ban(ban.outpoint, now + left);
+        recovery.bans += 1;
+    }
+    Ok(recovery)
+}
+
+/// Records engine events; keeps what the events do not repeat (the current attempt of
+/// each batch, the registration message being handled).
+pub struct Persister {
+    store: Arc<dyn CoordinatorStore>,
+    attempts: HashMap<(u64, u32), u32>,
+    pending_register: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister").field("attempts", &self.attempts).finish_non_exhaustive()
+    }
+}
+
+impl Persister {
+    /// Records into `store`.
+    pub fn new(store: Arc<dyn CoordinatorStore>) -> Self {
+        Persister { store, attempts: HashMap::new(), pending_register: None }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinatorStore> {
+        &self.store
+    }
+
+    /// The encoded `Register` message about to be handled (stored with its registration).
+    pub fn registering(&mut self, body: Option<Vec<u8>>) {
+        self.pending_register = body;
+    }
+
+    /// Records one event. Store failures are returned; the caller logs them (the round
+    /// goes on: the funding transaction is only broadcast after the tree is stored).
+    pub fn record(&mut self, now: Instant, event: &Event) -> Result<(), StoreError> {
+        let s = &self.store;
+        match event {
+            Event::RoundStarted { round, params } => s.put_round(&RoundRecord {
+                round: *round,
+                params: codec::encode(params.as_ref()).unwrap_or_default(),
+                started_at_ms: now_ms(),
+                state: RoundState::Registering,
+            }),
+            Event::Registered { round, registration, deposits } => {
+                s.put_registration(&RegistrationRecord {
+                    round: *round,
+                    registration: *registration,
+                    body: self.pending_register.take().unwrap_or_default(),
+                    deposits: deposits.clone(),
+                    status: RegistrationStatus::Accepted,
+                })
+            }
+            Event::Refused { .. } => Ok(()),
+            Event::RegistrationClosed { round, .. } => {
+                s.set_round_state(*round, RoundState::Signing)
+            }
+            Event::Proposed { round, batch, attempt, funding_tx, .. } => {
+                if let Some(previous) = self.attempts.insert((*round, *batch), *attempt) {
+                    if previous != *attempt {
+                        self.abort_attempt(*round, *batch, previous, "retried")?;
+                    }
+                }
+                s.put_batch(&BatchRecord {
+                    round: *round,
+                    batch: *batch,
+                    attempt: *attempt,
+                    funding_tx: funding_tx.as_ref().clone(),
+                    status: BatchStatus::Signing,
+                })
+            }
+            Event::TreeSigned { round, batch, attempt, nodes } => {
+                s.put_signed_tree(*round, *batch, *attempt, nodes)?;
+                s.set_batch_status(*round, *batch, *attempt, &BatchStatus::TreeSigned)
+            }
+            Event::Excluded { round, batch, registration, reason } => {
+                s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)?;
+                if let Some(attempt) = self.attempts.get(&(*round, *batch)).copied() {
+                    self.abort_attempt(*round, *batch, attempt, &format!("{reason:?}"))?;
+                }
+                Ok(())
+            }
+            Event::Banned { outpoint, until } => {
+                let left = until.saturating_duration_since(now).as_millis() as u64;
+                s.ban(outpoint, now_ms().saturating_add(left), "excluded from a batch")
+            }
+            Event::Broadcast { .. } => Ok(()),
+            Event::BatchFailed { round, batch, reason } => {
+                match self.attempts.get(&(*round, *batch)).copied() {
+                    Some(attempt) => {
+                        self.abort_attempt(*round, *batch, attempt, &format!("{reason:?}"))
+                    }
+                    None => Ok(()),
+                }
+            }
+            Event::BatchFinalized { round, batch, attempts, txid } => s.set_batch_status(
+                *round,
+                *batch,
+                *attempts,
+                &BatchStatus::Finalized { txid: *txid },
+            ),
+            Event::BatchConfirmed { round, batch, height } => {
+                match self.attempts.get(&(*round, *batch)).copied() {
+                    Some(attempt) => s.set_batch_status(
+                        *round,
+                        *batch,
+                        attempt,
+                        &BatchStatus::Confirmed { height: *height },
+                    ),
+                    None => Ok(()),
+                }
+            }
+            Event::RoundFinished { round } => {
+                self.attempts.retain(|(r, _), _| r != round);
+                s.set_round_state(*round, RoundState::Finished)
+            }
+        }
+    }
+
+    /// Marks an attempt aborted unless it already finished.
+    fn abort_attempt(
+        &self,
+        round: u64,
+        batch: u32,
+        attempt: u32,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let finished = self
+            .store
+            .batches_of_round(round)?
+            .iter()
+            .any(|b| b.batch == batch && b.attempt == attempt && b.status.is_finished());
+        if finished {
+            return Ok(());
+        }
+        let status = BatchStatus::Aborted { reason: why.to_owned() };
+        self.store.set_batch_status(round, batch, attempt, &status)
+    }
+}
