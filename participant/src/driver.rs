@@ -60,7 +60,9 @@ pub enum DriverError {
     #[error(transparent)]
     Wallet(#[from] WalletError),
     /// Nothing to offer.
-    #[error("no confirmed unspent deposit to register (fund the address, then run `cohort deposits`)")]
+    #[error(
+        "no confirmed unspent deposit to register (fund the address, then run `cohort deposits`)"
+    )]
     NoDeposits,
     /// The progress observer stopped the driver (as a kill at this point would).
     #[error("stopped by the caller in phase {0:?}")]
@@ -76,7 +78,10 @@ impl From<cohort_transport::TransportError> for DriverError {
 /// Where session messages go.
 pub trait SessionSink: Send {
     /// Sends one message, in order.
-    fn send_msg(&mut self, msg: ToCoordinator) -> impl Future<Output = Result<(), DriverError>> + Send;
+    fn send_msg(
+        &mut self,
+        msg: ToCoordinator,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 }
 
 impl SessionSink for FramedSend<ToCoordinator> {
@@ -94,7 +99,10 @@ impl SessionSink for mpsc::Sender<ToCoordinator> {
 /// One side request, one answer.
 pub trait SideChannel: Send + Sync {
     /// Sends `req` and waits for its answer (an `Error` answer is returned as is).
-    fn side(&self, req: SideRequest) -> impl Future<Output = Result<SideResponse, DriverError>> + Send;
+    fn side(
+        &self,
+        req: SideRequest,
+    ) -> impl Future<Output = Result<SideResponse, DriverError>> + Send;
 }
 
 impl SideChannel for Client {
@@ -512,7 +520,11 @@ impl Driver {
                 )?;
                 // Observed before the session may sign deposits: stopping here is a kill
                 // with the paths on disk and nothing signed.
-                report(observer, &self.session, Progress::ExitPathsStored { funding_txid, paths: count })?;
+                report(
+                    observer,
+                    &self.session,
+                    Progress::ExitPathsStored { funding_txid, paths: count },
+                )?;
                 self.session.exit_paths_persisted(Instant::now(), batch, attempt);
                 return Ok(None);
             }

@@ -156,7 +156,11 @@ impl<'a, C: SideChannel> RemoteChain<'a, C> {
     }
 
     /// Dev chain: a confirmed faucet output for `script`.
-    pub async fn faucet(&self, script: &ScriptBuf, amount: Amount) -> Result<OutPoint, DriverError> {
+    pub async fn faucet(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<OutPoint, DriverError> {
         match self.side.side(SideRequest::Faucet(script.clone(), amount)).await? {
             SideResponse::Funded(o) => Ok(o),
             other => Err(unexpected("faucet", other)),
@@ -281,7 +285,11 @@ pub async fn exit_leaf<C: SideChannel>(
                 let child = cpfp_child(tx, &fee, rate)?;
                 chain.broadcast_package(tx, &child).await?;
                 report.published.push(txid);
-                history(store, "exit_broadcast", format!("node {txid} of leaf {leaf} in {funding_txid}"))?;
+                history(
+                    store,
+                    "exit_broadcast",
+                    format!("node {txid} of leaf {leaf} in {funding_txid}"),
+                )?;
             }
         }
         if !mine {
@@ -299,7 +307,11 @@ pub async fn exit_leaf<C: SideChannel>(
     let (Some(index), Some(csv)) = (record.leaf_key_index, record.exit_csv) else {
         // A fixed leaf paying someone else's script: on chain is all we can do.
         store.mark_exited(&funding_txid, leaf)?;
-        history(store, "exited", format!("leaf {leaf} of {funding_txid} is on chain at {outpoint}"))?;
+        history(
+            store,
+            "exited",
+            format!("leaf {leaf} of {funding_txid} is on chain at {outpoint}"),
+        )?;
         report.exited = true;
         return Ok(report);
     };

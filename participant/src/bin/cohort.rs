@@ -99,13 +99,14 @@ async fn run(args: Args) -> Result<(), cli::CliError> {
             if !json {
                 println!("waiting for the next round...");
             }
-            let report = cli::join(&ctx, coordinator.as_deref(), max_fee.map(Amount::from_sat), |p| {
-                if !json {
-                    println!("  {p}");
-                }
-                ControlFlow::Continue(())
-            })
-            .await?;
+            let report =
+                cli::join(&ctx, coordinator.as_deref(), max_fee.map(Amount::from_sat), |p| {
+                    if !json {
+                        println!("  {p}");
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
             print(json, &report);
         }
         Command::Status => print(json, &cli::status(&ctx)?),

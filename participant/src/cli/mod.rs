@@ -127,8 +127,9 @@ async fn server_info(client: &Client) -> Result<cohort_common::messages::ServerI
     match client.request(&SideRequest::Info).await? {
         SideResponse::Info(info) => Ok(info),
         SideResponse::Error(reason) => Err(DriverError::Remote(reason.as_str().to_owned()).into()),
-        other => Err(DriverError::UnexpectedAnswer { request: "info", got: format!("{other:?}") }
-            .into()),
+        other => {
+            Err(DriverError::UnexpectedAnswer { request: "info", got: format!("{other:?}") }.into())
+        }
     }
 }
 
@@ -192,7 +193,8 @@ async fn refresh_deposits(
     }
     for d in store.deposits()? {
         let on_chain = utxos.iter().any(|u| u.outpoint == d.outpoint);
-        if !on_chain && matches!(d.status, DepositStatus::Unspent | DepositStatus::Registered { .. })
+        if !on_chain
+            && matches!(d.status, DepositStatus::Unspent | DepositStatus::Registered { .. })
         {
             store.set_deposit_status(&d.outpoint, &DepositStatus::Spent)?;
         }

@@ -18,7 +18,8 @@ use super::{
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
 /// Append only: a released entry is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     seed BLOB,
@@ -58,12 +59,14 @@ CREATE TABLE history (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE settings (
     key TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+];
 
 /// A participant store in one SQLite file.
 #[derive(Debug)]
