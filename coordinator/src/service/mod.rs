@@ -106,6 +106,7 @@ pub struct ServiceConfig {
     pub deposit_csv: u16,
 }
 
+#[allow(clippy::large_enum_variant)] // One event at a time through the channel.
 enum Input {
     Server(ServerEvent),
     Shutdown,
