@@ -77,15 +77,21 @@ enum Dev {
     },
 }
 
+/// Prints a report; a closed stdout (`| head`) is not an error worth a panic.
 fn print<T: Serialize + std::fmt::Display>(json: bool, report: &T) {
-    if json {
+    use std::io::Write;
+    let text = if json {
         match serde_json::to_string(report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("error: cannot encode the report: {e}"),
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: cannot encode the report: {e}");
+                return;
+            }
         }
     } else {
-        println!("{report}");
-    }
+        report.to_string()
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 async fn run(args: Args) -> Result<(), cli::CliError> {
@@ -97,12 +103,12 @@ async fn run(args: Args) -> Result<(), cli::CliError> {
         Command::Deposits => print(json, &cli::deposits(&ctx).await?),
         Command::Join { coordinator, max_fee } => {
             if !json {
-                println!("waiting for the next round...");
+                print(false, &"waiting for the next round...");
             }
             let report =
                 cli::join(&ctx, coordinator.as_deref(), max_fee.map(Amount::from_sat), |p| {
                     if !json {
-                        println!("  {p}");
+                        print(false, &format!("  {p}"));
                     }
                     ControlFlow::Continue(())
                 })
@@ -141,7 +147,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                print(false, &serde_json::json!({ "error": e.to_string() }));
             } else {
                 eprintln!("error: {e}");
             }
