@@ -4,6 +4,14 @@
 //!
 //! - [`session`]: the sans-IO session engine (register, check, sign, persist, sign deposits).
 //! - [`store`]: persistent state (seed, key counter, deposits, exit paths, history).
+//! - [`wallet`]: the seed, the remembered coordinator and every key derived from the seed.
+//! - [`cli`]: the `cohort` commands as library functions with their reports.
+//! - [`driver`]: the tokio driver of the session over QUIC (or any message link).
+//! - [`exit`]: publishing exit paths, reclaiming leaves and deposits after their timeout.
 
+pub mod cli;
+pub mod driver;
+pub mod exit;
 pub mod session;
 pub mod store;
+pub mod wallet;

@@ -24,6 +24,7 @@ pub(crate) fn run_all<S: ParticipantStore>(make: impl Fn() -> S) {
     exited_marks(&make());
     history_is_newest_first_and_bounded(&make());
     out_of_range_integers_refused(&make());
+    settings_round_trip(&make());
     let store = make();
     populate(&store);
     assert_populated(&store);
@@ -247,6 +248,17 @@ fn out_of_range_integers_refused(s: &impl ParticipantStore) {
     assert_eq!(s.deposit(&d.outpoint).unwrap().unwrap().status, DepositStatus::Unspent);
 }
 
+fn settings_round_trip(s: &impl ParticipantStore) {
+    assert_eq!(s.setting("coordinator").unwrap(), None);
+    s.set_setting("coordinator", "{\"uri\":1}").unwrap();
+    s.set_setting("other", "").unwrap();
+    assert_eq!(s.setting("coordinator").unwrap().as_deref(), Some("{\"uri\":1}"));
+    s.set_setting("coordinator", "replaced").unwrap();
+    assert_eq!(s.setting("coordinator").unwrap().as_deref(), Some("replaced"));
+    assert_eq!(s.setting("other").unwrap().as_deref(), Some(""));
+    assert_eq!(s.setting("Coordinator").unwrap(), None);
+}
+
 /// Writes one of everything; [`assert_populated`] finds it again (also after a reopen).
 pub(crate) fn populate(s: &impl ParticipantStore) {
     s.init_seed([42; 32]).unwrap();
@@ -259,6 +271,7 @@ pub(crate) fn populate(s: &impl ParticipantStore) {
     s.mark_exited(&txid(61), 1).unwrap();
     s.append_history(&event(100)).unwrap();
     s.append_history(&event(101)).unwrap();
+    s.set_setting("coordinator", "kept").unwrap();
 }
 
 /// Checks what [`populate`] wrote, then that the key counter continues past it.
@@ -271,6 +284,7 @@ pub(crate) fn assert_populated(s: &impl ParticipantStore) {
     assert_eq!(s.pending_exit_paths().unwrap(), vec![exit_path(61, 0, 3)]);
     assert!(s.is_exited(&txid(61), 1).unwrap());
     assert_eq!(s.history(10).unwrap(), vec![event(101), event(100)]);
+    assert_eq!(s.setting("coordinator").unwrap().as_deref(), Some("kept"));
     let next = s.next_key_index().unwrap();
     assert!(next >= 2, "key index {next} handed out again");
 }

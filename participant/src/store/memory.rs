@@ -25,6 +25,7 @@ struct Inner {
     /// Keyed like the SQLite primary key; the flag is the exited mark.
     exit_paths: BTreeMap<(Txid, u32), (ExitPathRecord, bool)>,
     history: Vec<HistoryEvent>,
+    settings: BTreeMap<String, String>,
 }
 
 impl MemoryStore {
@@ -171,6 +172,15 @@ impl ParticipantStore for MemoryStore {
     fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
         let n = limit.min(MAX_HISTORY_READ);
         Ok(self.lock().history.iter().rev().take(n).cloned().collect())
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().settings.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().settings.get(key).cloned())
     }
 }
 

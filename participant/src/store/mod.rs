@@ -1,4 +1,5 @@
-//! Participant storage: the wallet seed, key counter, deposits, signed exit paths and history,
+//! Participant storage: the wallet seed, key counter, deposits, signed exit paths, history
+//! and a few named settings,
 //! behind one trait with a SQLite backend (the default, one file) and an in-memory one.
 //!
 //! Both backends pass the same contract suite (`contract.rs`). Nothing here knows about
@@ -232,4 +233,10 @@ pub trait ParticipantStore: Send + Sync {
 
     /// The newest `min(limit, MAX_HISTORY_READ)` events, newest first.
     fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;
+
+    /// Sets a small named setting (the wallet's coordinator, ...), replacing any value.
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// A setting's value, if set.
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
 }

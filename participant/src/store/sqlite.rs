@@ -18,7 +18,8 @@ use super::{
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
 /// Append only: a released entry is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     seed BLOB,
@@ -58,7 +59,14 @@ CREATE TABLE history (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 /// A participant store in one SQLite file.
 #[derive(Debug)]
@@ -446,6 +454,22 @@ impl ParticipantStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()?)
     }
 }
 

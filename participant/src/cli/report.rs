@@ -1,0 +1,337 @@
+//! What each `cohort` command reports: serializable for `--json`, displayable for people.
+
+use std::fmt;
+
+use bitcoin::OutPoint;
+use serde::Serialize;
+
+use crate::driver::{Outcome, Progress};
+use crate::exit::{ExitReport, ReclaimItem};
+use crate::store::{DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent};
+use crate::wallet::CoordinatorInfo;
+
+/// `init`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    /// The data directory.
+    pub data_dir: String,
+    /// The remembered coordinator.
+    pub coordinator: CoordinatorInfo,
+    /// The static deposit address.
+    pub address: String,
+    /// Its descriptor.
+    pub descriptor: String,
+}
+
+impl fmt::Display for InitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "wallet created in {}", self.data_dir)?;
+        writeln!(f, "coordinator: {}", self.coordinator.uri)?;
+        writeln!(
+            f,
+            "network {}, deposit timeout {} blocks, exit timeout {} blocks{}",
+            self.coordinator.network,
+            self.coordinator.deposit_csv,
+            self.coordinator.exit_csv,
+            if self.coordinator.dev { ", dev chain" } else { "" }
+        )?;
+        writeln!(f, "deposit address: {}", self.address)?;
+        write!(f, "descriptor: {}", self.descriptor)
+    }
+}
+
+/// `address`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressReport {
+    /// The static deposit address.
+    pub address: String,
+    /// Its descriptor.
+    pub descriptor: String,
+    /// Its network.
+    pub network: String,
+    /// Its reclaim timeout.
+    pub deposit_csv: u16,
+}
+
+impl fmt::Display for AddressReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "address:    {}", self.address)?;
+        writeln!(f, "descriptor: {}", self.descriptor)?;
+        write!(f, "network {}, reclaimable alone after {} blocks", self.network, self.deposit_csv)
+    }
+}
+
+/// One deposit.
+#[derive(Debug, Clone, Serialize)]
+pub struct DepositRow {
+    /// Where it is.
+    pub outpoint: OutPoint,
+    /// Its amount.
+    pub amount_sat: u64,
+    /// Confirmations, when the chain was asked.
+    pub confirmations: Option<u32>,
+    /// Its stored status.
+    pub status: DepositStatus,
+}
+
+impl DepositRow {
+    /// A row from a record.
+    pub fn new(d: &DepositRecord, confirmations: Option<u32>) -> Self {
+        DepositRow {
+            outpoint: d.outpoint,
+            amount_sat: d.txout.value.to_sat(),
+            confirmations,
+            status: d.status.clone(),
+        }
+    }
+}
+
+fn status_text(s: &DepositStatus) -> String {
+    match s {
+        DepositStatus::Unspent => "unspent".into(),
+        DepositStatus::Registered { round } => format!("registered in round {round}"),
+        DepositStatus::InBatch { funding_txid } => format!("in batch {funding_txid}"),
+        DepositStatus::Spent => "spent".into(),
+        DepositStatus::Reclaimed { txid } => format!("reclaimed by {txid}"),
+    }
+}
+
+impl fmt::Display for DepositRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:>12} sat  {}", self.outpoint, self.amount_sat, status_text(&self.status))?;
+        if let Some(c) = self.confirmations {
+            write!(f, ", {c} confirmation(s)")?;
+        }
+        Ok(())
+    }
+}
+
+/// `deposits`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DepositsReport {
+    /// The chain tip.
+    pub tip: u32,
+    /// Every stored deposit.
+    pub deposits: Vec<DepositRow>,
+}
+
+impl fmt::Display for DepositsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tip height {}; {} deposit(s)", self.tip, self.deposits.len())?;
+        for d in &self.deposits {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `join`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinReport {
+    /// The deposits registered.
+    pub deposits: Vec<OutPoint>,
+    /// Their total, in sat.
+    pub deposited_sat: u64,
+    /// The key index of the remainder leaf.
+    pub leaf_key_index: u32,
+    /// Every step seen.
+    pub steps: Vec<Progress>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for JoinReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Outcome::Confirmed { funding_txid, height } => {
+                write!(f, "done: batch confirmed at height {height}")?;
+                if let Some(txid) = funding_txid {
+                    write!(f, " (funding tx {txid})")?;
+                }
+                write!(f, "; see `cohort status` for the exit paths")
+            }
+            Outcome::Refused { reason } => write!(f, "not joined: registration refused: {reason}"),
+            Outcome::Failed { reason, deposits_signed } => write!(
+                f,
+                "round failed: {reason}{}",
+                if *deposits_signed {
+                    " (deposits were signed: the exit paths are stored)"
+                } else {
+                    " (nothing was signed: the deposits are still yours)"
+                }
+            ),
+            Outcome::Disconnected { phase, deposits_signed } => write!(
+                f,
+                "the coordinator closed the session in phase {phase}{}",
+                if *deposits_signed { " (the exit paths are stored)" } else { "" }
+            ),
+        }
+    }
+}
+
+/// One exit path.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitPathRow {
+    /// The number `exit` accepts.
+    pub number: usize,
+    /// `<funding_txid>:<leaf>`.
+    pub id: String,
+    /// The leaf's amount.
+    pub amount_sat: u64,
+    /// Transactions on the path.
+    pub depth: usize,
+    /// The leaf key index, if the leaf pays one of our keys.
+    pub leaf_key_index: Option<u32>,
+    /// The leaf's timeout.
+    pub exit_csv: Option<u16>,
+    /// Whether it was exited.
+    pub exited: bool,
+}
+
+impl ExitPathRow {
+    /// A row from a record.
+    pub fn new(number: usize, p: &ExitPathRecord, exited: bool) -> Self {
+        ExitPathRow {
+            number,
+            id: format!("{}:{}", p.funding_txid, p.leaf),
+            amount_sat: p.leaf_output.value.to_sat(),
+            depth: p.path.len(),
+            leaf_key_index: p.leaf_key_index,
+            exit_csv: p.exit_csv,
+            exited,
+        }
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The coordinator URI.
+    pub coordinator: String,
+    /// The static deposit address.
+    pub address: String,
+    /// Stored deposits.
+    pub deposits: Vec<DepositRow>,
+    /// Stored exit paths.
+    pub exit_paths: Vec<ExitPathRow>,
+    /// Recent history, newest first.
+    pub history: Vec<HistoryEvent>,
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "coordinator: {}", self.coordinator)?;
+        writeln!(f, "address: {}", self.address)?;
+        write!(f, "deposits ({}):", self.deposits.len())?;
+        for d in &self.deposits {
+            write!(f, "\n  {d}")?;
+        }
+        write!(f, "\nexit paths ({}):", self.exit_paths.len())?;
+        for p in &self.exit_paths {
+            write!(f, "\n  #{} {} {} sat, {} tx(s)", p.number, p.id, p.amount_sat, p.depth)?;
+            if let (Some(index), Some(csv)) = (p.leaf_key_index, p.exit_csv) {
+                write!(f, ", leaf key {index}, timeout {csv} blocks")?;
+            }
+            if p.exited {
+                write!(f, ", exited")?;
+            }
+        }
+        write!(f, "\nrecent history:")?;
+        for h in &self.history {
+            write!(f, "\n  {} {}: {}", h.at_ms, h.kind, h.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ExitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "leaf {}:{} ({} sat): ", self.funding_txid, self.leaf, self.amount_sat)?;
+        write!(
+            f,
+            "{} node tx(s) published, {} already confirmed",
+            self.published.len(),
+            self.already_confirmed
+        )?;
+        if let Some(o) = self.leaf_outpoint {
+            write!(f, "\nleaf output on chain at {o}")?;
+        }
+        if let Some(txid) = self.reclaim_txid {
+            write!(f, "\nreclaimed to the wallet by {txid}")?;
+        }
+        if let Some(h) = self.waiting_for_height {
+            write!(f, "\nnot finished: run `cohort exit` again from height {h}")?;
+        }
+        if self.exited {
+            write!(f, "\nexited")?;
+        }
+        Ok(())
+    }
+}
+
+/// `reclaim`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReclaimReport {
+    /// One item per deposit looked at.
+    pub deposits: Vec<ReclaimItem>,
+}
+
+impl fmt::Display for ReclaimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.deposits.is_empty() {
+            return write!(f, "no unspent deposit to reclaim");
+        }
+        let mut first = true;
+        for item in &self.deposits {
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            match item {
+                ReclaimItem::Reclaimed { outpoint, txid } => {
+                    write!(f, "{outpoint}: reclaimed by {txid}")?
+                }
+                ReclaimItem::Waiting { outpoint, spendable_at: Some(h) } => {
+                    write!(f, "{outpoint}: spendable from height {h}")?
+                }
+                ReclaimItem::Waiting { outpoint, spendable_at: None } => {
+                    write!(f, "{outpoint}: not confirmed yet")?
+                }
+                ReclaimItem::Gone { outpoint } => write!(f, "{outpoint}: already spent")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `dev fund`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FundReport {
+    /// The new deposit.
+    pub outpoint: OutPoint,
+    /// Its amount.
+    pub amount_sat: u64,
+    /// The address funded.
+    pub address: String,
+}
+
+impl fmt::Display for FundReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "funded {} with {} sat: deposit {}", self.address, self.amount_sat, self.outpoint)
+    }
+}
+
+/// `dev mine`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MineReport {
+    /// Blocks mined.
+    pub mined: u32,
+    /// The new tip height.
+    pub height: u32,
+}
+
+impl fmt::Display for MineReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mined {} block(s); tip height {}", self.mined, self.height)
+    }
+}

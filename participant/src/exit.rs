@@ -1,0 +1,441 @@
+//! Leaving without the coordinator: publish a stored exit path node by node (each with a
+//! CPFP child paying through its anchor), then reclaim the leaf after its timeout; and
+//! reclaim static deposits through their timeout path.
+//!
+//! The chain is reached through side requests ([`RemoteChain`]); only a `--dev`
+//! coordinator serves them. With `mine`, the tools mine the blocks they wait for (dev
+//! chain); without it they publish what they can and say at which height to come back.
+
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use cohort_common::exit::{cpfp_child, reclaim_tx, ExitError, FeeInput};
+use cohort_common::messages::{SideRequest, SideResponse, UtxoInfo};
+use cohort_common::scripts::{DepositScript, ScriptError};
+use serde::Serialize;
+
+use crate::driver::{now_ms, DriverError, SideChannel};
+use crate::store::{DepositStatus, HistoryEvent, ParticipantStore, StoreError};
+use crate::wallet::Wallet;
+
+/// What the dev faucet sends the fee key when it has no usable output.
+pub const FEE_FAUCET_AMOUNT: Amount = Amount::from_sat(100_000);
+
+/// Errors of the exit and reclaim tools.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitToolError {
+    /// No stored exit path for that leaf.
+    #[error("no stored exit path for leaf {leaf} of funding tx {funding_txid}")]
+    UnknownLeaf {
+        /// The batch.
+        funding_txid: Txid,
+        /// The leaf.
+        leaf: u32,
+    },
+    /// The leaf was already exited.
+    #[error("leaf {leaf} of funding tx {funding_txid} was already exited")]
+    AlreadyExited {
+        /// The batch.
+        funding_txid: Txid,
+        /// The leaf.
+        leaf: u32,
+    },
+    /// The batch's funding transaction is not on the chain.
+    #[error("funding tx {0} is not on the chain yet: wait for the batch to confirm")]
+    FundingMissing(Txid),
+    /// A stored record is inconsistent with the wallet.
+    #[error("stored record does not match the wallet: {0}")]
+    Mismatch(String),
+    /// No fee output to pay CPFP children, and no faucet to get one.
+    #[error("no confirmed output of at least {needed} on the fee address {script}; fund it")]
+    NoFeeInput {
+        /// The fee key's script (hex).
+        script: String,
+        /// A sensible minimum.
+        needed: Amount,
+    },
+    /// A transaction could not be built.
+    #[error("building a transaction: {0}")]
+    Build(#[from] ExitError),
+    /// A script could not be built.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    /// Height arithmetic overflowed.
+    #[error("height overflow")]
+    Overflow,
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Chain access through a coordinator's side requests.
+#[derive(Debug)]
+pub struct RemoteChain<'a, C> {
+    side: &'a C,
+}
+
+fn unexpected(request: &'static str, got: SideResponse) -> DriverError {
+    match got {
+        SideResponse::Error(reason) => DriverError::Remote(reason.as_str().to_owned()),
+        other => DriverError::UnexpectedAnswer { request, got: format!("{other:?}") },
+    }
+}
+
+impl<'a, C: SideChannel> RemoteChain<'a, C> {
+    /// Chain access over `side`.
+    pub fn new(side: &'a C) -> Self {
+        RemoteChain { side }
+    }
+
+    /// The tip height.
+    pub async fn tip_height(&self) -> Result<u32, DriverError> {
+        match self.side.side(SideRequest::TipHeight).await? {
+            SideResponse::Height(h) => Ok(h),
+            other => Err(unexpected("tip height", other)),
+        }
+    }
+
+    /// One unspent output.
+    pub async fn utxo(&self, outpoint: OutPoint) -> Result<Option<UtxoInfo>, DriverError> {
+        match self.side.side(SideRequest::Utxo(outpoint)).await? {
+            SideResponse::Utxo(u) => Ok(u),
+            other => Err(unexpected("utxo", other)),
+        }
+    }
+
+    /// Every unspent output of a script.
+    pub async fn script_utxos(&self, script: &ScriptBuf) -> Result<Vec<UtxoInfo>, DriverError> {
+        match self.side.side(SideRequest::ScriptUtxos(script.clone())).await? {
+            SideResponse::Utxos(u) => Ok(u),
+            other => Err(unexpected("script utxos", other)),
+        }
+    }
+
+    /// The fee rate to pay.
+    pub async fn fee_rate(&self) -> Result<FeeRate, DriverError> {
+        let answer = self.side.side(SideRequest::FeeRate).await?;
+        answer.fee_rate().ok_or_else(|| unexpected("fee rate", answer))
+    }
+
+    /// Confirmations of a transaction (`None` unknown, `Some(0)` in the mempool).
+    pub async fn confirmations(&self, txid: Txid) -> Result<Option<u32>, DriverError> {
+        match self.side.side(SideRequest::Confirmations(txid)).await? {
+            SideResponse::Confirmations(c) => Ok(c),
+            other => Err(unexpected("confirmations", other)),
+        }
+    }
+
+    /// Broadcasts one transaction.
+    pub async fn broadcast(&self, tx: &Transaction) -> Result<Txid, DriverError> {
+        match self.side.side(SideRequest::Broadcast(tx.clone())).await? {
+            SideResponse::Txid(t) => Ok(t),
+            other => Err(unexpected("broadcast", other)),
+        }
+    }
+
+    /// Broadcasts a parent with its CPFP child.
+    pub async fn broadcast_package(
+        &self,
+        parent: &Transaction,
+        child: &Transaction,
+    ) -> Result<(Txid, Txid), DriverError> {
+        let req = SideRequest::BroadcastPackage(parent.clone(), child.clone());
+        match self.side.side(req).await? {
+            SideResponse::Txids(a, b) => Ok((a, b)),
+            other => Err(unexpected("broadcast package", other)),
+        }
+    }
+
+    /// Dev chain: mines `n` blocks; the new tip height.
+    pub async fn mine(&self, n: u32) -> Result<u32, DriverError> {
+        match self.side.side(SideRequest::Mine(n)).await? {
+            SideResponse::Height(h) => Ok(h),
+            other => Err(unexpected("mine", other)),
+        }
+    }
+
+    /// Dev chain: a confirmed faucet output for `script`.
+    pub async fn faucet(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<OutPoint, DriverError> {
+        match self.side.side(SideRequest::Faucet(script.clone(), amount)).await? {
+            SideResponse::Funded(o) => Ok(o),
+            other => Err(unexpected("faucet", other)),
+        }
+    }
+}
+
+/// What `exit` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitReport {
+    /// The batch.
+    pub funding_txid: Txid,
+    /// The leaf.
+    pub leaf: u32,
+    /// The leaf's amount, in sat.
+    pub amount_sat: u64,
+    /// Node transactions published now (with a CPFP child each).
+    pub published: Vec<Txid>,
+    /// Node transactions already confirmed.
+    pub already_confirmed: usize,
+    /// The leaf output, once its node is confirmed.
+    pub leaf_outpoint: Option<OutPoint>,
+    /// The reclaim transaction of the leaf, if it was spent to the wallet.
+    pub reclaim_txid: Option<Txid>,
+    /// While not finished: the height from which the next step can go on.
+    pub waiting_for_height: Option<u32>,
+    /// Whether the path is now marked exited.
+    pub exited: bool,
+}
+
+fn history(store: &dyn ParticipantStore, kind: &str, detail: String) -> Result<(), StoreError> {
+    store.append_history(&HistoryEvent { at_ms: now_ms(), round: None, kind: kind.into(), detail })
+}
+
+/// The first height whose block may include a spend of an output confirmed at `height`
+/// with relative timelock `csv` (BIP-68).
+pub fn spendable_at(height: u32, csv: u16) -> Option<u32> {
+    height.checked_add(u32::from(csv))
+}
+
+/// A confirmed fee-key output able to pay a CPFP child; on dev, fetched from the faucet.
+async fn fee_input<C: SideChannel>(
+    chain: &RemoteChain<'_, C>,
+    wallet: &Wallet,
+    mine: bool,
+) -> Result<FeeInput, ExitToolError> {
+    let script = wallet.fee_script();
+    let best = chain
+        .script_utxos(&script)
+        .await?
+        .into_iter()
+        .filter(|u| u.height.is_some() && u.txout.value >= FEE_FAUCET_AMOUNT / 10)
+        .max_by_key(|u| u.txout.value);
+    let (outpoint, txout) = match best {
+        Some(u) => (u.outpoint, u.txout),
+        None if mine => {
+            let outpoint = chain.faucet(&script, FEE_FAUCET_AMOUNT).await?;
+            (outpoint, TxOut { value: FEE_FAUCET_AMOUNT, script_pubkey: script })
+        }
+        None => {
+            return Err(ExitToolError::NoFeeInput {
+                script: hex::encode(script.as_bytes()),
+                needed: FEE_FAUCET_AMOUNT / 10,
+            })
+        }
+    };
+    Ok(FeeInput { outpoint, txout, key: wallet.fee_key() })
+}
+
+/// Publishes the stored exit path of `leaf` in batch `funding_txid` and, for a leaf paying
+/// one of our keys, spends it to the fee key once its timeout has passed. With `mine`
+/// (dev chain) it mines every block it waits for and finishes in one call; otherwise it
+/// goes as far as the chain allows and says at which height to call it again.
+pub async fn exit_leaf<C: SideChannel>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    side: &C,
+    funding_txid: Txid,
+    leaf: u32,
+    mine: bool,
+) -> Result<ExitReport, ExitToolError> {
+    let record = store
+        .exit_path(&funding_txid, leaf)?
+        .ok_or(ExitToolError::UnknownLeaf { funding_txid, leaf })?;
+    if store.is_exited(&funding_txid, leaf)? {
+        return Err(ExitToolError::AlreadyExited { funding_txid, leaf });
+    }
+    let chain = RemoteChain::new(side);
+    let mut report = ExitReport {
+        funding_txid,
+        leaf,
+        amount_sat: record.leaf_output.value.to_sat(),
+        published: Vec::new(),
+        already_confirmed: 0,
+        leaf_outpoint: None,
+        reclaim_txid: None,
+        waiting_for_height: None,
+        exited: false,
+    };
+    match chain.confirmations(funding_txid).await? {
+        None => return Err(ExitToolError::FundingMissing(funding_txid)),
+        Some(0) if mine => {
+            chain.mine(1).await?;
+        }
+        Some(0) => {
+            report.waiting_for_height = Some(chain.tip_height().await?.saturating_add(1));
+            return Ok(report);
+        }
+        Some(_) => {}
+    }
+    let rate = chain.fee_rate().await?;
+    for tx in &record.path {
+        let txid = tx.compute_txid();
+        match chain.confirmations(txid).await? {
+            Some(n) if n >= 1 => {
+                report.already_confirmed += 1;
+                continue;
+            }
+            Some(_) => {} // in the mempool already
+            None => {
+                let fee = fee_input(&chain, wallet, mine).await?;
+                let child = cpfp_child(tx, &fee, rate)?;
+                chain.broadcast_package(tx, &child).await?;
+                report.published.push(txid);
+                history(
+                    store,
+                    "exit_broadcast",
+                    format!("node {txid} of leaf {leaf} in {funding_txid}"),
+                )?;
+            }
+        }
+        if !mine {
+            // A TRUC node cannot get its own child while its parent's child is unconfirmed.
+            report.waiting_for_height = Some(chain.tip_height().await?.saturating_add(1));
+            return Ok(report);
+        }
+        chain.mine(1).await?;
+    }
+    let last = record.path.last().ok_or_else(|| {
+        ExitToolError::Mismatch(format!("exit path of leaf {leaf} has no transaction"))
+    })?;
+    let outpoint = OutPoint { txid: last.compute_txid(), vout: record.vout };
+    report.leaf_outpoint = Some(outpoint);
+    let (Some(index), Some(csv)) = (record.leaf_key_index, record.exit_csv) else {
+        // A fixed leaf paying someone else's script: on chain is all we can do.
+        store.mark_exited(&funding_txid, leaf)?;
+        history(
+            store,
+            "exited",
+            format!("leaf {leaf} of {funding_txid} is on chain at {outpoint}"),
+        )?;
+        report.exited = true;
+        return Ok(report);
+    };
+    let key = wallet.leaf_key(index);
+    let script = DepositScript::virtual_deposit(key.public, wallet.coordinator().key, csv)?;
+    if script.script_pubkey() != record.leaf_output.script_pubkey {
+        return Err(ExitToolError::Mismatch(format!(
+            "leaf {leaf} does not pay the virtual-deposit script of leaf key {index}"
+        )));
+    }
+    let Some(utxo) = chain.utxo(outpoint).await? else {
+        return Err(ExitToolError::Mismatch(format!("leaf output {outpoint} is not unspent")));
+    };
+    let Some(height) = utxo.height else {
+        report.waiting_for_height = Some(chain.tip_height().await?.saturating_add(1));
+        return Ok(report);
+    };
+    let ready = spendable_at(height, csv).ok_or(ExitToolError::Overflow)?;
+    let tip = chain.tip_height().await?;
+    if tip.saturating_add(1) < ready {
+        if !mine {
+            report.waiting_for_height = Some(ready);
+            return Ok(report);
+        }
+        chain.mine(ready - tip - 1).await?;
+    }
+    let tx = reclaim_tx(&script, &key, outpoint, &record.leaf_output, wallet.fee_script(), rate)?;
+    let txid = chain.broadcast(&tx).await?;
+    if mine {
+        chain.mine(1).await?;
+    }
+    store.mark_exited(&funding_txid, leaf)?;
+    history(store, "exited", format!("leaf {leaf} of {funding_txid} reclaimed by {txid}"))?;
+    report.reclaim_txid = Some(txid);
+    report.exited = true;
+    Ok(report)
+}
+
+/// What `reclaim` did with one deposit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReclaimItem {
+    /// Spent back to the fee key.
+    Reclaimed {
+        /// The deposit.
+        outpoint: OutPoint,
+        /// The reclaim transaction.
+        txid: Txid,
+    },
+    /// Not yet: its timeout passes at this height.
+    Waiting {
+        /// The deposit.
+        outpoint: OutPoint,
+        /// First block height that may include the reclaim (`None` while unconfirmed).
+        spendable_at: Option<u32>,
+    },
+    /// No longer unspent on the chain (a batch or someone spent it).
+    Gone {
+        /// The deposit.
+        outpoint: OutPoint,
+    },
+}
+
+/// Spends every unspent static deposit through its timeout path; with `mine` (dev chain)
+/// mines until the last of them is spendable first.
+pub async fn reclaim_deposits<C: SideChannel>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    side: &C,
+    mine: bool,
+) -> Result<Vec<ReclaimItem>, ExitToolError> {
+    let chain = RemoteChain::new(side);
+    let key = wallet.deposit_key();
+    let mut live = Vec::new();
+    let mut items = Vec::new();
+    for d in store.deposits()? {
+        if !matches!(d.status, DepositStatus::Unspent | DepositStatus::Registered { .. }) {
+            continue;
+        }
+        let script = DepositScript::new(key.public, wallet.coordinator().key, d.deposit_csv)?;
+        if script.script_pubkey() != d.txout.script_pubkey {
+            return Err(ExitToolError::Mismatch(format!(
+                "deposit {} does not pay this wallet's deposit script",
+                d.outpoint
+            )));
+        }
+        match chain.utxo(d.outpoint).await? {
+            None => {
+                store.set_deposit_status(&d.outpoint, &DepositStatus::Spent)?;
+                items.push(ReclaimItem::Gone { outpoint: d.outpoint });
+            }
+            Some(UtxoInfo { height: None, .. }) => {
+                items.push(ReclaimItem::Waiting { outpoint: d.outpoint, spendable_at: None });
+            }
+            Some(UtxoInfo { height: Some(h), .. }) => {
+                let ready = spendable_at(h, d.deposit_csv).ok_or(ExitToolError::Overflow)?;
+                live.push((d, script, ready));
+            }
+        }
+    }
+    let mut tip = chain.tip_height().await?;
+    if mine {
+        if let Some(last) = live.iter().map(|(_, _, ready)| *ready).max() {
+            if tip.saturating_add(1) < last {
+                tip = chain.mine(last - tip - 1).await?;
+            }
+        }
+    }
+    let rate = chain.fee_rate().await?;
+    let mut reclaimed = false;
+    for (d, script, ready) in live {
+        if tip.saturating_add(1) < ready {
+            items.push(ReclaimItem::Waiting { outpoint: d.outpoint, spendable_at: Some(ready) });
+            continue;
+        }
+        let tx = reclaim_tx(&script, &key, d.outpoint, &d.txout, wallet.fee_script(), rate)?;
+        let txid = chain.broadcast(&tx).await?;
+        store.set_deposit_status(&d.outpoint, &DepositStatus::Reclaimed { txid })?;
+        history(store, "reclaimed", format!("deposit {} by {txid}", d.outpoint))?;
+        items.push(ReclaimItem::Reclaimed { outpoint: d.outpoint, txid });
+        reclaimed = true;
+    }
+    if mine && reclaimed {
+        chain.mine(1).await?;
+    }
+    Ok(items)
+}

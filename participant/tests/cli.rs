@@ -1,0 +1,239 @@
+//! The `cohort` commands (as library functions) against an in-process dev coordinator
+//! service over loopback QUIC: three wallets join one round and one exits on the dev
+//! ledger; participants killed at phase boundaries keep what they stored and lose nothing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::{Amount, OutPoint};
+use cohort_common::chain::Chain;
+use cohort_common::exit::p2tr_single;
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::params::TreeParams;
+use cohort_coordinator::engine::CoordinatorConfig;
+use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
+use cohort_coordinator::store::MemoryStore;
+use cohort_participant::cli::{self, CliError, Context};
+use cohort_participant::driver::{DriverError, Outcome, Progress};
+use cohort_participant::exit::ExitToolError;
+use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
+use cohort_participant::wallet::WalletError;
+use cohort_transport::{Identity, Limits};
+
+const FUND: Amount = Amount::from_sat(300_000);
+
+struct Dev {
+    service: CoordinatorService,
+    ledger: Arc<Ledger>,
+    uri: String,
+    dir: PathBuf,
+}
+
+/// A `--dev` coordinator service on loopback whose rounds close once `participants`
+/// have registered (or after the window).
+fn start(name: &str, participants: usize) -> Dev {
+    let dir = std::env::temp_dir().join(format!("cohort-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut engine = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
+    engine.tree = TreeParams { radix: 2, max_depth: 4 };
+    engine.exit_csv = 20;
+    engine.registration_window = Duration::from_secs(30);
+    engine.max_registrations = participants;
+    engine.phase_timeout = Duration::from_secs(3);
+    let config = ServiceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine,
+        round_interval: Duration::from_millis(300),
+        limits: Limits::default(),
+        confirmation_poll: Duration::from_millis(100),
+        network: bitcoin::Network::Regtest,
+        deposit_csv: 200,
+    };
+    let ledger = Arc::new(Ledger::new());
+    let service = CoordinatorService::start(
+        config,
+        &Identity::generate().unwrap(),
+        Keypair::random(),
+        Arc::new(MemoryStore::new()),
+        ChainBackend::Dev(ledger.clone()),
+    )
+    .unwrap();
+    let uri = service.uri("127.0.0.1").unwrap().to_string();
+    Dev { service, ledger, uri, dir }
+}
+
+impl Dev {
+    /// A wallet with one funded deposit.
+    async fn wallet(&self, name: &str) -> (Context, OutPoint) {
+        let ctx = Context::new(self.dir.join(name));
+        let init = cli::init(&ctx, &self.uri).await.unwrap();
+        assert!(init.coordinator.dev);
+        let address = cli::address(&ctx).unwrap();
+        assert_eq!(address.address, init.address);
+        assert!(address.address.starts_with("bcrt1p"));
+        let funded = cli::dev_fund(&ctx, FUND).await.unwrap();
+        let deposits = cli::deposits(&ctx).await.unwrap();
+        assert_eq!(deposits.deposits.len(), 1);
+        assert_eq!(deposits.deposits[0].outpoint, funded.outpoint);
+        assert_eq!(deposits.deposits[0].confirmations, Some(1));
+        (ctx, funded.outpoint)
+    }
+
+    fn unspent(&self, outpoint: &OutPoint) -> bool {
+        self.ledger.utxo(outpoint).unwrap().is_some()
+    }
+}
+
+/// Joins, stopping (as a kill would) at the first step `stop` matches.
+async fn join_until(
+    ctx: &Context,
+    stop: impl Fn(&Progress) -> bool + Send,
+) -> Result<cli::JoinReport, CliError> {
+    cli::join(ctx, None, None, move |p| {
+        if stop(p) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_wallets_join_a_round_and_one_exits() {
+    let dev = start("three", 3);
+    let (a, da) = dev.wallet("a").await;
+    let (b, _) = dev.wallet("b").await;
+    let (c, _) = dev.wallet("c").await;
+
+    // Errors are clear, not panics.
+    assert!(matches!(cli::init(&a, &dev.uri).await, Err(CliError::Wallet(WalletError::Exists))));
+    assert!(matches!(
+        cli::init(&Context::new(dev.dir.join("x")), "cohort://zz@h:1").await,
+        Err(CliError::BadUri { .. })
+    ));
+    assert!(matches!(
+        cli::status(&Context::new(dev.dir.join("empty"))),
+        Err(CliError::Wallet(WalletError::NoSeed))
+    ));
+
+    let never = |_: &Progress| false;
+    let (ra, rb, rc) =
+        tokio::join!(join_until(&a, never), join_until(&b, never), join_until(&c, never));
+    let (ra, rb, rc) = (ra.unwrap(), rb.unwrap(), rc.unwrap());
+    for r in [&ra, &rb, &rc] {
+        assert!(matches!(r.outcome, Outcome::Confirmed { funding_txid: Some(_), .. }), "{r:?}");
+        let phases: Vec<_> = r.steps.iter().map(|s| format!("{s}")).collect();
+        for want in [
+            "registered",
+            "proposal checked",
+            "tree signed",
+            "exit paths stored",
+            "deposits signed",
+            "finalized",
+            "confirmed",
+        ] {
+            assert!(phases.iter().any(|p| p.starts_with(want)), "missing {want} in {phases:?}");
+        }
+    }
+    assert!(!dev.unspent(&da));
+
+    let status = cli::status(&a).unwrap();
+    assert_eq!(status.exit_paths.len(), 1);
+    let path = &status.exit_paths[0];
+    assert_eq!(path.leaf_key_index, Some(ra.leaf_key_index));
+    assert_eq!(path.exit_csv, Some(20));
+    assert!(!path.exited);
+    let Outcome::Confirmed { funding_txid: Some(funding), .. } = ra.outcome else { unreachable!() };
+    assert!(
+        matches!(status.deposits[0].status, DepositStatus::InBatch { funding_txid } if funding_txid == funding)
+    );
+
+    // Unknown leaves are refused by name.
+    assert!(matches!(cli::exit(&a, "7").await, Err(CliError::UnknownLeaf(_))));
+    assert!(matches!(cli::exit(&a, "nonsense:1").await, Err(CliError::UnknownLeaf(_))));
+
+    let report = cli::exit(&a, "1").await.unwrap();
+    assert!(report.exited, "{report:?}");
+    let reclaim = report.reclaim_txid.expect("the leaf was reclaimed");
+    assert!(dev.ledger.confirmations(&reclaim).unwrap().unwrap() >= 1);
+    assert!(!report.published.is_empty());
+    assert!(cli::status(&a).unwrap().exit_paths[0].exited);
+    assert!(matches!(
+        cli::exit(&a, &path.id).await,
+        Err(CliError::Exit(ExitToolError::AlreadyExited { .. }))
+    ));
+    dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_before_deposit_signatures_keeps_paths_and_money() {
+    let dev = start("kill", 3);
+    let (honest, dh) = dev.wallet("honest").await;
+    let (stored, ds) = dev.wallet("stored").await;
+    let (early, de) = dev.wallet("early").await;
+
+    let (rh, rs, re) = tokio::join!(
+        join_until(&honest, |_| false),
+        join_until(&stored, |p| matches!(p, Progress::ExitPathsStored { .. })),
+        join_until(&early, |p| matches!(p, Progress::TreeSigned { .. })),
+    );
+    assert!(matches!(rh.unwrap().outcome, Outcome::Confirmed { .. }));
+    assert!(matches!(rs, Err(CliError::Driver(DriverError::Stopped(_)))));
+    assert!(matches!(re, Err(CliError::Driver(DriverError::Stopped(_)))));
+    assert!(!dev.unspent(&dh));
+    // Neither killed participant's deposit was signed, so neither was spent.
+    assert!(dev.unspent(&ds));
+    assert!(dev.unspent(&de));
+
+    // A fresh process on the same file finds the stored paths.
+    let fresh = SqliteStore::open(stored.data_dir.join(cli::STORE_FILE)).unwrap();
+    let paths = fresh.exit_paths().unwrap();
+    assert_eq!(paths.len(), 1);
+    assert!(paths[0].leaf_key_index.is_some());
+    let early_store = SqliteStore::open(early.data_dir.join(cli::STORE_FILE)).unwrap();
+    assert!(early_store.exit_paths().unwrap().is_empty());
+    // That batch attempt never confirmed: exit says so, and the deposit is reclaimable.
+    let id = format!("{}:{}", paths[0].funding_txid, paths[0].leaf);
+    assert!(matches!(
+        cli::exit(&stored, &id).await,
+        Err(CliError::Exit(ExitToolError::FundingMissing(_)))
+    ));
+    let reclaimed = cli::reclaim(&stored, true).await.unwrap();
+    assert!(
+        matches!(reclaimed.deposits[..], [cohort_participant::exit::ReclaimItem::Reclaimed { outpoint, .. }] if outpoint == ds)
+    );
+    assert!(!dev.unspent(&ds));
+    dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_finalized_exits_from_a_fresh_process() {
+    let dev = start("late", 2);
+    let (honest, _) = dev.wallet("honest").await;
+    let (late, dl) = dev.wallet("late").await;
+    let (rh, rl) = tokio::join!(
+        join_until(&honest, |_| false),
+        // Killed once the funding tx is out, before its confirmation arrives. (Killing it
+        // right after its own deposit signatures, while others still sign, makes today's
+        // coordinator abort the attempt: the disconnect counts as a missed deadline.)
+        join_until(&late, |p| matches!(p, Progress::Finalized { .. })),
+    );
+    let rh = rh.unwrap();
+    assert!(matches!(rh.outcome, Outcome::Confirmed { .. }));
+    assert!(matches!(rl, Err(CliError::Driver(DriverError::Stopped(_)))));
+    assert!(!dev.unspent(&dl));
+
+    // The restarted participant (new handles on the same file) exits on its own.
+    let restarted = Context::new(&late.data_dir);
+    let status = cli::status(&restarted).unwrap();
+    assert_eq!(status.exit_paths.len(), 1);
+    let report = cli::exit(&restarted, "1").await.unwrap();
+    assert!(report.exited && report.reclaim_txid.is_some(), "{report:?}");
+    dev.service.shutdown("test over").await;
+}
