@@ -60,6 +60,7 @@ enum KindArg {
     Drop,
     InvalidSig,
     Timeout,
+    LeaveAfter,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,6 +91,7 @@ fn main() -> Result<()> {
         KindArg::Drop => FaultKind::Drop,
         KindArg::InvalidSig => FaultKind::InvalidSig,
         KindArg::Timeout => FaultKind::Timeout,
+        KindArg::LeaveAfter => FaultKind::LeaveAfter,
     };
     let phase = match args.fault_phase {
         PhaseArg::Tree => FaultPhase::Tree,

@@ -33,6 +33,8 @@ pub enum FaultKind {
     InvalidSig,
     /// Goes silent instead of sending its signatures.
     Timeout,
+    /// Sends its signatures, then disconnects (an honest participant whose link drops).
+    LeaveAfter,
 }
 
 /// The phase in which a faulty participant misbehaves.
@@ -502,6 +504,12 @@ fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerO
                         return out;
                     }
                     FaultKind::InvalidSig => corrupt(&mut msg),
+                    FaultKind::LeaveAfter => {
+                        peer.gone = true;
+                        out.transmit.push(msg);
+                        out.disconnect = true;
+                        return out;
+                    }
                 }
             }
         }

@@ -106,3 +106,21 @@ fn lost_messages_cost_their_senders_only() {
     assert!(r.completed + r.lost_messages as usize >= 30, "{r}");
     assert!(r.completed + r.excluded <= 30, "{r}");
 }
+
+#[test]
+fn a_participant_leaving_after_its_deposit_signatures_does_not_stop_the_batch() {
+    let mut config = round(20, 31);
+    config.faults = 0.2;
+    config.fault = Some(Fault { kind: FaultKind::LeaveAfter, phase: FaultPhase::Deposit });
+    let outcome = run_round(&config).expect("round");
+    let r = &outcome.report;
+    assert!(r.faulty > 0, "{r}");
+    assert_eq!(r.excluded, 0, "{r}");
+    assert_eq!(r.batches.len(), 1);
+    assert_eq!(r.batches[0].attempts, 1, "{r}");
+    assert_eq!(r.batches[0].inputs, 20, "the leavers' deposits are in: they signed after storing");
+    for (i, peer) in outcome.net.peers.iter().enumerate() {
+        let funding = outcome.net.broadcast.keys().next().expect("a funding tx");
+        assert!(peer.stored.contains_key(funding), "participant {i} holds its exit paths");
+    }
+}

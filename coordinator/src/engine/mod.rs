@@ -380,17 +380,25 @@ impl Coordinator {
     /// A participant's connection closed.
     pub fn peer_disconnected(&mut self, now: Instant, peer: PeerId) {
         let Some(Some(reg)) = self.peers.remove(&peer) else { return };
-        let Some(round) = &mut self.round else { return };
-        if matches!(round.phase, RoundPhase::Registration { .. }) {
-            // Before batches exist, leaving costs nothing.
-            if let Some(r) = round.registrations.remove(&reg) {
-                for (op, _) in &r.member.deposits {
-                    round.taken.outpoints.remove(op);
-                }
-            }
+        if self.withdraw_before_batches(reg) || self.has_done_its_part(reg) {
+            // Its deposit signatures are in: the batch completes without it, and it
+            // learns the outcome from the chain and its stored exit paths.
             return;
         }
         self.fail_member(now, reg, AbortReason::Timeout, true);
+    }
+
+    /// Whether a registration's batch needs nothing more from it: its deposit
+    /// signatures are in (or the funding transaction is already out).
+    fn has_done_its_part(&self, reg: u64) -> bool {
+        let Some(b) = self.batch_of(reg) else { return true };
+        match self.batches().get(b as usize) {
+            Some(BatchPhase::SigningDeposits { attempt, .. }) => {
+                !attempt.deposit_holdouts().contains(&reg)
+            }
+            Some(BatchPhase::SigningTree { .. }) | Some(BatchPhase::Renoncing { .. }) => false,
+            _ => true,
+        }
     }
 
     /// Takes one message from a participant.
@@ -905,26 +913,29 @@ impl Coordinator {
     }
 
     fn on_cancel(&mut self, now: Instant, peer: PeerId, reg: u64) {
-        let Some(round) = &mut self.round else { return };
-        if matches!(round.phase, RoundPhase::Registration { .. }) {
-            if let Some(r) = round.registrations.remove(&reg) {
-                for (op, _) in &r.member.deposits {
-                    round.taken.outpoints.remove(op);
-                }
-            }
+        if self.withdraw_before_batches(reg) {
             self.peers.insert(peer, None);
             return;
         }
         // Before its deposit signatures a member may leave; its deposits are not banned.
-        let signed = self.batch_of(reg).and_then(|b| match self.batches().get(b as usize) {
-            Some(BatchPhase::SigningDeposits { attempt, .. }) => attempt
-                .member_index(reg)
-                .map(|m| !attempt.deposit_holdouts().contains(&attempt.members[m])),
-            _ => Some(false),
-        });
-        if signed == Some(false) {
+        if !self.has_done_its_part(reg) {
             self.fail_member(now, reg, AbortReason::Cancelled, false);
         }
+    }
+
+    /// During registration, drops a registration and frees its deposits; leaving then
+    /// costs nothing. Returns whether registration was still open.
+    fn withdraw_before_batches(&mut self, reg: u64) -> bool {
+        let Some(round) = &mut self.round else { return false };
+        if !matches!(round.phase, RoundPhase::Registration { .. }) {
+            return false;
+        }
+        if let Some(r) = round.registrations.remove(&reg) {
+            for (op, _) in &r.member.deposits {
+                round.taken.outpoints.remove(op);
+            }
+        }
+        true
     }
 
     /// Excludes `reg` from its batch (banning its deposits if `ban`) and aborts the attempt.
