@@ -5,6 +5,7 @@
 //!
 //! - [`memnet`]: the deterministic in-memory network with simulated time and faults.
 //! - [`round`]: a round through the real coordinator and participant engines.
+//! - [`quic`]: the same round over real loopback QUIC (`--transport quic`).
 //! - [`local`]: a batch built and signed with local keys (no engines), exits.
 //! - [`run`]: the local-key run (`cohort-sim --local`) and user funding.
 //! - [`export`]: the `batch.json` export of a signed batch.
@@ -12,5 +13,6 @@
 pub mod export;
 pub mod local;
 pub mod memnet;
+pub mod quic;
 pub mod round;
 pub mod run;

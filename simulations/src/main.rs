@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use cohort_common::params::{DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX};
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
+use cohort_sim::quic::run_quic_round;
 use cohort_sim::round::{run_round, RoundConfig};
 use cohort_sim::run::{run, Config};
 
@@ -50,9 +51,19 @@ struct Args {
     /// Write `batch-K.json` per batch (fully signed transactions) to this directory.
     #[arg(long)]
     export: Option<PathBuf>,
+    /// How participants reach the coordinator: the in-memory network (simulated time,
+    /// faults, loss) or real loopback QUIC to a coordinator service in this process.
+    #[arg(long, value_enum, default_value_t = TransportArg::Mem)]
+    transport: TransportArg,
     /// Skip the engines: build and sign batches with local keys (the foundation's check).
     #[arg(long)]
     local: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Mem,
+    Quic,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,10 +121,13 @@ fn main() -> Result<()> {
         export: args.export,
         progress: true,
     };
-    let outcome = run_round(&config)?;
-    print!("{}", outcome.report);
+    let report = match args.transport {
+        TransportArg::Mem => run_round(&config)?.report,
+        TransportArg::Quic => run_quic_round(&config)?,
+    };
+    print!("{report}");
     if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&outcome.report)?;
+        let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

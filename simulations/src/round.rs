@@ -18,7 +18,7 @@ use cohort_common::ledger::Ledger;
 use cohort_common::params::TreeParams;
 use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{BatchPhase, Coordinator, CoordinatorConfig, Event as CoordEvent};
-use cohort_participant::session::{OwnedDeposit, Session, SessionConfig, SharedCaches};
+use cohort_participant::session::{ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
 
 use crate::local::User;
 use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
@@ -97,6 +97,8 @@ pub struct ExitReport {
 /// What the round measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundReport {
+    /// `mem` (in-memory network, simulated time) or `quic` (loopback QUIC, real time).
+    pub transport: &'static str,
     /// Participants.
     pub users: usize,
     /// Honest users whose leaves are in a confirmed batch.
@@ -169,37 +171,65 @@ impl std::fmt::Display for RoundReport {
             )?;
         }
         writeln!(f, "wall time          {:.2} s", self.wall_ms as f64 / 1e3)?;
-        writeln!(f, "  deposits         {:>8} ms", p.deposits)?;
-        writeln!(f, "  registration     {:>8} ms", p.registration)?;
-        writeln!(f, "  tree signing     {:>8} ms", p.tree_signing)?;
-        writeln!(f, "  deposit signing  {:>8} ms", p.deposit_signing)?;
-        writeln!(f, "  confirmation     {:>8} ms", p.confirmation)?;
-        writeln!(f, "  exits            {:>8} ms", p.exits)?;
-        writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
+        if self.transport == "quic" {
+            writeln!(f, "  deposits         {:>8} ms", p.deposits)?;
+            writeln!(f, "  round (connects to last confirmation) {} ms", p.deposit_signing)?;
+            writeln!(f, "  exits            {:>8} ms", p.exits)?;
+            writeln!(
+                f,
+                "coordinator CPU    {:.2} s (service threads: engine, its rayon pool, QUIC runtime; \
+                 of which ~{:.2} s the embedded ledger's libbitcoinconsensus checks)",
+                self.coordinator_cpu_ms as f64 / 1e3,
+                self.ledger_cpu_ms as f64 / 1e3
+            )?;
+            writeln!(
+                f,
+                "to participants    {:.1} MiB of UDP",
+                self.bytes_to_participants as f64 / 1048576.0
+            )?;
+            writeln!(
+                f,
+                "from participants  {:.1} MiB of UDP",
+                self.bytes_from_participants as f64 / 1048576.0
+            )?;
+        } else {
+            writeln!(f, "  deposits         {:>8} ms", p.deposits)?;
+            writeln!(f, "  registration     {:>8} ms", p.registration)?;
+            writeln!(f, "  tree signing     {:>8} ms", p.tree_signing)?;
+            writeln!(f, "  deposit signing  {:>8} ms", p.deposit_signing)?;
+            writeln!(f, "  confirmation     {:>8} ms", p.confirmation)?;
+            writeln!(f, "  exits            {:>8} ms", p.exits)?;
+            writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
+            writeln!(
+                f,
+                "ledger CPU         {:.2} s (libbitcoinconsensus on the funding txs)",
+                self.ledger_cpu_ms as f64 / 1e3
+            )?;
+            writeln!(
+                f,
+                "to participants    {} messages, {:.1} MiB",
+                self.messages_to_participants,
+                self.bytes_to_participants as f64 / 1048576.0
+            )?;
+            writeln!(
+                f,
+                "from participants  {} messages, {:.1} MiB",
+                self.messages_from_participants,
+                self.bytes_from_participants as f64 / 1048576.0
+            )?;
+            writeln!(
+                f,
+                "simulated time     {:.2} s ({} messages lost)",
+                self.simulated_ms as f64 / 1e3,
+                self.lost_messages
+            )?;
+        }
         writeln!(
             f,
-            "ledger CPU         {:.2} s (libbitcoinconsensus on the funding txs)",
-            self.ledger_cpu_ms as f64 / 1e3
+            "peak memory        {:.0} MiB ({:.0} KiB per participant, everything included)",
+            self.peak_rss_bytes as f64 / 1048576.0,
+            self.peak_rss_bytes as f64 / 1024.0 / self.users.max(1) as f64
         )?;
-        writeln!(
-            f,
-            "to participants    {} messages, {:.1} MiB",
-            self.messages_to_participants,
-            self.bytes_to_participants as f64 / 1048576.0
-        )?;
-        writeln!(
-            f,
-            "from participants  {} messages, {:.1} MiB",
-            self.messages_from_participants,
-            self.bytes_from_participants as f64 / 1048576.0
-        )?;
-        writeln!(
-            f,
-            "simulated time     {:.2} s ({} messages lost)",
-            self.simulated_ms as f64 / 1e3,
-            self.lost_messages
-        )?;
-        writeln!(f, "peak memory        {:.0} MiB", self.peak_rss_bytes as f64 / 1048576.0)?;
         for e in &self.exits {
             writeln!(
                 f,
@@ -311,11 +341,20 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
         export_batches(&net, dir)?;
     }
     let exit_start = Instant::now();
-    let exits = execute_exits(&net, &users, &faulty, &coordinator_key, config.exits, &mut rng)?;
+    let exits = execute_exits(
+        &net.ledger,
+        &stored_paths(&net),
+        &users,
+        &faulty,
+        &coordinator_key,
+        config.exits,
+        &mut rng,
+    )?;
     let stats: NetStats = net.stats.clone();
     let mut phase_ms = phase_ms;
     phase_ms.exits = ms(exit_start.elapsed());
     let report = RoundReport {
+        transport: "mem",
         users: config.users,
         completed,
         excluded,
@@ -390,17 +429,7 @@ fn batch_reports(net: &MemNet) -> Vec<BatchReport> {
             }
             CoordEvent::TreeSigned { batch, nodes, .. } => {
                 if let Some(r) = out.get_mut(*batch as usize) {
-                    // Leaves are every non-anchor output that no node spends.
-                    let spent: std::collections::HashSet<OutPoint> =
-                        nodes.iter().map(|t| t.input[0].previous_output).collect();
-                    r.leaves = nodes
-                        .iter()
-                        .flat_map(|t| {
-                            let txid = t.compute_txid();
-                            (0..t.output.len() as u32 - 1).map(move |v| OutPoint { txid, vout: v })
-                        })
-                        .filter(|op| !spent.contains(op))
-                        .count();
+                    r.leaves = count_leaves(nodes);
                 }
             }
             CoordEvent::BatchFinalized { batch, txid, attempts, .. } => {
@@ -413,6 +442,21 @@ fn batch_reports(net: &MemNet) -> Vec<BatchReport> {
         }
     }
     out
+}
+
+/// Leaves of a signed tree: every non-anchor node output that no node spends.
+pub fn count_leaves(nodes: &[Transaction]) -> usize {
+    let spent: std::collections::HashSet<OutPoint> =
+        nodes.iter().map(|t| t.input[0].previous_output).collect();
+    nodes
+        .iter()
+        .flat_map(|t| {
+            let txid = t.compute_txid();
+            let outputs = t.output.len().saturating_sub(1) as u32;
+            (0..outputs).map(move |vout| OutPoint { txid, vout })
+        })
+        .filter(|op| !spent.contains(op))
+        .count()
 }
 
 fn phase_times(net: &MemNet, deposits: u64, started: Instant, done: Instant) -> PhaseTimes {
@@ -499,8 +543,22 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn execute_exits<R: Rng>(
-    net: &MemNet,
+/// What each user's driver stored: the funding txid it saw finalized and its paths.
+pub type StoredPaths = Option<(Txid, Vec<ExitPath>)>;
+
+/// The stored paths of every participant of the in-memory network.
+fn stored_paths(net: &MemNet) -> Vec<StoredPaths> {
+    net.peers
+        .iter()
+        .map(|p| p.finalized.and_then(|t| p.stored.get(&t).cloned().map(|paths| (t, paths))))
+        .collect()
+}
+
+/// Executes the exits of a sample of honest users from the paths they stored: each
+/// node with a CPFP child, one block each, then the leaf's reclaim after `exit_csv`.
+pub fn execute_exits<R: Rng>(
+    ledger: &Ledger,
+    stored: &[StoredPaths],
     users: &[User],
     faulty: &[bool],
     coordinator: &Keypair,
@@ -508,10 +566,7 @@ fn execute_exits<R: Rng>(
     rng: &mut R,
 ) -> Result<Vec<ExitReport>> {
     let candidates: Vec<usize> = (0..users.len())
-        .filter(|&i| {
-            !faulty[i]
-                && net.peers[i].finalized.is_some_and(|t| net.peers[i].stored.contains_key(&t))
-        })
+        .filter(|&i| !faulty[i] && stored.get(i).is_some_and(Option::is_some))
         .collect();
     if candidates.is_empty() || count == 0 {
         return Ok(Vec::new());
@@ -525,7 +580,6 @@ fn execute_exits<R: Rng>(
     chosen.dedup();
     chosen.truncate(count.max(1));
 
-    let ledger = &net.ledger;
     let rate = ledger.fee_rate()?;
     let fee_key = Keypair::from_rng(rng);
     let fee_script = p2tr_single(&fee_key);
@@ -539,9 +593,7 @@ fn execute_exits<R: Rng>(
     let exit_csv = cohort_common::params::DEFAULT_EXIT_CSV;
     let mut pending = Vec::new();
     for &i in &chosen {
-        let peer = &net.peers[i];
-        let txid: Txid = peer.finalized.context("not finalized")?;
-        let paths = peer.stored.get(&txid).context("no stored paths")?;
+        let (_, paths) = stored.get(i).and_then(Option::as_ref).context("no stored paths")?;
         let script =
             DepositScript::virtual_deposit(users[i].key.public, coordinator.public, exit_csv)?;
         let path = paths

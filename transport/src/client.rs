@@ -30,10 +30,28 @@ impl Client {
     /// certificate matches the pin and it speaks `cohort/1`. No session stream yet.
     pub async fn connect(uri: &CoordinatorUri, limits: &Limits) -> Result<Client, TransportError> {
         let target = resolve(uri).await?;
-        let bind: SocketAddr =
-            if target.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-                .map_err(|_| TransportError::Tls("bad bind address".into()))?;
-        let endpoint = endpoint(bind, None, limits)?;
+        let shared = ClientEndpoint::bind_for(target, limits)?;
+        Self::connect_to(&shared, target, uri, limits).await
+    }
+
+    /// As [`Client::connect`], through an endpoint (one UDP socket) that many clients in
+    /// one process share, as a simulator of thousands of participants does.
+    pub async fn connect_via(
+        shared: &ClientEndpoint,
+        uri: &CoordinatorUri,
+        limits: &Limits,
+    ) -> Result<Client, TransportError> {
+        let target = resolve(uri).await?;
+        Self::connect_to(shared, target, uri, limits).await
+    }
+
+    async fn connect_to(
+        shared: &ClientEndpoint,
+        target: SocketAddr,
+        uri: &CoordinatorUri,
+        limits: &Limits,
+    ) -> Result<Client, TransportError> {
+        let endpoint = shared.endpoint.clone();
         let (crypto, report) = client_crypto(uri.pin)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .map_err(|e| TransportError::Tls(format!("client tls config unusable by quic: {e}")))?;
@@ -114,6 +132,22 @@ impl Client {
     pub async fn shutdown(&self, reason: &str) {
         self.close(reason);
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// A client-side QUIC endpoint (one UDP socket with the large buffers of [`Limits`]).
+#[derive(Debug, Clone)]
+pub struct ClientEndpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl ClientEndpoint {
+    /// Binds an endpoint on an ephemeral port of the wildcard address of `family_of`'s family.
+    pub fn bind_for(family_of: SocketAddr, limits: &Limits) -> Result<Self, TransportError> {
+        let bind: SocketAddr =
+            if family_of.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+                .map_err(|_| TransportError::Tls("bad bind address".into()))?;
+        Ok(ClientEndpoint { endpoint: endpoint(bind, None, limits)? })
     }
 }
 

@@ -37,7 +37,7 @@ pub mod uri;
 
 use std::time::Duration;
 
-pub use client::Client;
+pub use client::{Client, ClientEndpoint};
 pub use framed::{FramedRecv, FramedSend};
 pub use server::{Outbox, PeerId, Server, ServerEvent, Service};
 pub use tls::{spki_pin, Identity};

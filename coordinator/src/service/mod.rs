@@ -179,7 +179,17 @@ impl CoordinatorService {
         };
         let engine = std::thread::Builder::new()
             .name("cohort-engine".into())
-            .spawn(move || driver.run(rx))
+            .spawn(move || {
+                // The engine's per-node work gets a pool of its own, so it never waits
+                // behind other rayon users in the process (and its CPU can be told apart).
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .thread_name(|i| format!("coord-rayon-{i}"))
+                    .build();
+                match pool {
+                    Ok(pool) => pool.install(|| driver.run(rx)),
+                    Err(_) => driver.run(rx),
+                }
+            })
             .map_err(ServiceError::Thread)?;
         server.serve(Arc::new(Handler {
             inbox: tx.clone(),

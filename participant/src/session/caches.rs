@@ -131,13 +131,15 @@ impl SharedCaches {
             return Ok(Arc::clone(&hit.value().1));
         }
         let hash: [u8; 32] = Sha256::digest(encoded.bytes()).into();
-        let decoded = match self.by_hash.get(&hash) {
-            Some(hit) => Arc::clone(hit.value()),
-            None => {
-                let fresh = Arc::new(DecodedBody::decode(encoded)?);
-                Arc::clone(self.by_hash.entry(hash).or_insert(fresh).value())
-            }
-        };
+        if let Some(hit) = self.by_hash.get(&hash) {
+            // Same bytes in another allocation (each arrived over its own connection):
+            // answer from the cache without keeping this copy alive.
+            return Ok(Arc::clone(hit.value()));
+        }
+        let fresh = Arc::new(DecodedBody::decode(encoded)?);
+        let decoded = Arc::clone(self.by_hash.entry(hash).or_insert(fresh).value());
+        // The first allocation seen is the one an in-process network shares among all
+        // participants: remember it so they skip hashing.
         self.by_ptr.entry(ptr).or_insert_with(|| (encoded.clone(), Arc::clone(&decoded)));
         Ok(decoded)
     }

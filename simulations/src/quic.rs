@@ -1,0 +1,412 @@
+//! `cohort-sim --transport quic`: N participant sessions over real loopback QUIC to one
+//! coordinator service in the same process, on the embedded ledger the service serves.
+//!
+//! The coordinator service runs on its own tokio runtime (threads `coord-rt`), its
+//! engine on the `cohort-engine` thread with its own rayon pool (`coord-rayon-*`), so its
+//! CPU time is told apart from the participants' (runtime `part-rt`). Participants share
+//! a few client endpoints (UDP sockets) and spread their connects.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin::{Amount, Txid};
+use rand::SeedableRng;
+
+use cohort_common::chain::Chain;
+use cohort_common::exit::p2tr_single;
+use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
+use cohort_common::messages::ToParticipant;
+use cohort_common::params::{TreeParams, DEFAULT_DEPOSIT_CSV};
+use cohort_common::scripts::DepositScript;
+use cohort_coordinator::engine::CoordinatorConfig;
+use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
+use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore};
+use cohort_participant::session::{
+    Event, ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches,
+};
+use cohort_transport::{Client, ClientEndpoint, CoordinatorUri, Identity, Limits};
+
+use crate::round::{
+    execute_exits, peak_rss, BatchReport, PhaseTimes, RoundConfig, RoundReport, StoredPaths,
+};
+use crate::run::fund_users;
+
+/// Client endpoints (UDP sockets) the participants share.
+const CLIENT_ENDPOINTS: usize = 16;
+
+/// What one participant saw.
+#[derive(Debug, Default)]
+struct PeerResult {
+    finalized: Option<Txid>,
+    confirmed: bool,
+    stored: HashMap<Txid, Vec<ExitPath>>,
+    error: Option<String>,
+    udp_tx: u64,
+    udp_rx: u64,
+}
+
+/// Runs one round over QUIC and reports it like the in-memory run.
+pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
+    if config.users == 0 {
+        bail!("--users must be at least 1");
+    }
+    if config.fault.is_some() || config.loss > 0.0 {
+        bail!("--faults and --loss apply to the in-memory transport only");
+    }
+    let wall = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let ledger = Arc::new(Ledger::new());
+    let coordinator_key = Keypair::from_rng(&mut rng);
+    let payout = p2tr_single(&Keypair::from_rng(&mut rng));
+    let users = fund_users(&ledger, &mut rng, config.users, &coordinator_key)?;
+    let deposits_ms = ms(wall.elapsed());
+
+    let mut engine = CoordinatorConfig::new(payout);
+    engine.tree = TreeParams { radix: config.radix, max_depth: config.max_depth };
+    engine.max_batch_weight = config.max_batch_weight;
+    engine.max_registrations = config.users;
+    engine.registration_window = Duration::from_secs(120);
+    engine.phase_timeout = Duration::from_secs(60);
+    let exit_csv = engine.exit_csv;
+    let service_config = ServiceConfig {
+        listen: "127.0.0.1:0".parse().context("listen address")?,
+        engine,
+        round_interval: Duration::from_secs(3600),
+        limits: Limits::default(),
+        confirmation_poll: Duration::from_millis(200),
+        network: bitcoin::Network::Regtest,
+        deposit_csv: DEFAULT_DEPOSIT_CSV,
+    };
+
+    let coord_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coord-rt")
+        .enable_all()
+        .build()?;
+    let part_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("part-rt")
+        .enable_all()
+        .build()?;
+    let identity = Identity::generate()?;
+    let store: Arc<dyn CoordinatorStore> = Arc::new(MemoryStore::new());
+    let service = coord_rt.block_on(async {
+        CoordinatorService::start(
+            service_config,
+            &identity,
+            coordinator_key.clone(),
+            store.clone(),
+            ChainBackend::Dev(ledger.clone()),
+        )
+    })?;
+    let uri = service.uri("127.0.0.1")?;
+
+    let caches = Arc::new(SharedCaches::new());
+    let sessions: Vec<Session> = users
+        .iter()
+        .map(|user| {
+            let remainder =
+                DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
+            Ok(Session::new(
+                SessionConfig {
+                    deposits: vec![OwnedDeposit {
+                        outpoint: user.outpoint,
+                        txout: user.txout.clone(),
+                        script: user.deposit.clone(),
+                        key: user.key.clone(),
+                    }],
+                    leaves: user.extra_leaf.iter().cloned().collect(),
+                    remainder_script: remainder.script_pubkey(),
+                    max_fee: Amount::from_sat(50_000),
+                },
+                Some(caches.clone()),
+            ))
+        })
+        .collect::<Result<_>>()?;
+
+    let started = Instant::now();
+    let finalized = Arc::new(AtomicUsize::new(0));
+    let bar = progress(config.progress, config.users as u64);
+    let results: Vec<PeerResult> = part_rt.block_on(async {
+        let limits = Limits::default();
+        let target = "127.0.0.1:1".parse().map_err(|_| anyhow!("address"))?;
+        let endpoints: Vec<ClientEndpoint> = (0..CLIENT_ENDPOINTS.min(config.users))
+            .map(|_| ClientEndpoint::bind_for(target, &limits))
+            .collect::<Result<_, _>>()?;
+        // Spread the connects over ~0.35 ms per participant (3.5 s for 10,000).
+        let spread = Duration::from_micros(350);
+        let mut tasks = Vec::with_capacity(sessions.len());
+        for (i, session) in sessions.into_iter().enumerate() {
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            let (uri, limits, finalized) = (uri.clone(), limits.clone(), finalized.clone());
+            let delay = spread * i as u32;
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                participant(session, &endpoint, &uri, &limits, &finalized).await
+            }));
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        let mut pending = tasks.into_iter();
+        for task in pending.by_ref() {
+            if let Some(bar) = &bar {
+                bar.set_position(finalized.load(Ordering::Relaxed) as u64);
+            }
+            results.push(task.await.unwrap_or_else(|e| PeerResult {
+                error: Some(format!("task: {e}")),
+                ..PeerResult::default()
+            }));
+        }
+        Ok::<_, anyhow::Error>(results)
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let engine_done = Instant::now();
+    let coordinator_cpu = thread_cpu(&["cohort-engine", "coord-rayon", "coord-rt"]);
+    coord_rt.block_on(service.shutdown("simulation over"));
+
+    let errors: Vec<String> = results.iter().filter_map(|r| r.error.clone()).collect();
+    let completed = results
+        .iter()
+        .filter(|r| {
+            r.confirmed
+                && r.finalized.is_some_and(|t| {
+                    ledger.confirmations(&t).ok().flatten().is_some_and(|c| c >= 1)
+                })
+        })
+        .count();
+    let batches = batch_reports(store.as_ref())?;
+    let udp_rx: u64 = results.iter().map(|r| r.udp_rx).sum();
+    let udp_tx: u64 = results.iter().map(|r| r.udp_tx).sum();
+    let stored: Vec<StoredPaths> = results
+        .into_iter()
+        .map(|r| r.finalized.and_then(|t| r.stored.get(&t).cloned().map(|p| (t, p))))
+        .collect();
+    let faulty = vec![false; users.len()];
+    let exit_start = Instant::now();
+    let exits =
+        execute_exits(&ledger, &stored, &users, &faulty, &coordinator_key, config.exits, &mut rng)?;
+    let phase_ms = PhaseTimes {
+        deposits: deposits_ms,
+        registration: 0,
+        tree_signing: 0,
+        deposit_signing: ms(engine_done.saturating_duration_since(started)),
+        confirmation: 0,
+        exits: ms(exit_start.elapsed()),
+    };
+    if !errors.is_empty() {
+        eprintln!("{} participants failed; first: {}", errors.len(), errors[0]);
+    }
+    let ledger_cpu = consensus_cost(&ledger, &store_funding(store.as_ref())?);
+    Ok(RoundReport {
+        transport: "quic",
+        users: config.users,
+        completed,
+        excluded: config.users - completed,
+        faulty: 0,
+        batches,
+        wall_ms: ms(wall.elapsed()),
+        phase_ms,
+        coordinator_cpu_ms: ms(coordinator_cpu),
+        ledger_cpu_ms: ms(ledger_cpu),
+        messages_to_participants: 0,
+        messages_from_participants: 0,
+        bytes_to_participants: udp_rx,
+        bytes_from_participants: udp_tx,
+        lost_messages: 0,
+        simulated_ms: 0,
+        peak_rss_bytes: peak_rss(),
+        exits,
+    })
+}
+
+/// One participant: connect, run the session to its end, report.
+async fn participant(
+    mut session: Session,
+    endpoint: &ClientEndpoint,
+    uri: &CoordinatorUri,
+    limits: &Limits,
+    finalized: &AtomicUsize,
+) -> PeerResult {
+    let mut result = PeerResult::default();
+    let client = match Client::connect_via(endpoint, uri, limits).await {
+        Ok(c) => c,
+        Err(e) => {
+            result.error = Some(format!("connect: {e}"));
+            return result;
+        }
+    };
+    let (mut send, recv) = match client.open_session().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            result.error = Some(format!("session: {e}"));
+            return result;
+        }
+    };
+    let (mut inbox, reader) = cohort_participant::driver::spawn_reader(recv);
+    'outer: loop {
+        let mut ended = false;
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::PersistExitPaths { batch, attempt, funding_tx, paths, .. } => {
+                    // "Stored": kept in memory by this simulated driver, then confirmed.
+                    result.stored.insert(funding_tx.compute_txid(), paths);
+                    session.exit_paths_persisted(Instant::now(), batch, attempt);
+                }
+                Event::Finalized { txid, .. } => {
+                    result.finalized = Some(txid);
+                    finalized.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Confirmed { .. } => {
+                    result.confirmed = true;
+                    ended = true;
+                }
+                Event::Failed(e) => {
+                    result.error = Some(format!("session: {e}"));
+                    ended = true;
+                }
+                Event::Refused(r) => {
+                    result.error = Some(format!("refused: {r}"));
+                    ended = true;
+                }
+                _ => {}
+            }
+        }
+        while let Some(msg) = session.poll_transmit() {
+            if let Err(e) = send.send(&msg).await {
+                result.error = Some(format!("send: {e}"));
+                break 'outer;
+            }
+        }
+        if ended {
+            break;
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            item = inbox.recv() => match item {
+                Some(Ok(msg)) => {
+                    if matches!(msg, ToParticipant::Goodbye(_)) {
+                        result.error = Some("goodbye".into());
+                    }
+                    session.handle_message(Instant::now(), msg);
+                }
+                Some(Err(e)) => {
+                    result.error = Some(format!("link: {e}"));
+                    break;
+                }
+                None => {
+                    result.error.get_or_insert_with(|| "link closed".into());
+                    break;
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+        }
+    }
+    let stats = client.connection.stats();
+    result.udp_tx = stats.udp_tx.bytes;
+    result.udp_rx = stats.udp_rx.bytes;
+    client.close("done");
+    reader.abort();
+    result
+}
+
+/// The funding transactions the service broadcast, as stored.
+fn store_funding(store: &dyn CoordinatorStore) -> Result<Vec<bitcoin::Transaction>> {
+    Ok(store
+        .batches_of_round(1)?
+        .into_iter()
+        .filter(|b| {
+            matches!(b.status, BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. })
+        })
+        .map(|b| b.funding_tx)
+        .collect())
+}
+
+/// CPU time the ledger's libbitcoinconsensus checks of these transactions take, measured
+/// again here (the service ran them on its engine thread, mixed with its own work).
+fn consensus_cost(ledger: &Ledger, txs: &[bitcoin::Transaction]) -> Duration {
+    let before = crate::memnet::process_cpu();
+    for stored in txs {
+        // The stored copy is unsigned; check the one the ledger accepted.
+        let Some(tx) = ledger.transaction(&stored.compute_txid()) else { continue };
+        let spent: Option<Vec<bitcoin::TxOut>> = tx
+            .input
+            .iter()
+            .map(|i| {
+                ledger
+                    .transaction(&i.previous_output.txid)
+                    .and_then(|t| t.output.get(i.previous_output.vout as usize).cloned())
+            })
+            .collect();
+        if let Some(spent) = spent {
+            let _ = cohort_common::consensus::verify_tx(&tx, &spent);
+        }
+    }
+    crate::memnet::process_cpu().saturating_sub(before)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn batch_reports(store: &dyn CoordinatorStore) -> Result<Vec<BatchReport>> {
+    let mut out: Vec<BatchReport> = Vec::new();
+    for record in store.batches_of_round(1)? {
+        let b = record.batch as usize;
+        if out.len() <= b {
+            out.resize(
+                b + 1,
+                BatchReport { attempts: 0, funding_txid: None, leaves: 0, inputs: 0 },
+            );
+        }
+        let entry = &mut out[b];
+        if record.attempt >= entry.attempts {
+            entry.attempts = record.attempt;
+            entry.inputs = record.funding_tx.input.len();
+            entry.funding_txid = match record.status {
+                BatchStatus::Finalized { txid } => Some(txid.to_string()),
+                BatchStatus::Confirmed { .. } => Some(record.funding_tx.compute_txid().to_string()),
+                _ => None,
+            };
+            if let Some(nodes) = store.signed_tree(1, record.batch)? {
+                entry.leaves = crate::round::count_leaves(&nodes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CPU time of this process's threads whose names start with one of `prefixes`.
+fn thread_cpu(prefixes: &[&str]) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else { continue };
+        if !prefixes.iter().any(|p| name.trim_end().starts_with(p)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Duration::from_nanos(total)
+}
+
+fn progress(enabled: bool, len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    Some(bar)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
