@@ -1,6 +1,7 @@
 //! The coordinator service over loopback QUIC with in-process participants driving the
-//! real session engine: a full round on the dev ledger, and kill-and-restart at the
-//! phase boundaries (mid-round before deposit signatures, after `Finalized`).
+//! real session engine: a full round on the dev ledger, and kill-and-restart at each
+//! phase boundary (registration open, after the proposals, after the tree is signed and
+//! before deposit signatures, after `Finalized`).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -80,11 +81,15 @@ enum Mode {
     StallAtPersist,
     /// Drops its connection once it has signed the tree.
     QuitAfterProposal,
+    /// Checks the proposal, then never sends its tree signatures (stays connected).
+    StallAtProposal,
 }
 
 /// What a participant reports to the test.
 #[derive(Debug)]
 enum Report {
+    Registered,
+    Proposed,
     Persisting { attempt: u32 },
     Done(Event),
 }
@@ -135,12 +140,22 @@ async fn drive(
     let mut session = Session::new(config, None);
     loop {
         while let Some(msg) = session.poll_transmit() {
+            if mode == Mode::StallAtProposal
+                && matches!(msg, cohort_common::messages::ToCoordinator::TreeSigs(_))
+            {
+                let _ = reports.send(Report::Proposed);
+                // Hold the connection open without ever answering.
+                std::future::pending::<()>().await;
+            }
             if send.send(&msg).await.is_err() {
                 return;
             }
         }
         if let Some(event) = session.poll_event() {
             match event {
+                Event::Registered { .. } => {
+                    let _ = reports.send(Report::Registered);
+                }
                 Event::PersistExitPaths { batch, attempt, .. } => {
                     let _ = reports.send(Report::Persisting { attempt });
                     if mode != Mode::StallAtPersist {
@@ -224,7 +239,7 @@ async fn round_completes_and_survives_a_restart() {
         match next_report(&mut rx).await {
             Report::Done(Event::Confirmed { batch: 0, .. }) => confirmed += 1,
             Report::Done(other) => panic!("participant ended with {other:?}"),
-            Report::Persisting { .. } => {}
+            Report::Persisting { .. } | Report::Registered | Report::Proposed => {}
         }
     }
     for d in &deposits {
@@ -264,7 +279,10 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
     while persisting < N - 1 {
         match next_report(&mut rx).await {
             Report::Persisting { attempt: 2 } => persisting += 1,
-            Report::Persisting { .. } | Report::Done(Event::ProposalAccepted { .. }) => {}
+            Report::Persisting { .. }
+            | Report::Registered
+            | Report::Proposed
+            | Report::Done(Event::ProposalAccepted { .. }) => {}
             Report::Done(other) => panic!("participant ended with {other:?}"),
         }
     }
@@ -304,6 +322,71 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
         Report::Done(Event::Refused(RefusalReason::Banned(op))) => assert_eq!(op, banned),
         other => panic!("expected a ban refusal, got {other:?}"),
     }
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}
+
+/// Killed with registration still open: the round is aborted on restart, nothing is
+/// banned, every deposit is unspent and registers again in the next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_registration_loses_nothing() {
+    let fx = Fixture::new("registration");
+    let (service, store, uri) = fx.start();
+    // Fewer than N: registration stays open.
+    let (deposits, mut rx) = participants(&uri, &[Mode::Honest; 3]).await;
+    let mut registered = 0;
+    while registered < 3 {
+        if let Report::Registered = next_report(&mut rx).await {
+            registered += 1;
+        }
+    }
+    service.shutdown("killed").await;
+    drop(store);
+
+    let (service, store, uri) = fx.start();
+    assert_eq!(service.recovery().last_round, Some(1));
+    assert!(service.recovery().aborted.is_empty(), "no batch existed yet");
+    assert_eq!(service.recovery().bans, 0);
+    for d in &deposits {
+        assert!(fx.ledger.utxo(&d.outpoint).unwrap().is_some(), "deposit must be unspent");
+        assert!(!store.is_banned(&d.outpoint, now_ms()).unwrap());
+    }
+    expect_announce(&uri, 2).await;
+    // The same deposit registers again in round 2.
+    let client = Client::connect(&uri, &Limits::default()).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(client, session_config(deposits[0].clone()), Mode::Honest, tx));
+    assert!(matches!(next_report(&mut rx).await, Report::Registered));
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}
+
+/// Killed after the proposals, before any tree signature: the attempt is aborted on
+/// restart, nobody is banned (nobody misbehaved), every deposit is unspent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_proposals_aborts_the_attempt() {
+    let fx = Fixture::new("proposals");
+    let (service, store, uri) = fx.start();
+    let (deposits, mut rx) = participants(&uri, &[Mode::StallAtProposal; N]).await;
+    let mut proposed = 0;
+    while proposed < N {
+        if let Report::Proposed = next_report(&mut rx).await {
+            proposed += 1;
+        }
+    }
+    assert!(store.batches_of_round(1).unwrap().iter().all(|b| b.status == BatchStatus::Signing));
+    service.shutdown("killed").await;
+    drop(store);
+
+    let (service, store, uri) = fx.start();
+    assert_eq!(service.recovery().aborted, vec![(1, 0, 1)]);
+    assert_eq!(service.recovery().bans, 0);
+    let batch = store.batches_of_round(1).unwrap().pop().unwrap();
+    assert_eq!(batch.status, BatchStatus::Aborted { reason: RESTART_REASON.into() });
+    for d in &deposits {
+        assert!(fx.ledger.utxo(&d.outpoint).unwrap().is_some(), "deposit must be unspent");
+    }
+    expect_announce(&uri, 2).await;
     service.shutdown("test over").await;
     let _ = std::fs::remove_dir_all(&fx.dir);
 }
