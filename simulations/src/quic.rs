@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bitcoin::{Amount, Txid};
+use bitcoin::Txid;
 use rand::SeedableRng;
 
 use cohort_common::chain::Chain;
@@ -21,17 +21,15 @@ use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::ToParticipant;
 use cohort_common::params::{TreeParams, DEFAULT_DEPOSIT_CSV};
-use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore};
-use cohort_participant::session::{
-    Event, ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches,
-};
+use cohort_participant::session::{Event, ExitPath, Session, SharedCaches};
 use cohort_transport::{Client, ClientEndpoint, CoordinatorUri, Identity, Limits};
 
 use crate::round::{
-    execute_exits, peak_rss, BatchReport, PhaseTimes, RoundConfig, RoundReport, StoredPaths,
+    execute_exits, peak_rss, user_session, BatchReport, PhaseTimes, RoundConfig, RoundReport,
+    StoredPaths,
 };
 use crate::run::fund_users;
 
@@ -108,24 +106,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let caches = Arc::new(SharedCaches::new());
     let sessions: Vec<Session> = users
         .iter()
-        .map(|user| {
-            let remainder =
-                DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
-            Ok(Session::new(
-                SessionConfig {
-                    deposits: vec![OwnedDeposit {
-                        outpoint: user.outpoint,
-                        txout: user.txout.clone(),
-                        script: user.deposit.clone(),
-                        key: user.key.clone(),
-                    }],
-                    leaves: user.extra_leaf.iter().cloned().collect(),
-                    remainder_script: remainder.script_pubkey(),
-                    max_fee: Amount::from_sat(50_000),
-                },
-                Some(caches.clone()),
-            ))
-        })
+        .map(|user| user_session(user, &coordinator_key, exit_csv, &caches))
         .collect::<Result<_>>()?;
 
     let started = Instant::now();

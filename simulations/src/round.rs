@@ -287,22 +287,7 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
             _ => None,
         };
         faulty[i] = fault.is_some();
-        let remainder =
-            DepositScript::virtual_deposit(user.key.public, coordinator_key.public, exit_csv)?;
-        let session = Session::new(
-            SessionConfig {
-                deposits: vec![OwnedDeposit {
-                    outpoint: user.outpoint,
-                    txout: user.txout.clone(),
-                    script: user.deposit.clone(),
-                    key: user.key.clone(),
-                }],
-                leaves: user.extra_leaf.iter().cloned().collect(),
-                remainder_script: remainder.script_pubkey(),
-                max_fee: Amount::from_sat(50_000),
-            },
-            Some(caches.clone()),
-        );
+        let session = user_session(user, &coordinator_key, exit_csv, &caches)?;
         peers.push(Peer::new(session, fault));
     }
 
@@ -374,6 +359,31 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
         exits,
     };
     Ok(RoundOutcome { report, net, users, faulty })
+}
+
+/// A simulated user's session: its one deposit, its extra leaf if any, and the
+/// remainder paid to a virtual deposit of its own key; caches shared in the process.
+pub fn user_session(
+    user: &User,
+    coordinator: &Keypair,
+    exit_csv: u16,
+    caches: &Arc<SharedCaches>,
+) -> Result<Session> {
+    let remainder = DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?;
+    Ok(Session::new(
+        SessionConfig {
+            deposits: vec![OwnedDeposit {
+                outpoint: user.outpoint,
+                txout: user.txout.clone(),
+                script: user.deposit.clone(),
+                key: user.key.clone(),
+            }],
+            leaves: user.extra_leaf.iter().cloned().collect(),
+            remainder_script: remainder.script_pubkey(),
+            max_fee: Amount::from_sat(50_000),
+        },
+        Some(caches.clone()),
+    ))
 }
 
 fn ms(d: Duration) -> u64 {
