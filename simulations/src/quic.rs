@@ -161,6 +161,18 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         })
         .count();
     let batches = batch_reports(store.as_ref())?;
+    let mut chain = crate::round::ChainFootprint::default();
+    for record in store.batches_of_round(1)? {
+        let signed = ledger.transaction(&record.funding_tx.compute_txid());
+        if let (Some(tx), Some(nodes)) = (signed, store.signed_tree(1, record.batch)?) {
+            if matches!(
+                record.status,
+                BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. }
+            ) {
+                chain.add(&tx, &nodes);
+            }
+        }
+    }
     let udp_rx: u64 = results.iter().map(|r| r.udp_rx).sum();
     let udp_tx: u64 = results.iter().map(|r| r.udp_tx).sum();
     let stored: Vec<StoredPaths> = results
@@ -192,6 +204,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         excluded: config.users - completed,
         faulty: 0,
         batches,
+        chain,
         wall_ms,
         phase_ms,
         coordinator_cpu_ms: ms(coordinator_cpu),

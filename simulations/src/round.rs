@@ -83,6 +83,48 @@ pub struct BatchReport {
     pub inputs: usize,
 }
 
+/// What the confirmed batches cost on chain, against paying every leaf its own output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChainFootprint {
+    /// Virtual bytes of every funding transaction.
+    pub funding_vbytes: u64,
+    /// Virtual bytes of the same inputs paying every leaf its own output instead.
+    pub own_outputs_vbytes: u64,
+    /// Node transactions of every tree.
+    pub nodes: usize,
+    /// Transactions on the longest root-to-leaf path.
+    pub depth: usize,
+}
+
+impl ChainFootprint {
+    /// Adds one batch: its signed funding transaction and its signed nodes (root first).
+    pub fn add(&mut self, funding: &Transaction, nodes: &[Transaction]) {
+        self.funding_vbytes += funding.vsize() as u64;
+        let spent: std::collections::HashSet<OutPoint> =
+            nodes.iter().map(|t| t.input[0].previous_output).collect();
+        let mut baseline = funding.clone();
+        baseline.output = nodes
+            .iter()
+            .flat_map(|t| {
+                let txid = t.compute_txid();
+                let last = t.output.len().saturating_sub(1);
+                t.output.iter().take(last).enumerate().map(move |(v, o)| (txid, v as u32, o))
+            })
+            .filter(|(txid, vout, _)| !spent.contains(&OutPoint { txid: *txid, vout: *vout }))
+            .map(|(_, _, o)| o.clone())
+            .collect();
+        self.own_outputs_vbytes += baseline.vsize() as u64;
+        self.nodes += nodes.len();
+        // Depth: the longest chain of nodes, each spending the one before.
+        let mut depth: std::collections::HashMap<bitcoin::Txid, usize> = Default::default();
+        for t in nodes {
+            let d = depth.get(&t.input[0].previous_output.txid).copied().unwrap_or(0) + 1;
+            depth.insert(t.compute_txid(), d);
+            self.depth = self.depth.max(d);
+        }
+    }
+}
+
 /// One executed exit.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExitReport {
@@ -109,6 +151,8 @@ pub struct RoundReport {
     pub faulty: usize,
     /// Batches.
     pub batches: Vec<BatchReport>,
+    /// On-chain footprint of the confirmed batches.
+    pub chain: ChainFootprint,
     /// Wall time of the whole run, setup included.
     pub wall_ms: u64,
     /// Wall time per phase: deposits, registration, tree signing, deposit signing and
@@ -168,6 +212,17 @@ impl std::fmt::Display for RoundReport {
                 b.inputs,
                 b.leaves,
                 b.funding_txid.as_deref().unwrap_or("none (failed)")
+            )?;
+        }
+        let c = &self.chain;
+        if c.funding_vbytes > 0 {
+            let per = c.funding_vbytes as f64 / self.completed.max(1) as f64;
+            let own = c.own_outputs_vbytes as f64 / self.completed.max(1) as f64;
+            writeln!(f, "tree               {} node transactions, depth {}", c.nodes, c.depth)?;
+            writeln!(
+                f,
+                "on chain           {} vbytes of funding txs, {per:.1} per user (one output per user: {own:.1})",
+                c.funding_vbytes
             )?;
         }
         writeln!(f, "wall time          {:.2} s", self.wall_ms as f64 / 1e3)?;
@@ -316,6 +371,7 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
     let engine_done = Instant::now();
 
     let batches = batch_reports(&net);
+    let chain = footprint(&net);
     let phase_ms = phase_times(&net, deposits_ms, started, engine_done);
     let completed = count_completed(&net, &users, &faulty)?;
     check_safety(&net, &users, &faulty)?;
@@ -345,6 +401,7 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
         excluded,
         faulty: faulty.iter().filter(|f| **f).count(),
         batches,
+        chain,
         wall_ms: ms(wall.elapsed()),
         phase_ms,
         coordinator_cpu_ms: ms(stats.coordinator_cpu),
@@ -446,6 +503,26 @@ fn batch_reports(net: &MemNet) -> Vec<BatchReport> {
                 if let Some(r) = out.get_mut(*batch as usize) {
                     r.funding_txid = Some(txid.to_string());
                     r.attempts = *attempts;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The on-chain footprint of every broadcast funding transaction and its signed tree.
+fn footprint(net: &MemNet) -> ChainFootprint {
+    let mut trees: std::collections::HashMap<u32, &Vec<Transaction>> = Default::default();
+    let mut out = ChainFootprint::default();
+    for (_, e) in &net.events {
+        match e {
+            CoordEvent::TreeSigned { batch, nodes, .. } => {
+                trees.insert(*batch, nodes);
+            }
+            CoordEvent::BatchFinalized { batch, txid, .. } => {
+                if let (Some(tx), Some(nodes)) = (net.broadcast.get(txid), trees.get(batch)) {
+                    out.add(tx, nodes);
                 }
             }
             _ => {}

@@ -36,6 +36,11 @@ fn happy_path_for_one_two_and_fifty_users() {
         assert_eq!(r.batches[0].attempts, 1);
         assert_eq!(r.excluded, 0);
         assert_eq!(r.exits.len(), users.min(3), "exits executed on the ledger");
+        // Two outputs (batch + coordinator) beat one output per leaf from three leaves on.
+        if users >= 3 {
+            assert!(r.chain.funding_vbytes < r.chain.own_outputs_vbytes, "{r}");
+        }
+        assert!(r.chain.nodes >= 1 && r.chain.depth >= 1, "{r}");
     }
 }
 
