@@ -625,6 +625,10 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
             .context("funding prevout not on the ledger")?;
         let json = crate::export::batch_json_parts(tx, &prevouts, &nodes)?;
         std::fs::create_dir_all(dir)?;
+        if net.broadcast.len() == 1 {
+            // One batch: also under the foundation's name.
+            std::fs::write(dir.join("batch.json"), &json)?;
+        }
         std::fs::write(dir.join(format!("batch-{batch}.json")), json)?;
     }
     Ok(())

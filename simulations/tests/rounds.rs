@@ -129,3 +129,19 @@ fn a_participant_leaving_after_its_deposit_signatures_does_not_stop_the_batch() 
         assert!(peer.stored.contains_key(funding), "participant {i} holds its exit paths");
     }
 }
+
+#[test]
+fn export_writes_every_batch_of_an_engine_round() {
+    let dir = std::env::temp_dir().join(format!("cohort-round-export-{}", std::process::id()));
+    let mut config = round(12, 41);
+    config.export = Some(dir.clone());
+    let outcome = run_round(&config).expect("round");
+    let text = std::fs::read_to_string(dir.join("batch.json")).expect("batch.json");
+    assert_eq!(std::fs::read_to_string(dir.join("batch-0.json")).expect("batch-0.json"), text);
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let r = &outcome.report;
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(r.chain.nodes));
+    assert_eq!(json["leaves"].as_array().map(Vec::len), Some(r.batches[0].leaves));
+    assert_eq!(json["funding"]["prevouts"].as_array().map(Vec::len), Some(12));
+    std::fs::remove_dir_all(dir).ok();
+}
