@@ -16,6 +16,7 @@
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
 //! - [`ledger`]: the embedded regtest ledger.
+//! - `sqlite` (feature `sqlite`): opening the stores' SQLite files.
 
 pub mod chain;
 pub mod codec;
@@ -28,6 +29,8 @@ pub mod messages;
 pub mod musig;
 pub mod params;
 pub mod scripts;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod tree;
 
 pub use bitcoin;

@@ -67,6 +67,21 @@ pub enum StoreError {
     },
 }
 
+impl From<cohort_common::sqlite::OpenError> for StoreError {
+    fn from(e: cohort_common::sqlite::OpenError) -> Self {
+        use cohort_common::sqlite::OpenError;
+        match e {
+            OpenError::Io { path, source } => StoreError::Io { path, source },
+            OpenError::NewerSchema { found, supported } => {
+                StoreError::NewerSchema { found, supported }
+            }
+            other @ (OpenError::NoWal(_) | OpenError::TooManyMigrations) => {
+                StoreError::Sqlite(other.to_string())
+            }
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {

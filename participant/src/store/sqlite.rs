@@ -3,11 +3,11 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use cohort_common::sqlite::{open_private, Durability};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -83,16 +83,7 @@ impl SqliteStore {
     }
 
     pub(crate) fn open_with(path: &Path, migrations: &[&str]) -> Result<Self, StoreError> {
-        create_private(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Sqlite(format!("could not enable WAL journal, got {mode}")));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        migrate(&mut conn, migrations)?;
+        let conn = open_private::<StoreError>(path, migrations, Durability::Power)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -101,42 +92,6 @@ impl SqliteStore {
         // it back, so the connection is consistent.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Creates the file with owner-only permissions if it is missing, and tightens them if it
-/// exists. SQLite gives the `-wal` and `-shm` files the database file's permissions.
-fn create_private(path: &Path) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.display().to_string(), source };
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(0o600);
-        options.open(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    #[cfg(not(unix))]
-    options.open(path).map_err(io)?;
-    Ok(())
-}
-
-/// Brings the schema from the file's `user_version` up to `migrations.len()`, one
-/// transaction per step.
-pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
-    let supported = u32::try_from(migrations.len())
-        .map_err(|_| StoreError::Sqlite("too many migrations".into()))?;
-    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > supported {
-        return Err(StoreError::NewerSchema { found, supported });
-    }
-    for (version, sql) in (1..=supported).zip(migrations).skip(found as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 fn corrupt(what: impl Into<String>) -> StoreError {
