@@ -70,27 +70,38 @@ pub fn batch_json_parts(
             })
             .collect(),
     };
+    if let Some(node) = nodes.iter().position(|t| t.output.is_empty()) {
+        return Err(anyhow!("node {node} has no outputs"));
+    }
+    let leaves = leaf_outputs(nodes)
+        .into_iter()
+        .map(|(node, vout, out)| Leaf {
+            script_pubkey: hex::encode(out.script_pubkey.as_bytes()),
+            amount_sat: out.value.to_sat(),
+            node,
+            vout,
+        })
+        .collect();
+    let nodes = nodes.iter().map(|tx| NodeTx { tx: serialize_hex(tx) }).collect();
+    Ok(serde_json::to_string_pretty(&BatchFile { funding, nodes, leaves })?)
+}
+
+/// The leaves of a signed tree (nodes root first): every node output that no node
+/// spends, each node's last output (its anchor) aside, as (node index, vout, output).
+pub fn leaf_outputs(nodes: &[Transaction]) -> Vec<(usize, u32, &TxOut)> {
     let spent: HashSet<OutPoint> =
         nodes.iter().flat_map(|t| t.input.iter().map(|i| i.previous_output)).collect();
     let mut leaves = Vec::new();
     for (node, tx) in nodes.iter().enumerate() {
         let txid = tx.compute_txid();
-        let Some(last) = tx.output.len().checked_sub(1) else {
-            return Err(anyhow!("node {node} has no outputs"));
-        };
-        for (vout, out) in tx.output.iter().enumerate().take(last) {
+        let anchor = tx.output.len().saturating_sub(1);
+        for (vout, out) in tx.output.iter().enumerate().take(anchor) {
             if !spent.contains(&OutPoint { txid, vout: vout as u32 }) {
-                leaves.push(Leaf {
-                    script_pubkey: hex::encode(out.script_pubkey.as_bytes()),
-                    amount_sat: out.value.to_sat(),
-                    node,
-                    vout: vout as u32,
-                });
+                leaves.push((node, vout as u32, out));
             }
         }
     }
-    let nodes = nodes.iter().map(|tx| NodeTx { tx: serialize_hex(tx) }).collect();
-    Ok(serde_json::to_string_pretty(&BatchFile { funding, nodes, leaves })?)
+    leaves
 }
 
 /// Writes `name` under `dir`, creating the directory.

@@ -100,19 +100,9 @@ impl ChainFootprint {
     /// Adds one batch: its signed funding transaction and its signed nodes (root first).
     pub fn add(&mut self, funding: &Transaction, nodes: &[Transaction]) {
         self.funding_vbytes += funding.vsize() as u64;
-        let spent: std::collections::HashSet<OutPoint> =
-            nodes.iter().map(|t| t.input[0].previous_output).collect();
         let mut baseline = funding.clone();
-        baseline.output = nodes
-            .iter()
-            .flat_map(|t| {
-                let txid = t.compute_txid();
-                let last = t.output.len().saturating_sub(1);
-                t.output.iter().take(last).enumerate().map(move |(v, o)| (txid, v as u32, o))
-            })
-            .filter(|(txid, vout, _)| !spent.contains(&OutPoint { txid: *txid, vout: *vout }))
-            .map(|(_, _, o)| o.clone())
-            .collect();
+        baseline.output =
+            crate::export::leaf_outputs(nodes).into_iter().map(|(_, _, o)| o.clone()).collect();
         self.own_outputs_vbytes += baseline.vsize() as u64;
         self.nodes += nodes.len();
         // Depth: the longest chain of nodes, each spending the one before.
@@ -531,19 +521,9 @@ fn footprint(net: &MemNet) -> ChainFootprint {
     out
 }
 
-/// Leaves of a signed tree: every non-anchor node output that no node spends.
+/// Leaves of a signed tree (see [`crate::export::leaf_outputs`]).
 pub fn count_leaves(nodes: &[Transaction]) -> usize {
-    let spent: std::collections::HashSet<OutPoint> =
-        nodes.iter().map(|t| t.input[0].previous_output).collect();
-    nodes
-        .iter()
-        .flat_map(|t| {
-            let txid = t.compute_txid();
-            let outputs = t.output.len().saturating_sub(1) as u32;
-            (0..outputs).map(move |vout| OutPoint { txid, vout })
-        })
-        .filter(|op| !spent.contains(op))
-        .count()
+    crate::export::leaf_outputs(nodes).len()
 }
 
 fn phase_times(net: &MemNet, deposits: u64, started: Instant, done: Instant) -> PhaseTimes {
