@@ -233,20 +233,19 @@ pub struct ExitCost {
 /// from `fee`; nodes already on chain are skipped. Returns the updated fee input.
 pub fn publish_path(
     chain: &cohort_common::ledger::Ledger,
-    batch: &SignedBatch,
-    leaf: usize,
+    path: &[Transaction],
     mut fee: FeeInput,
     rate: FeeRate,
     cost: &mut ExitCost,
 ) -> Result<FeeInput> {
     use cohort_common::chain::Chain;
-    for tx in batch.signed_path(leaf)? {
+    for tx in path {
         let txid = tx.compute_txid();
         if chain.confirmations(&txid)?.is_some() {
             continue;
         }
-        let child = cpfp_child(&tx, &fee, rate)?;
-        chain.broadcast_package(&tx, &child).with_context(|| format!("publishing node {txid}"))?;
+        let child = cpfp_child(tx, &fee, rate)?;
+        chain.broadcast_package(tx, &child).with_context(|| format!("publishing node {txid}"))?;
         chain.mine(1);
         cost.nodes += 1;
         cost.vbytes += tx.vsize() as u64 + child.vsize() as u64;

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use cohort_common::chain::Chain;
-use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
+use cohort_common::exit::{p2tr_single, reclaim_tx, FeeInput};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::params::TreeParams;
@@ -20,7 +20,7 @@ use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{BatchPhase, Coordinator, CoordinatorConfig, Event as CoordEvent};
 use cohort_participant::session::{ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
 
-use crate::local::User;
+use crate::local::{publish_path, ExitCost, User};
 use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
 use crate::run::fund_users;
 
@@ -671,24 +671,10 @@ pub fn execute_exits<R: Rng>(
             .iter()
             .find(|p| p.leaf_output.script_pubkey == script.script_pubkey())
             .context("no remainder leaf path")?;
-        let mut report = ExitReport { user: i, nodes: 0, vbytes: 0 };
-        for tx in &path.path {
-            if ledger.confirmations(&tx.compute_txid())?.is_some() {
-                continue;
-            }
-            let child = cpfp_child(tx, &fee, rate)?;
-            ledger
-                .broadcast_package(tx, &child)
-                .with_context(|| format!("user {i}: publishing a node"))?;
-            ledger.mine(1);
-            report.nodes += 1;
-            report.vbytes += (tx.vsize() + child.vsize()) as u64;
-            fee = FeeInput {
-                outpoint: OutPoint { txid: child.compute_txid(), vout: 0 },
-                txout: child.output[0].clone(),
-                key: fee.key,
-            };
-        }
+        let mut cost = ExitCost::default();
+        fee = publish_path(ledger, &path.path, fee, rate, &mut cost)
+            .with_context(|| format!("user {i}: publishing its path"))?;
+        let report = ExitReport { user: i, nodes: cost.nodes, vbytes: cost.vbytes };
         let last = path.path.last().context("empty path")?;
         let leaf_outpoint = OutPoint { txid: last.compute_txid(), vout: path.vout };
         pending.push((i, script, leaf_outpoint, path.leaf_output.clone(), report));

@@ -288,7 +288,7 @@ fn exit_sample<R: Rng>(
         let local = user - offset;
         let leaf = batch.remainder_leaf[local];
         let mut cost = ExitCost::default();
-        fee = publish_path(ledger, batch, leaf, fee, rate, &mut cost)?;
+        fee = publish_path(ledger, &batch.signed_path(leaf)?, fee, rate, &mut cost)?;
         pending.push((user, batch, leaf, cost));
     }
     // The leaves are virtual deposits: the user alone spends them after exit_csv.
