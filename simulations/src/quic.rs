@@ -28,8 +28,8 @@ use cohort_participant::session::{Event, ExitPath, Session, SharedCaches};
 use cohort_transport::{Client, ClientEndpoint, CoordinatorUri, Identity, Limits};
 
 use crate::round::{
-    execute_exits, peak_rss, user_session, BatchReport, PhaseTimes, RoundConfig, RoundReport,
-    StoredPaths,
+    execute_exits, ms, peak_rss, progress_bar, user_session, BatchReport, PhaseTimes, RoundConfig,
+    RoundReport, StoredPaths,
 };
 use crate::run::fund_users;
 
@@ -111,7 +111,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
 
     let started = Instant::now();
     let finalized = Arc::new(AtomicUsize::new(0));
-    let bar = progress(config.progress, config.users as u64);
+    let bar = progress_bar(config.progress, config.users as u64);
     let results: Vec<PeerResult> = part_rt.block_on(async {
         let limits = Limits::default();
         let target = "127.0.0.1:1".parse().map_err(|_| anyhow!("address"))?;
@@ -392,17 +392,4 @@ fn thread_cpu(prefixes: &[&str]) -> Duration {
         total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     Duration::from_nanos(total)
-}
-
-fn progress(enabled: bool, len: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    Some(bar)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
