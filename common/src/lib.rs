@@ -16,7 +16,9 @@
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
 //! - [`ledger`]: the embedded regtest ledger.
-//! - `sqlite` (feature `sqlite`): opening the stores' SQLite files.
+//! - [`store`]: what both stores share: one error type, storable integers, decoders.
+//! - `sqlite` (feature `sqlite`): opening the stores' SQLite files and a temporary
+//!   directory for their tests.
 
 pub mod chain;
 pub mod codec;
@@ -31,6 +33,7 @@ pub mod params;
 pub mod scripts;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod store;
 pub mod tree;
 
 pub use bitcoin;

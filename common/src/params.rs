@@ -23,6 +23,21 @@ pub const DEFAULT_MAX_BATCH_WEIGHT: u64 = 400_000;
 pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
 /// Protocol version carried in `Hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest tree depth anyone accepts (a participant's work and exit cost grow with it).
+pub const MAX_DEPTH_LIMIT: u8 = 16;
+/// Largest funding transaction weight Bitcoin Core relays (`MAX_STANDARD_TX_WEIGHT`).
+pub const MAX_STANDARD_WEIGHT: u64 = 400_000;
+/// Smallest `max_batch_weight`: room for the shared part and a few deposits.
+pub const MIN_BATCH_WEIGHT: u64 = 2_000;
+/// Lowest funding fee rate, in sat/kWU: Bitcoin Core's default minimum relay fee
+/// (0.1 sat/vB).
+pub const MIN_FEE_RATE_SAT_KWU: u64 = 25;
+/// Largest number of leaves (the remainder included) or deposits per registration.
+pub const MAX_PER_REGISTRATION: u16 = 1_024;
+/// Largest `safety_margin` and `min_confs`, in blocks.
+pub const MAX_BLOCKS_SETTING: u32 = 28_800;
+/// Longest registration window or phase deadline, in milliseconds (one day).
+pub const MAX_WINDOW_MS: u64 = 24 * 3_600 * 1_000;
 
 /// Shape of the virtual transaction tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,3 +109,89 @@ where
     }
     Ok(())
 }
+
+/// The file's schema version (`PRAGMA user_version`).
+pub fn user_version(conn: &Connection) -> Result<u32, rusqlite::Error> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// A fresh directory under the system temp dir, removed with everything in it on drop:
+/// where the stores' tests (and other crates' tests) put their SQLite files.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/cohort-<name>-<pid>-<nanos>`.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("cohort-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A file in the directory.
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_private_migrates_and_refuses_newer_files() {
+        let dir = TempDir::new("sqlite-open").unwrap();
+        let path = dir.file("s.sqlite");
+        let migrations = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
+        let conn: Connection =
+            open_private::<StoreErr>(&path, &migrations, Durability::Power).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        drop(conn);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let older = &migrations[..1];
+        let err = open_private::<StoreErr>(&path, older, Durability::Power).unwrap_err();
+        assert!(matches!(err, StoreErr::Open(OpenError::NewerSchema { found: 2, supported: 1 })));
+        let path = dir.path().join("s.sqlite");
+        assert!(path.exists());
+        drop(dir);
+        assert!(!path.exists(), "the directory goes with the TempDir");
+    }
+
+    #[derive(Debug)]
+    enum StoreErr {
+        Open(OpenError),
+        Sqlite,
+    }
+
+    impl From<OpenError> for StoreErr {
+        fn from(e: OpenError) -> Self {
+            StoreErr::Open(e)
+        }
+    }
+
+    impl From<rusqlite::Error> for StoreErr {
+        fn from(_: rusqlite::Error) -> Self {
+            StoreErr::Sqlite
+        }
+    }
+}

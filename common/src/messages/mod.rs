@@ -18,6 +18,7 @@
 
 mod batch;
 mod chain;
+mod params_check;
 mod round;
 
 pub use batch::{
@@ -26,6 +27,7 @@ pub use batch::{
     SignedTree, TreeLeaf, TreeSigs,
 };
 pub use chain::{ServerInfo, SideRequest, SideResponse, UtxoInfo};
+pub use params_check::ParamsError;
 pub use round::{
     ownership_message, DepositRegistration, LeafRequest, RefusalReason, Refused, Register,
     RegisterBody, Registered, RemainderRequest, RoundAnnounce, RoundParams,

@@ -30,13 +30,14 @@ pub struct RoundParams {
     pub min_confs: u32,
     /// Deposits whose timeout is this close (in blocks) are refused.
     pub safety_margin: u32,
-    /// Largest number of leaves (remainder excluded) per registration.
+    /// Largest number of leaves per registration, the remainder included.
     pub max_leaves_per_registration: u16,
     /// Largest number of deposits per registration.
     pub max_deposits_per_registration: u16,
     /// Largest funding transaction weight.
     pub max_batch_weight: u64,
-    /// When registration closes, in milliseconds since the Unix epoch.
+    /// How long registration stays open after the announcement, in milliseconds (a
+    /// window length, not a point in time: clocks of the two sides are never compared).
     pub registration_closes_ms: u64,
     /// Deadline of each signing phase, in milliseconds.
     pub phase_timeout_ms: u64,

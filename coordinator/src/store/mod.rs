@@ -5,7 +5,6 @@
 //! sockets or the round engine: the driver writes what the engine decided and, after a
 //! restart, reads back [`CoordinatorStore::unfinished_batches`] to pick up where it was.
 
-use bitcoin::hashes::Hash;
 use bitcoin::{OutPoint, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
@@ -20,107 +19,8 @@ pub use sqlite::SqliteStore;
 /// Most rounds one [`CoordinatorStore::recent_rounds`] read returns, whatever the limit.
 pub const MAX_ROUNDS_READ: usize = 1_000;
 
-/// Largest integer a store keeps in a 64-bit field (SQLite integers are signed).
-pub const MAX_STORED_INT: u64 = i64::MAX as u64;
-
-/// Errors from a coordinator store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite reported an error (I/O, locking, constraint); the message is SQLite's.
-    #[error("sqlite: {0}")]
-    Sqlite(String),
-    /// A stored value does not decode: the file was damaged or edited.
-    #[error("corrupt store: {what}")]
-    Corrupt {
-        /// Which value, and what is wrong with it.
-        what: String,
-    },
-    /// The file was written by a newer version of this program; refuse rather than guess.
-    #[error("store schema version {found} is newer than the {supported} this build supports")]
-    NewerSchema {
-        /// The file's `user_version`.
-        found: u32,
-        /// The newest schema version this build knows.
-        supported: u32,
-    },
-    /// The record to update, or the parent of the record to insert, does not exist.
-    #[error("not found: {what}")]
-    NotFound {
-        /// Which record.
-        what: String,
-    },
-    /// Creating the store file failed.
-    #[error("store file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// An integer is above [`MAX_STORED_INT`] and cannot be stored or looked up.
-    #[error("{what} = {value} is above the storable maximum {MAX_STORED_INT}")]
-    OutOfRange {
-        /// Which field.
-        what: &'static str,
-        /// The value given.
-        value: u64,
-    },
-}
-
-impl From<cohort_common::sqlite::OpenError> for StoreError {
-    fn from(e: cohort_common::sqlite::OpenError) -> Self {
-        use cohort_common::sqlite::OpenError;
-        match e {
-            OpenError::Io { path, source } => StoreError::Io { path, source },
-            OpenError::NewerSchema { found, supported } => {
-                StoreError::NewerSchema { found, supported }
-            }
-            other @ (OpenError::NoWal(_) | OpenError::TooManyMigrations) => {
-                StoreError::Sqlite(other.to_string())
-            }
-        }
-    }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e {
-            // A column holding the wrong type or an out-of-range integer means the file
-            // was not written by us.
-            rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => {
-                StoreError::Corrupt { what: e.to_string() }
-            }
-            other => StoreError::Sqlite(other.to_string()),
-        }
-    }
-}
-
-/// Checks that `value` fits a stored 64-bit integer; both backends apply the same rule.
-pub(crate) fn check_int(what: &'static str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
-}
-
-/// A [`StoreError::Corrupt`] for `what`.
-pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { what: what.into() }
-}
-
-/// Decodes a stored txid.
-pub(crate) fn txid_from(bytes: &[u8], what: &str) -> Result<Txid, StoreError> {
-    let array: [u8; 32] =
-        bytes.try_into().map_err(|_| corrupt(format!("{what}: {} bytes, not 32", bytes.len())))?;
-    Ok(Txid::from_byte_array(array))
-}
-
-/// Decodes a stored consensus-encoded transaction; `what` names it in the error.
-pub(crate) fn tx_from(
-    bytes: &[u8],
-    what: impl FnOnce() -> String,
-) -> Result<Transaction, StoreError> {
-    bitcoin::consensus::deserialize(bytes).map_err(|e| corrupt(format!("{}: {e}", what())))
-}
+pub(crate) use cohort_common::store::{check_int, corrupt, tx_from, txid_from};
+pub use cohort_common::store::{StoreError, MAX_STORED_INT};
 
 /// Where a round stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

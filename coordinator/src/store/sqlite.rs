@@ -600,44 +600,19 @@ impl CoordinatorStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::path::PathBuf;
 
     use super::super::contract;
     use super::*;
 
-    /// A directory under the system temp dir, removed with everything in it on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let dir = std::env::temp_dir()
-                .join(format!("cohort-coordinator-{name}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn file(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use cohort_common::sqlite::TempDir;
 
     fn user_version(conn: &Connection) -> i64 {
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+        cohort_common::sqlite::user_version(conn).unwrap().into()
     }
 
     #[test]
     fn contract() {
-        let dir = TempDir::new("contract");
+        let dir = TempDir::new("coordinator-contract").unwrap();
         let n = Cell::new(0);
         contract::run_all(|| {
             n.set(n.get() + 1);
@@ -647,7 +622,7 @@ mod tests {
 
     #[test]
     fn reopen_finds_everything() {
-        let dir = TempDir::new("reopen");
+        let dir = TempDir::new("coordinator-reopen").unwrap();
         let path = dir.file("store.sqlite");
         contract::populate(&SqliteStore::open(&path).unwrap());
         contract::assert_populated(&SqliteStore::open(&path).unwrap());
@@ -655,7 +630,7 @@ mod tests {
 
     #[test]
     fn connection_settings() {
-        let dir = TempDir::new("pragmas");
+        let dir = TempDir::new("coordinator-pragmas").unwrap();
         let store = SqliteStore::open(dir.file("s.sqlite")).unwrap();
         let conn = store.lock();
         let get = |pragma: &str| -> String {
@@ -674,7 +649,7 @@ mod tests {
     #[test]
     fn new_file_is_private() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = TempDir::new("mode");
+        let dir = TempDir::new("coordinator-mode").unwrap();
         let path = dir.file("s.sqlite");
         SqliteStore::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -682,7 +657,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_migrated_to_current() {
-        let dir = TempDir::new("empty");
+        let dir = TempDir::new("coordinator-empty").unwrap();
         let path = dir.file("empty.sqlite");
         std::fs::write(&path, b"").unwrap();
         let store = SqliteStore::open(&path).unwrap();
@@ -691,7 +666,7 @@ mod tests {
 
     #[test]
     fn older_schema_is_migrated_keeping_data() {
-        let dir = TempDir::new("older");
+        let dir = TempDir::new("coordinator-older").unwrap();
         let path = dir.file("s.sqlite");
         contract::populate(&SqliteStore::open(&path).unwrap());
         let mut newer = MIGRATIONS.to_vec();
@@ -706,7 +681,7 @@ mod tests {
 
     #[test]
     fn newer_schema_is_refused() {
-        let dir = TempDir::new("newer");
+        let dir = TempDir::new("coordinator-newer").unwrap();
         let path = dir.file("s.sqlite");
         drop(SqliteStore::open(&path).unwrap());
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 9).unwrap();
@@ -719,7 +694,7 @@ mod tests {
 
     #[test]
     fn damaged_values_are_corrupt_not_panics() {
-        let dir = TempDir::new("corrupt");
+        let dir = TempDir::new("coordinator-corrupt").unwrap();
         let n = Cell::new(0);
         // Each case damages its own freshly populated store.
         let check = |damage: &str, read: &dyn Fn(&SqliteStore) -> Result<(), StoreError>| {

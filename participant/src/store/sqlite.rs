@@ -8,6 +8,7 @@ use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use cohort_common::sqlite::{open_private, Durability};
+use cohort_common::store::{corrupt, txid_from};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -92,16 +93,6 @@ impl SqliteStore {
         // it back, so the connection is consistent.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { what: what.into() }
-}
-
-fn txid_from(bytes: &[u8], what: &str) -> Result<Txid, StoreError> {
-    let array: [u8; 32] =
-        bytes.try_into().map_err(|_| corrupt(format!("{what}: {} bytes, not 32", bytes.len())))?;
-    Ok(Txid::from_byte_array(array))
 }
 
 /// Reads a column holding a stored `u64` (see [`check_int`]).
@@ -431,36 +422,11 @@ impl ParticipantStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::path::PathBuf;
 
     use super::super::contract;
     use super::*;
 
-    /// A directory under the system temp dir, removed with everything in it on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let dir = std::env::temp_dir()
-                .join(format!("cohort-participant-{name}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn file(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use cohort_common::sqlite::TempDir;
 
     fn raw(path: &Path) -> Connection {
         Connection::open(path).unwrap()
@@ -468,7 +434,7 @@ mod tests {
 
     #[test]
     fn contract() {
-        let dir = TempDir::new("contract");
+        let dir = TempDir::new("participant-contract").unwrap();
         let n = Cell::new(0);
         contract::run_all(|| {
             n.set(n.get() + 1);
@@ -478,7 +444,7 @@ mod tests {
 
     #[test]
     fn reopen_finds_everything_and_never_reuses_a_key_index() {
-        let dir = TempDir::new("reopen");
+        let dir = TempDir::new("participant-reopen").unwrap();
         let path = dir.file("store.sqlite");
         contract::populate(&SqliteStore::open(&path).unwrap());
         let store = SqliteStore::open(&path).unwrap();
@@ -491,7 +457,7 @@ mod tests {
 
     #[test]
     fn connection_settings() {
-        let dir = TempDir::new("pragmas");
+        let dir = TempDir::new("participant-pragmas").unwrap();
         let store = SqliteStore::open(dir.file("s.sqlite")).unwrap();
         let conn = store.lock();
         let get = |pragma: &str| -> String {
@@ -510,7 +476,7 @@ mod tests {
     #[test]
     fn files_are_private() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = TempDir::new("mode");
+        let dir = TempDir::new("participant-mode").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
 
         let path = dir.file("new.sqlite");
@@ -530,7 +496,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_migrated_to_current() {
-        let dir = TempDir::new("empty");
+        let dir = TempDir::new("participant-empty").unwrap();
         let path = dir.file("empty.sqlite");
         std::fs::write(&path, b"").unwrap();
         SqliteStore::open(&path).unwrap();
@@ -540,7 +506,7 @@ mod tests {
 
     #[test]
     fn older_schema_is_migrated_keeping_data() {
-        let dir = TempDir::new("older");
+        let dir = TempDir::new("participant-older").unwrap();
         let path = dir.file("s.sqlite");
         SqliteStore::open(&path).unwrap().init_seed([3; 32]).unwrap();
 
@@ -557,7 +523,7 @@ mod tests {
 
     #[test]
     fn newer_schema_is_refused() {
-        let dir = TempDir::new("newer");
+        let dir = TempDir::new("participant-newer").unwrap();
         let path = dir.file("s.sqlite");
         drop(SqliteStore::open(&path).unwrap());
         raw(&path).pragma_update(None, "user_version", 7).unwrap();
@@ -570,7 +536,7 @@ mod tests {
 
     #[test]
     fn failed_migration_leaves_the_old_version() {
-        let dir = TempDir::new("failed");
+        let dir = TempDir::new("participant-failed").unwrap();
         let path = dir.file("s.sqlite");
         drop(SqliteStore::open(&path).unwrap());
         let mut broken = MIGRATIONS.to_vec();
@@ -587,7 +553,7 @@ mod tests {
 
     #[test]
     fn damaged_values_are_corrupt_not_panics() {
-        let dir = TempDir::new("corrupt");
+        let dir = TempDir::new("participant-corrupt").unwrap();
         let path = dir.file("s.sqlite");
         let store = SqliteStore::open(&path).unwrap();
         contract::populate(&store);
