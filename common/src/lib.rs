@@ -9,6 +9,8 @@
 //!   signing, aggregate-first combination.
 //! - [`scripts`]: static deposit addresses, virtual-deposit leaves, P2A anchors.
 //! - [`tree`]: the deterministic virtual-transaction tree.
+//! - [`batch`]: the one batch builder: grouping registrations into batches, pricing,
+//!   leaf layout, tree, funding transaction and node nonce aggregation.
 //! - [`fees`]: funding-transaction weight, fee shares, the funding transaction.
 //! - [`exit`]: CPFP children for node transactions and script-path reclaims.
 //! - [`codec`]: frames and the bincode body codec (the only module naming bincode).
@@ -20,6 +22,7 @@
 //! - `sqlite` (feature `sqlite`): opening the stores' SQLite files and a temporary
 //!   directory for their tests.
 
+pub mod batch;
 pub mod chain;
 pub mod codec;
 pub mod consensus;

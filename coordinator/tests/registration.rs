@@ -20,9 +20,7 @@ use cohort_common::messages::{
 use cohort_common::musig::new_secnonce;
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
-use cohort_coordinator::engine::{Coordinator, CoordinatorConfig};
-
-const CHALLENGE: [u8; 32] = [7u8; 32];
+use cohort_coordinator::engine::{Coordinator, CoordinatorConfig, Inbound};
 
 struct World {
     ledger: Ledger,
@@ -32,6 +30,7 @@ struct World {
     now: Instant,
     round: u64,
     connected: std::collections::HashSet<u64>,
+    challenge: [u8; 32],
 }
 
 fn world() -> World {
@@ -42,8 +41,9 @@ fn world() -> World {
     let ledger = Ledger::new();
     ledger.mine(200);
     let now = Instant::now();
-    let round = engine.start_round(now, CHALLENGE);
-    World { ledger, engine, coordinator, rng, now, round, connected: Default::default() }
+    let round = engine.start_round(now);
+    let challenge = engine.challenge().unwrap();
+    World { challenge, ledger, engine, coordinator, rng, now, round, connected: Default::default() }
 }
 
 /// A correct registration of one funded deposit of `amount` with `csv`, its body and key.
@@ -90,7 +90,9 @@ fn submit(w: &mut World, peer: u64, reg: Register) -> Result<u64, RefusalReason>
     if w.connected.insert(peer) {
         w.engine.peer_connected(w.now, peer);
     }
-    w.engine.handle_message(w.now, peer, ToCoordinator::Register(reg), &w.ledger);
+    let max = w.engine.max_deposits_per_registration();
+    let input = Inbound::resolve(ToCoordinator::Register(reg), &w.ledger, max);
+    w.engine.handle_message(w.now, peer, input);
     let mut answer = None;
     while let Some((to, msg)) = w.engine.poll_transmit() {
         match msg {
@@ -102,6 +104,17 @@ fn submit(w: &mut World, peer: u64, reg: Register) -> Result<u64, RefusalReason>
     answer.expect("an answer")
 }
 
+/// Signs `body` for the round's challenge and registers it.
+fn submit_signed(
+    w: &mut World,
+    peer: u64,
+    body: &RegisterBody,
+    user: &Keypair,
+) -> Result<u64, RefusalReason> {
+    let reg = sign(body, user, &w.challenge);
+    submit(w, peer, reg)
+}
+
 /// Registers `body` as changed by `change`, re-signed by its owner.
 fn submit_changed(
     w: &mut World,
@@ -110,7 +123,7 @@ fn submit_changed(
 ) -> Result<u64, RefusalReason> {
     let (mut body, user, _) = registration(w, 100_000, 14_400);
     change(&mut body);
-    let reg = sign(&body, &user, &CHALLENGE);
+    let reg = sign(&body, &user, &w.challenge);
     submit(w, peer, reg)
 }
 
@@ -118,14 +131,14 @@ fn submit_changed(
 fn a_correct_registration_is_accepted_once() {
     let mut w = world();
     let (body, user, outpoint) = registration(&mut w, 100_000, 14_400);
-    assert!(submit(&mut w, 10, sign(&body, &user, &CHALLENGE)).is_ok());
+    assert!(submit_signed(&mut w, 10, &body, &user).is_ok());
     // The same deposit again, from another peer, with fresh cosigner keys.
     let (mut again, _, _) = registration(&mut w, 100_000, 14_400);
     again.deposits = body.deposits.clone();
-    let r = submit(&mut w, 11, sign(&again, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 11, &again, &user);
     assert_eq!(r, Err(RefusalReason::DuplicateDeposit(outpoint)));
     // The very same registration again: its cosigner keys are taken too.
-    let r = submit(&mut w, 12, sign(&body, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 12, &body, &user);
     assert_eq!(r, Err(RefusalReason::DuplicateCosigner));
 }
 
@@ -134,7 +147,7 @@ fn bad_registrations_get_their_reasons() {
     let mut w = world();
 
     let (body, user, _) = registration(&mut w, 100_000, 14_400);
-    let mut reg = sign(&body, &user, &CHALLENGE);
+    let mut reg = sign(&body, &user, &w.challenge);
     let mut bytes = *reg.ownership_sigs[0].as_ref();
     bytes[5] ^= 1;
     reg.ownership_sigs[0] = bitcoin::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap();
@@ -174,28 +187,25 @@ fn bad_registrations_get_their_reasons() {
     assert_eq!(r, Err(RefusalReason::DuplicateCosigner));
 
     let (body, user, _) = registration(&mut w, 10_500, 14_400);
-    let r = submit(&mut w, 29, sign(&body, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 29, &body, &user);
     assert!(matches!(r, Err(RefusalReason::InsufficientFunds { .. })));
 
     // A deposit whose timeout is within the safety margin (144 blocks).
     let (body, user, outpoint) = registration(&mut w, 100_000, 100);
-    let r = submit(&mut w, 30, sign(&body, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 30, &body, &user);
     assert_eq!(r, Err(RefusalReason::Expiring(outpoint)));
 
     // A banned deposit.
     let (body, user, outpoint) = registration(&mut w, 100_000, 14_400);
     w.engine.restore_ban(outpoint, w.now + Duration::from_secs(60));
-    let r = submit(&mut w, 31, sign(&body, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 31, &body, &user);
     assert_eq!(r, Err(RefusalReason::Banned(outpoint)));
 
     // A peer registers once per round.
     let (body, user, _) = registration(&mut w, 100_000, 14_400);
-    assert!(submit(&mut w, 32, sign(&body, &user, &CHALLENGE)).is_ok());
+    assert!(submit_signed(&mut w, 32, &body, &user).is_ok());
     let (body, user, _) = registration(&mut w, 100_000, 14_400);
-    assert!(matches!(
-        submit(&mut w, 32, sign(&body, &user, &CHALLENGE)),
-        Err(RefusalReason::Other(_))
-    ));
+    assert!(matches!(submit_signed(&mut w, 32, &body, &user), Err(RefusalReason::Other(_))));
 }
 
 #[test]
@@ -218,10 +228,7 @@ fn spent_and_unconfirmed_deposits_are_refused() {
     let mut body = body;
     body.deposits[0].deposit_csv = csv;
     // It would also be expiring; the spent check comes first.
-    assert_eq!(
-        submit(&mut w, 40, sign(&body, &user, &CHALLENGE)),
-        Err(RefusalReason::Spent(outpoint))
-    );
+    assert_eq!(submit_signed(&mut w, 40, &body, &user), Err(RefusalReason::Spent(outpoint)));
 
     // Unconfirmed: paid by a transaction still in the mempool.
     let user = Keypair::from_rng(&mut w.rng);
@@ -252,6 +259,6 @@ fn spent_and_unconfirmed_deposits_are_refused() {
     let txid = w.ledger.broadcast(&pay).unwrap();
     body.deposits[0].outpoint = OutPoint { txid, vout: 0 };
     body.deposits[0].user_key = user.public;
-    let r = submit(&mut w, 41, sign(&body, &user, &CHALLENGE));
+    let r = submit_signed(&mut w, 41, &body, &user);
     assert_eq!(r, Err(RefusalReason::Unconfirmed(OutPoint { txid, vout: 0 })));
 }

@@ -2,7 +2,6 @@
 //! foundation's end-to-end check that the tree, fees, MuSig2 helpers and ledger agree.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use bitcoin::secp256k1::schnorr;
@@ -10,15 +9,16 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut};
 use rand::Rng;
 use rayon::prelude::*;
 
+use cohort_common::batch::{self, BatchMember, UnsignedBatch};
 use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
-use cohort_common::fees::{funding_tx, plan_funding, FundingPlan, FundingRequest};
+use cohort_common::fees::FundingPlan;
 use cohort_common::keys::Keypair;
 use cohort_common::musig::{
     combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point, Scalar,
 };
 use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
 use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
-use cohort_common::tree::{Tree, TreeLeaf};
+use cohort_common::tree::Tree;
 
 /// One simulated user: its deposit and the keys it signs with.
 #[derive(Debug, Clone)]
@@ -111,8 +111,9 @@ pub fn sign_locally(
     Ok(combine(ctx, &agg, message, &contributions)?)
 }
 
-/// Builds and signs one batch of `users`: funding transaction, tree, every node
-/// signature and every deposit signature.
+/// Builds and signs one batch of `users`: the batch itself comes from the one batch
+/// builder (`common::batch`, as the coordinator's engine builds it); then every node
+/// signature and every deposit signature with the users' keys held locally.
 #[allow(clippy::too_many_arguments)]
 pub fn build_batch<R: Rng>(
     rng: &mut R,
@@ -125,49 +126,34 @@ pub fn build_batch<R: Rng>(
     timings: &mut BatchTimings,
 ) -> Result<SignedBatch> {
     let start = std::time::Instant::now();
-    let requests: Vec<FundingRequest> = users
-        .iter()
-        .map(|u| {
-            Ok(FundingRequest {
-                deposits: vec![(u.outpoint, u.txout.clone())],
-                requested: u.extra_leaf.as_ref().map_or(Amount::ZERO, |l| l.amount),
-                remainder_script: leaf_script(u, coordinator, exit_csv)?,
-                max_fee: Amount::from_sat(50_000),
-            })
-        })
-        .collect::<Result<_>>()?;
-    let plan = plan_funding(&requests, schedule, coordinator_script)?;
-
-    // Fresh cosigner keys for every leaf; the batch key C_b.
+    // The batch key C_b, then a fresh cosigner key for every leaf, in leaf order.
     let batch_key = Keypair::from_rng(rng);
-    let mut leaves = Vec::new();
-    let mut leaf_owner = Vec::new();
-    let mut remainder_leaf = Vec::new();
     let mut secrets: HashMap<Point, Scalar> = HashMap::new();
     secrets.insert(batch_key.point, batch_key.scalar());
-    for (i, (user, share)) in users.iter().zip(&plan.shares).enumerate() {
-        let outputs = user.extra_leaf.iter().cloned().chain(std::iter::once(LeafOutput {
-            script_pubkey: requests[i].remainder_script.clone(),
-            amount: share.remainder,
-        }));
-        for output in outputs {
-            let cosigner = Keypair::from_rng(rng);
-            secrets.insert(cosigner.point, cosigner.scalar());
-            leaves.push(TreeLeaf { output, cosigner: cosigner.point });
-            leaf_owner.push(i);
-        }
-        remainder_leaf.push(leaves.len() - 1);
-    }
-    let leaves: Arc<[TreeLeaf]> = leaves.into();
-    let mut funding = None;
-    let tree = Tree::build(leaves, batch_key.point, tree_params, None, |root| {
-        let tx = funding_tx(&requests, &plan, root, coordinator_script);
-        let outpoint = OutPoint { txid: tx.compute_txid(), vout: 0 };
-        funding = Some(tx);
-        outpoint
-    })?;
-    let mut funding =
-        funding.ok_or_else(|| anyhow!("tree build did not ask for the funding outpoint"))?;
+    let members = users
+        .iter()
+        .map(|user| {
+            let fixed: Vec<LeafOutput> = user.extra_leaf.iter().cloned().collect();
+            let leaf_keys = (0..=fixed.len())
+                .map(|_| {
+                    let cosigner = Keypair::from_rng(rng);
+                    secrets.insert(cosigner.point, cosigner.scalar());
+                    cosigner.point
+                })
+                .collect();
+            Ok(BatchMember {
+                deposits: vec![(user.outpoint, user.txout.clone())],
+                fixed,
+                remainder_script: leaf_script(user, coordinator, exit_csv)?,
+                max_fee: Amount::from_sat(50_000),
+                leaf_keys,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&BatchMember> = members.iter().collect();
+    let UnsignedBatch { plan, mut funding, prevouts, tree, leaf_ranges, leaf_member, .. } =
+        batch::build(&refs, batch_key.point, coordinator_script, tree_params, schedule)?;
+    let remainder_leaf = leaf_ranges.iter().map(|r| r.end.saturating_sub(1)).collect();
     timings.build += start.elapsed();
 
     // Every cosigner of every node signs; nodes in parallel.
@@ -195,7 +181,6 @@ pub fn build_batch<R: Rng>(
 
     // Deposit inputs: MuSig2(U, C) with the deposit's Taproot tweak.
     let start = std::time::Instant::now();
-    let prevouts: Vec<TxOut> = users.iter().map(|u| u.txout.clone()).collect();
     let sighashes = key_spend_sighashes(&funding, &prevouts)?;
     let witnesses = users
         .par_iter()
@@ -211,7 +196,15 @@ pub fn build_batch<R: Rng>(
         input.witness = witness;
     }
     timings.sign_deposits += start.elapsed();
-    Ok(SignedBatch { funding, prevouts, plan, tree, node_sigs, leaf_owner, remainder_leaf })
+    Ok(SignedBatch {
+        funding,
+        prevouts,
+        plan,
+        tree,
+        node_sigs,
+        leaf_owner: leaf_member,
+        remainder_leaf,
+    })
 }
 
 /// The virtual-deposit leaf script of a user: its key and the coordinator's, `exit_csv`.

@@ -21,7 +21,7 @@ use cohort_common::chain::Chain;
 use cohort_common::codec::encoded_len;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{ToCoordinator, ToParticipant};
-use cohort_coordinator::engine::{Coordinator, Event as CoordEvent, PeerId};
+use cohort_coordinator::engine::{Coordinator, Event as CoordEvent, Inbound, PeerId};
 use cohort_participant::session::{Event as SessionEvent, ExitPath, Session};
 
 /// A misbehaviour injected into a participant.
@@ -262,11 +262,11 @@ impl MemNet {
         Some(Duration::from_millis(self.rng.gen_range(lo..=hi.max(lo))))
     }
 
-    /// Opens a round now.
-    pub fn start_round(&mut self, challenge: [u8; 32]) -> u64 {
+    /// Opens a round now (its challenge from the coordinator's random source).
+    pub fn start_round(&mut self) -> u64 {
         let now = self.instant();
         let before = process_cpu();
-        let round = self.coordinator.start_round(now, challenge);
+        let round = self.coordinator.start_round(now);
         self.after_coordinator();
         let spent = process_cpu().saturating_sub(before);
         self.stats.coordinator_cpu +=
@@ -317,8 +317,9 @@ impl MemNet {
                     touched_coordinator = true;
                 }
                 Delivery::ToCoordinator(i, msg) => {
-                    let ledger = self.ledger.clone();
-                    self.timed(|c| c.handle_message(now, i as PeerId, msg, ledger.as_ref()));
+                    let max = self.coordinator.max_deposits_per_registration();
+                    let input = Inbound::resolve(msg, self.ledger.as_ref(), max);
+                    self.timed(|c| c.handle_message(now, i as PeerId, input));
                     touched_coordinator = true;
                 }
                 Delivery::CoordinatorTimer => {
@@ -356,6 +357,11 @@ impl MemNet {
     fn after_coordinator(&mut self) {
         let now = self.instant();
         while let Some(event) = self.coordinator.poll_event() {
+            if let CoordEvent::PersistBatch { batch, attempt, .. } = &event {
+                // The simulated store never fails: the broadcast request follows.
+                let (b, a) = (*batch, *attempt);
+                self.timed(|c| c.batch_persisted(now, b, a, Ok(())));
+            }
             if let CoordEvent::Broadcast { batch, tx, .. } = &event {
                 let before = process_cpu();
                 let result = self.ledger.broadcast(tx).map_err(|e| e.to_string());

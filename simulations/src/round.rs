@@ -24,6 +24,9 @@ use crate::local::{publish_path, ExitCost, User};
 use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
 use crate::run::fund_users;
 
+/// Mixed into the run's seed for the coordinator engine's own random source.
+const COORDINATOR_RNG: u64 = 0x636f_6f72_6469_6e61;
+
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct RoundConfig {
@@ -321,7 +324,9 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
     cc.max_registrations = config.users;
     cc.registration_window = Duration::from_secs(30);
     cc.phase_timeout = Duration::from_secs(20);
-    let coordinator = Coordinator::new(coordinator_key.clone(), cc);
+    // The engine's batch keys, nonces and challenge come from the run's seed too.
+    let engine_rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ COORDINATOR_RNG);
+    let coordinator = Coordinator::with_rng(coordinator_key.clone(), cc, Box::new(engine_rng));
 
     let caches = Arc::new(SharedCaches::new());
     let mut faulty = vec![false; config.users];
@@ -338,9 +343,7 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
 
     let net_config = NetConfig { seed: config.seed, loss: config.loss, ..NetConfig::default() };
     let mut net = MemNet::new(net_config, coordinator, peers, ledger.clone());
-    let mut challenge = [0u8; 32];
-    rng.fill(&mut challenge);
-    net.start_round(challenge);
+    net.start_round();
     let bar = progress_bar(config.progress, config.users as u64);
     let started = Instant::now();
     let mut simulated = Duration::ZERO;

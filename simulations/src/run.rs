@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, FeeRate, OutPoint, TxOut, Txid};
 use rand::{Rng, SeedableRng};
 
+use cohort_common::batch::{group_batches, BatchLimits, MemberSize};
 use cohort_common::chain::Chain;
 use cohort_common::exit::{p2tr_single, FeeInput};
-use cohort_common::fees::max_inputs;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::params::{
@@ -126,14 +126,22 @@ pub fn run(config: &Config) -> Result<Report> {
     let users = fund_users(&ledger, &mut rng, config.users, &coordinator)?;
     let deposits = start.elapsed();
 
-    // Batches: as many users per funding transaction as the weight limit allows.
-    let per_batch = max_inputs(config.max_batch_weight, &[34, coordinator_script.len()]).max(1);
+    // Batches: as many users per funding transaction as the weight and tree allow,
+    // grouped as the coordinator's engine groups registrations.
+    let limits = BatchLimits {
+        max_batch_weight: config.max_batch_weight,
+        payout_script_len: coordinator_script.len(),
+        tree: tree_params,
+    };
+    let sizes = users
+        .iter()
+        .map(|u| MemberSize { inputs: 1, leaves: 1 + usize::from(u.extra_leaf.is_some()) });
     let mut timings = BatchTimings::default();
     let mut batches: Vec<(usize, SignedBatch)> = Vec::new();
-    for (k, chunk) in users.chunks(per_batch).enumerate() {
+    for (k, group) in group_batches(sizes, &limits).into_iter().enumerate() {
         let batch = build_batch(
             &mut rng,
-            chunk,
+            &users[group.clone()],
             &coordinator,
             &coordinator_script,
             tree_params,
@@ -142,7 +150,7 @@ pub fn run(config: &Config) -> Result<Report> {
             &mut timings,
         )
         .with_context(|| format!("batch {k}"))?;
-        batches.push((k * per_batch, batch));
+        batches.push((group.start, batch));
     }
 
     let start = Instant::now();

@@ -1,548 +1,700 @@
-//! One attempt at signing a batch: its funding transaction, tree and nonces, the
-//! partial signatures collected so far, and the aggregate-first combination that
-//! either completes a phase or names the culprits.
+//! A batch's whole lifecycle, one type per phase, each transition consuming the phase
+//! it leaves (STYLE 2; model: `participant/src/session/phases.rs`, `musig2`'s
+//! `FirstRound`/`SecondRound`):
+//!
+//! `Renoncing → SigningTree → SigningDeposits → Broadcasting → Finalized → Confirmed`,
+//! and `Failed` from any phase before `Finalized`.
+//!
+//! - `Renoncing` waits for fresh nonces from the members left after an abort; a batch's
+//!   first attempt starts here with nobody to wait for. When nobody is left to wait for,
+//!   the engine builds the attempt ([`super::attempt::Attempt`]) and hands it to
+//!   [`Renoncing::proposed`].
+//! - `SigningTree` and `SigningDeposits` collect one contribution per member in
+//!   [`Slots`]: an identical re-send is accepted, a different one is misbehaviour.
+//!   An invalid contribution or signature, a timeout or a cancel aborts the attempt:
+//!   back to `Renoncing` without the culprits, or `Failed` after `max_attempts`.
+//! - `Broadcasting` first asks the driver to store the signed tree and the signed
+//!   funding transaction ([`Event::PersistBatch`]); only once the driver confirms the
+//!   write does it ask for the broadcast ([`Event::Broadcast`]). A failed write fails
+//!   the batch: nothing unstored is broadcast.
+//!
+//! The batch addresses members by registration id; the engine routes them to peers,
+//! and carries out exclusions, bans and builds (`mod.rs`, `failure.rs`).
 
-use std::ops::Range;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::schnorr;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut};
-use rayon::prelude::*;
-
-use cohort_common::codec::Encoded;
-use cohort_common::fees::{funding_tx, plan_funding, FeeError, FundingRequest};
-use cohort_common::keys::Keypair;
+use bitcoin::{Transaction, Txid};
 use cohort_common::messages::{
-    DepositPartial, NodeNonce, NodePartial, NodeSignature, Proposal, ProposalBody,
+    Abort, AbortReason, Confirmed as ConfirmedMsg, DepositPartial, DepositSigs,
+    Finalized as FinalizedMsg, NodePartial, NonceRequest, Reason, SignedTree, ToParticipant,
+    TreeSigs,
 };
-use cohort_common::musig::{
-    self, AggNonce, Contribution, KeyAggContext, MusigError, PartialSignature, Point, PubNonce,
-    SecNonce,
-};
-use cohort_common::params::{LeafOutput, TreeParams};
-use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
-use cohort_common::tree::{Tree, TreeError, TreeLeaf};
+use cohort_common::musig::PartialSignature;
 
-/// What one registration brings to an attempt.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Its registration id.
-    pub registration: u64,
-    /// Its deposits and what they hold.
-    pub deposits: Vec<(OutPoint, TxOut)>,
-    /// The deposits' scripts.
-    pub scripts: Vec<DepositScript>,
-    /// Its fixed leaves.
-    pub fixed: Vec<LeafOutput>,
-    /// Its remainder leaf's script.
-    pub remainder_script: ScriptBuf,
-    /// The largest fee it accepts.
-    pub max_fee: Amount,
-    /// Cosigner key of each leaf (fixed ones, then the remainder) for this attempt.
-    pub leaf_keys: Vec<Point>,
-    /// `max_depth` public nonces of each leaf for this attempt.
-    pub leaf_nonces: Vec<Vec<PubNonce>>,
-    /// One public nonce per deposit for this attempt.
-    pub deposit_nonces: Vec<PubNonce>,
-}
+use super::attempt::{Attempt, AttemptId, BuildError};
+use super::slots::{Offer, Slots};
+use super::Event;
 
-/// Why an attempt could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
-    /// A member's fee is above its `max_fee`, or it cannot pay: leave it out and retry.
-    #[error("member {member}: {error}")]
-    Member {
-        /// Index into the members.
-        member: usize,
-        /// The fee error.
-        error: FeeError,
-    },
-    /// The batch as a whole cannot be priced.
-    #[error("pricing: {0}")]
-    Fees(FeeError),
-    /// The tree cannot be built.
-    #[error("tree: {0}")]
-    Tree(#[from] TreeError),
-    /// MuSig2 failed on the coordinator's side.
-    #[error("musig: {0}")]
-    Musig(#[from] MusigError),
-    /// A member's nonces do not fit the tree.
-    #[error("member {0} sent too few nonces")]
-    Nonces(usize),
-    /// A sighash could not be computed.
-    #[error("sighash: {0}")]
-    Sighash(String),
-}
-
-/// Which attempt of which batch of which round.
+/// Whether an excluded member's deposits are banned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptId {
+pub enum Ban {
+    /// Banned for `ban_duration`: it misbehaved or went silent.
+    Yes,
+    /// Not banned: it left before its deposit signatures, as it may.
+    No,
+}
+
+/// What a batch transition may read and write besides its phase.
+pub(super) struct Ctx<'a> {
     /// The round.
     pub round: u64,
-    /// The batch within the round.
+    /// This batch.
     pub batch: u32,
-    /// The attempt number (1-based).
-    pub number: u32,
+    /// Now.
+    pub now: Instant,
+    /// The deadline of each phase.
+    pub timeout: Duration,
+    /// Attempts before the batch gives up.
+    pub max_attempts: u32,
+    /// Messages to members, by registration id.
+    pub sends: &'a mut Vec<(u64, ToParticipant)>,
+    /// Events for the driver.
+    pub events: &'a mut VecDeque<Event>,
 }
 
-/// A built attempt, waiting for partial signatures.
+impl Ctx<'_> {
+    fn send(&mut self, registration: u64, msg: ToParticipant) {
+        self.sends.push((registration, msg));
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    fn abort_all(&mut self, members: &[u64], attempt: u32, reason: &AbortReason) {
+        for id in members {
+            let abort =
+                Abort { batch: self.batch, attempt, reason: reason.clone(), excluded: Vec::new() };
+            self.send(*id, ToParticipant::Abort(abort));
+        }
+    }
+
+    /// Fails the batch for good: `attempt` (if proposed) is aborted, every member told.
+    fn fail(
+        &mut self,
+        members: &[u64],
+        attempt: u32,
+        proposed: bool,
+        reason: AbortReason,
+    ) -> BatchPhase {
+        self.abort_all(members, attempt, &reason);
+        let (round, batch) = (self.round, self.batch);
+        if proposed {
+            self.emit(Event::AttemptAborted { round, batch, attempt, reason: reason.clone() });
+        }
+        self.emit(Event::BatchFailed { round, batch, reason });
+        BatchPhase::Failed
+    }
+}
+
+/// What the engine must do after a batch took an input.
 #[derive(Debug)]
-pub struct Attempt {
-    /// The attempt number (1-based).
-    pub number: u32,
-    /// Registration ids, in batch order.
-    pub members: Vec<u64>,
-    /// The unsigned funding transaction.
-    pub funding: Transaction,
-    /// Its prevouts.
-    pub prevouts: Vec<TxOut>,
-    /// The tree.
-    pub tree: Tree,
-    /// The proposal body, encoded once for every member.
-    pub body: Encoded<ProposalBody>,
-    leaf_range: Vec<Range<usize>>,
-    input_range: Vec<Range<usize>>,
-    leaf_member: Vec<usize>,
-    leaf_nonces: Vec<Vec<PubNonce>>,
-    node_agg: Vec<AggNonce>,
-    batch_key: Point,
-    batch_partials: Vec<(PubNonce, PartialSignature)>,
-    deposit_ctx: Vec<KeyAggContext>,
-    deposit_sighash: Vec<[u8; 32]>,
-    deposit_user: Vec<(Point, PubNonce)>,
-    coordinator: Keypair,
-    coordinator_secnonces: Vec<Option<SecNonce>>,
-    coordinator_pubnonces: Vec<PubNonce>,
-    tree_partials: Vec<Vec<Option<PartialSignature>>>,
-    tree_done: Vec<bool>,
-    node_sigs: Vec<Option<schnorr::Signature>>,
-    deposit_partials: Vec<Option<PartialSignature>>,
-    deposits_done: Vec<bool>,
+pub(super) enum Outcome {
+    /// Nothing more.
+    Nothing,
+    /// Exclude `culprits` (with or without a ban), then [`BatchPhase::abort`].
+    Abort {
+        /// Registrations to exclude.
+        culprits: Vec<u64>,
+        /// Why.
+        reason: AbortReason,
+        /// Whether their deposits are banned.
+        ban: Ban,
+    },
+    /// Build attempt `number` of these members, then [`Renoncing::proposed`].
+    Build {
+        /// The attempt number.
+        number: u32,
+        /// The members, in batch order.
+        members: Vec<u64>,
+    },
+    /// The batch ended (failed or confirmed): the round may be over.
+    Ended,
 }
 
-/// What a member sent that does not fit the attempt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContributionError {
-    /// Not exactly the partial signatures it owes, once each.
-    #[error("wrong set of partial signatures")]
-    WrongSet,
-    /// It already delivered this phase.
-    #[error("already delivered")]
-    Duplicate,
+/// Where a batch stands.
+#[derive(Debug)]
+pub enum BatchPhase {
+    /// Waiting for fresh nonces before (re)building an attempt.
+    Renoncing(Renoncing),
+    /// Collecting tree partial signatures.
+    SigningTree(SigningTree),
+    /// Collecting deposit partial signatures.
+    SigningDeposits(SigningDeposits),
+    /// Storing, then broadcasting the complete funding transaction.
+    Broadcasting(Broadcasting),
+    /// Broadcast; waiting for confirmation.
+    Finalized(Finalized),
+    /// Confirmed.
+    Confirmed(Confirmed),
+    /// Given up: nothing was broadcast.
+    Failed,
 }
 
-impl Attempt {
-    /// Prices the batch, builds the funding transaction and tree, aggregates every
-    /// node's nonce and signs the batch key's own partial signatures.
-    pub fn build(
-        id: AttemptId,
-        members: &[&Member],
-        coordinator: &Keypair,
-        payout_script: &ScriptBuf,
-        params: TreeParams,
-        fees: &cohort_common::params::FeeSchedule,
-    ) -> Result<Attempt, BuildError> {
-        let AttemptId { round, batch, number } = id;
-        let requests: Vec<FundingRequest> = members
-            .iter()
-            .map(|m| FundingRequest {
-                deposits: m.deposits.clone(),
-                requested: m.fixed.iter().map(|l| l.amount).sum(),
-                remainder_script: m.remainder_script.clone(),
-                max_fee: m.max_fee,
-            })
-            .collect();
-        let plan = plan_funding(&requests, fees, payout_script).map_err(|error| match error {
-            FeeError::FeeTooHigh { index, .. }
-            | FeeError::InsufficientFunds { index, .. }
-            | FeeError::NoDeposits(index) => BuildError::Member { member: index, error },
-            other => BuildError::Fees(other),
-        })?;
+impl BatchPhase {
+    /// Whether nothing more will happen to this batch.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, BatchPhase::Confirmed(_) | BatchPhase::Failed)
+    }
 
-        let depth = usize::from(params.max_depth);
-        let mut leaves = Vec::new();
-        let mut leaf_member = Vec::new();
-        let mut leaf_nonces = Vec::new();
-        let mut leaf_range = Vec::with_capacity(members.len());
-        let mut input_range = Vec::with_capacity(members.len());
-        let mut inputs = 0;
-        for (i, (m, share)) in members.iter().zip(&plan.shares).enumerate() {
-            let start = leaves.len();
-            let outputs = m.fixed.iter().cloned().chain(std::iter::once(LeafOutput {
-                script_pubkey: m.remainder_script.clone(),
-                amount: share.remainder,
-            }));
-            if m.leaf_keys.len() != m.fixed.len() + 1 || m.leaf_nonces.len() != m.leaf_keys.len() {
-                return Err(BuildError::Nonces(i));
+    /// The current deadline, if the batch waits on its members.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            BatchPhase::Renoncing(p) => p.deadline,
+            BatchPhase::SigningTree(p) => Some(p.deadline),
+            BatchPhase::SigningDeposits(p) => Some(p.deadline),
+            _ => None,
+        }
+    }
+
+    /// The funding txid awaiting confirmation, if broadcast.
+    pub fn awaiting_confirmation(&self) -> Option<Txid> {
+        match self {
+            BatchPhase::Finalized(f) => Some(f.txid),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self) -> BatchPhase {
+        std::mem::replace(self, BatchPhase::Failed)
+    }
+
+    /// Whether the batch still needs something from `registration` (its partial
+    /// signatures); once its deposit signatures are in, it may leave.
+    pub(super) fn needs(&self, registration: u64) -> bool {
+        match self {
+            BatchPhase::Renoncing(_) | BatchPhase::SigningTree(_) => true,
+            BatchPhase::SigningDeposits(p) => {
+                p.attempt.member_index(registration).is_some_and(|m| !p.sigs.has(m))
             }
-            for ((output, key), nonces) in outputs.zip(&m.leaf_keys).zip(&m.leaf_nonces) {
-                if nonces.len() < depth {
-                    return Err(BuildError::Nonces(i));
+            _ => false,
+        }
+    }
+
+    /// Members that have not delivered when the deadline passed at `now`.
+    pub(super) fn expired(&self, now: Instant) -> Option<Vec<u64>> {
+        match self {
+            BatchPhase::Renoncing(p) if p.deadline.is_some_and(|d| now >= d) => {
+                Some(p.waiting.clone())
+            }
+            BatchPhase::SigningTree(p) if now >= p.deadline => Some(p.sigs.holdouts()),
+            BatchPhase::SigningDeposits(p) if now >= p.deadline => Some(p.sigs.holdouts()),
+            _ => None,
+        }
+    }
+
+    /// A member's tree partial signatures.
+    pub(super) fn tree_sigs(&mut self, reg: u64, sigs: TreeSigs, ctx: &mut Ctx) -> Outcome {
+        let BatchPhase::SigningTree(p) = self else { return Outcome::Nothing };
+        if sigs.batch != ctx.batch || sigs.attempt != p.attempt.number() {
+            return Outcome::Nothing; // Stale: an earlier attempt's message.
+        }
+        match p.offer(reg, sigs.sigs) {
+            Delivery::Wait => Outcome::Nothing,
+            Delivery::Bad => misbehaved(reg),
+            Delivery::Complete => match p.attempt.combine_tree(&p.partials) {
+                Err(culprits) => invalid_partials(culprits),
+                Ok(node_sigs) => {
+                    let BatchPhase::SigningTree(p) = self.take() else { return Outcome::Nothing };
+                    *self = BatchPhase::SigningDeposits(p.signed(node_sigs, ctx));
+                    Outcome::Nothing
                 }
-                leaves.push(TreeLeaf { output, cosigner: *key });
-                leaf_member.push(i);
-                leaf_nonces.push(nonces.clone());
+            },
+        }
+    }
+
+    /// A member's deposit partial signatures.
+    pub(super) fn deposit_sigs(&mut self, reg: u64, sigs: DepositSigs, ctx: &mut Ctx) -> Outcome {
+        let p = match self {
+            BatchPhase::SigningDeposits(p) => p,
+            // Deposit signatures before the tree is signed: out of order.
+            BatchPhase::SigningTree(p) if p.attempt.number() == sigs.attempt => {
+                return misbehaved(reg)
             }
-            leaf_range.push(start..leaves.len());
-            input_range.push(inputs..inputs + m.deposits.len());
-            inputs += m.deposits.len();
+            _ => return Outcome::Nothing,
+        };
+        if sigs.batch != ctx.batch || sigs.attempt != p.attempt.number() {
+            return Outcome::Nothing;
         }
-        let leaves: Arc<[TreeLeaf]> = leaves.into();
-        let batch_keypair = Keypair::random();
-        let batch_key = batch_keypair.point;
-        let mut funding = None;
-        let tree = Tree::build(leaves.clone(), batch_key, params, None, |root| {
-            let tx = funding_tx(&requests, &plan, root, payout_script);
-            let outpoint = OutPoint { txid: tx.compute_txid(), vout: 0 };
-            funding = Some(tx);
-            outpoint
-        })?;
-        let funding = funding.ok_or(BuildError::Sighash("no funding transaction".into()))?;
-        let prevouts: Vec<TxOut> =
-            requests.iter().flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone())).collect();
-
-        // Aggregate every node's nonce and sign the batch key's share, node by node on rayon.
-        let shape = tree.shape();
-        let per_node = (0..tree.node_count())
-            .into_par_iter()
-            .map(|i| {
-                let node = tree.node(i)?;
-                let info = &shape.nodes()[i];
-                let d = usize::from(info.depth) - 1;
-                let secnonce = musig::new_secnonce(
-                    &batch_key,
-                    Some(&batch_keypair.scalar()),
-                    Some(&node.sighash),
-                );
-                let own = secnonce.public_nonce();
-                let mut nonces: Vec<PubNonce> =
-                    leaf_nonces[info.leaves.clone()].iter().map(|n| n[d].clone()).collect();
-                nonces.push(own.clone());
-                let agg = musig::nonce_agg(&nonces)?;
-                let psig = musig::sign_partial(
-                    &node.key,
-                    &batch_keypair.scalar(),
-                    secnonce,
-                    &agg,
-                    &node.sighash,
-                )?;
-                Ok((agg, (own, psig)))
-            })
-            .collect::<Result<Vec<_>, BuildError>>()?;
-        let (node_agg, batch_partials): (Vec<_>, Vec<_>) = per_node.into_iter().unzip();
-
-        // The deposits: MuSig2(U, C) contexts, sighashes and C's nonces.
-        let deposit_sighash = key_spend_sighashes(&funding, &prevouts)
-            .map_err(|e| BuildError::Sighash(e.to_string()))?;
-        let scripts: Vec<(&DepositScript, &PubNonce)> =
-            members.iter().flat_map(|m| m.scripts.iter().zip(&m.deposit_nonces)).collect();
-        if scripts.len() != funding.input.len() {
-            return Err(BuildError::Sighash("deposit nonce count".into()));
-        }
-        let deposit_ctx = scripts
-            .par_iter()
-            .map(|(s, _)| s.signing_context().map_err(|e| BuildError::Sighash(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let deposit_user: Vec<(Point, PubNonce)> =
-            scripts.iter().map(|(s, n)| (s.musig_keys()[0], (*n).clone())).collect();
-        let coordinator_secnonces: Vec<SecNonce> = deposit_sighash
-            .par_iter()
-            .map(|m| musig::new_secnonce(&coordinator.point, Some(&coordinator.scalar()), Some(m)))
-            .collect();
-        let coordinator_pubnonces =
-            coordinator_secnonces.iter().map(|n| n.public_nonce()).collect();
-
-        let body = Encoded::new(&ProposalBody {
-            round,
-            batch,
-            attempt: number,
-            funding_tx: funding.clone(),
-            funding_prevouts: prevouts.clone(),
-            leaves: leaves.to_vec(),
-            batch_key,
-            tree: params,
-        })
-        .map_err(|e| BuildError::Sighash(e.to_string()))?;
-
-        let tree_partials = shape.nodes().iter().map(|n| vec![None; n.leaves.len()]).collect();
-        let node_count = tree.node_count();
-        let inputs = funding.input.len();
-        Ok(Attempt {
-            number,
-            members: members.iter().map(|m| m.registration).collect(),
-            funding,
-            prevouts,
-            tree,
-            body,
-            leaf_range,
-            input_range,
-            leaf_member,
-            leaf_nonces,
-            node_agg,
-            batch_key,
-            batch_partials,
-            deposit_ctx,
-            deposit_sighash,
-            deposit_user,
-            coordinator: coordinator.clone(),
-            coordinator_secnonces: coordinator_secnonces.into_iter().map(Some).collect(),
-            coordinator_pubnonces,
-            tree_partials,
-            tree_done: vec![false; members.len()],
-            node_sigs: vec![None; node_count],
-            deposit_partials: vec![None; inputs],
-            deposits_done: vec![false; members.len()],
-        })
-    }
-
-    /// The member index of a registration.
-    pub fn member_index(&self, registration: u64) -> Option<usize> {
-        self.members.iter().position(|&r| r == registration)
-    }
-
-    fn member_nodes(&self, member: usize) -> Vec<usize> {
-        let mut nodes: Vec<usize> = self.leaf_range[member]
-            .clone()
-            .flat_map(|leaf| self.tree.shape().path(leaf).unwrap_or_default())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes
-    }
-
-    /// The proposal for one member: the shared body plus its own indices and nonces.
-    pub fn proposal(&self, member: usize) -> Proposal {
-        let inputs = self.input_range[member].clone();
-        Proposal {
-            body: self.body.clone(),
-            your_leaves: self.leaf_range[member].clone().map(|l| l as u32).collect(),
-            node_nonces: self
-                .member_nodes(member)
-                .into_iter()
-                .map(|n| NodeNonce { node: n as u32, nonce: self.node_agg[n].clone() })
-                .collect(),
-            deposit_inputs: inputs.clone().map(|i| i as u32).collect(),
-            coordinator_deposit_nonces: self.coordinator_pubnonces[inputs].to_vec(),
+        match p.offer(reg, sigs.sigs) {
+            Delivery::Wait => Outcome::Nothing,
+            Delivery::Bad => misbehaved(reg),
+            Delivery::Complete => match p.attempt.complete_funding(&p.partials) {
+                Err(culprits) => invalid_partials(culprits),
+                Ok(tx) => {
+                    let BatchPhase::SigningDeposits(p) = self.take() else {
+                        return Outcome::Nothing;
+                    };
+                    *self = BatchPhase::Broadcasting(p.signed(tx, ctx));
+                    Outcome::Nothing
+                }
+            },
         }
     }
 
-    /// Takes a member's tree partial signatures: exactly one per own leaf per node on
-    /// that leaf's path. Returns whether every member has now delivered.
-    pub fn add_tree_sigs(
+    /// Aborts the current attempt after `culprits` were excluded: the others are asked
+    /// for fresh nonces, or everyone is told the batch failed. While renoncing, the
+    /// culprits are only dropped from the next attempt.
+    pub(super) fn abort(
         &mut self,
-        member: usize,
-        sigs: &[NodePartial],
-    ) -> Result<bool, ContributionError> {
-        if self.tree_done[member] {
-            return Err(ContributionError::Duplicate);
+        culprits: &[u64],
+        reason: AbortReason,
+        ctx: &mut Ctx,
+    ) -> Outcome {
+        let (id, members) = match self {
+            BatchPhase::SigningTree(p) => (p.attempt.id, p.attempt.members.clone()),
+            BatchPhase::SigningDeposits(p) => (p.attempt.id, p.attempt.members.clone()),
+            BatchPhase::Renoncing(p) => return p.drop_members(culprits, &reason, ctx),
+            _ => return Outcome::Nothing,
+        };
+        let remaining: Vec<u64> =
+            members.iter().copied().filter(|m| !culprits.contains(m)).collect();
+        let next = id.number + 1;
+        if remaining.is_empty() || next > ctx.max_attempts {
+            give_up(self, id, &members, culprits, reason, ctx);
+            return Outcome::Ended;
         }
-        let range = self.leaf_range[member].clone();
-        let expected: usize =
-            range.clone().map(|l| self.tree.shape().path(l).map_or(0, |p| p.len())).sum();
-        if sigs.len() != expected {
-            return Err(ContributionError::WrongSet);
-        }
-        let mut staged = Vec::with_capacity(sigs.len());
-        for s in sigs {
-            let (node, leaf) = (s.node as usize, s.leaf as usize);
-            if !range.contains(&leaf) {
-                return Err(ContributionError::WrongSet);
-            }
-            let info = self.tree.shape().nodes().get(node).ok_or(ContributionError::WrongSet)?;
-            if !info.leaves.contains(&leaf) {
-                return Err(ContributionError::WrongSet);
-            }
-            let slot = leaf - info.leaves.start;
-            if self.tree_partials[node][slot].is_some() || staged.contains(&(node, slot)) {
-                return Err(ContributionError::WrongSet);
-            }
-            staged.push((node, slot));
-        }
-        for (s, (node, slot)) in sigs.iter().zip(staged) {
-            self.tree_partials[node][slot] = Some(s.psig);
-        }
-        self.tree_done[member] = true;
-        Ok(self.tree_done.iter().all(|d| *d))
-    }
-
-    /// Members that have not delivered their tree signatures.
-    pub fn tree_holdouts(&self) -> Vec<u64> {
-        holdouts(&self.members, &self.tree_done)
-    }
-
-    /// Members that have not delivered their deposit signatures.
-    pub fn deposit_holdouts(&self) -> Vec<u64> {
-        holdouts(&self.members, &self.deposits_done)
-    }
-
-    /// Combines every node's signature, aggregate-first, on rayon. On failure returns
-    /// the registrations whose partial signatures were invalid.
-    pub fn combine_tree(&mut self) -> Result<(), Vec<u64>> {
-        let results: Vec<Result<schnorr::Signature, Vec<usize>>> =
-            (0..self.tree.node_count()).into_par_iter().map(|i| self.combine_node(i)).collect();
-        let mut culprits = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(sig) => self.node_sigs[i] = Some(sig),
-                Err(leaves) => {
-                    culprits.extend(leaves.into_iter().map(|l| self.members[self.leaf_member[l]]))
-                }
+        for m in &members {
+            let abort = Abort {
+                batch: ctx.batch,
+                attempt: id.number,
+                reason: reason.clone(),
+                excluded: culprits.to_vec(),
+            };
+            ctx.send(*m, ToParticipant::Abort(abort));
+            if !culprits.contains(m) {
+                let request = NonceRequest { batch: ctx.batch, attempt: next };
+                ctx.send(*m, ToParticipant::NonceRequest(request));
             }
         }
-        culprits.sort_unstable();
-        culprits.dedup();
-        if culprits.is_empty() {
-            Ok(())
-        } else {
-            Err(culprits)
-        }
-    }
-
-    fn combine_node(&self, i: usize) -> Result<schnorr::Signature, Vec<usize>> {
-        let info = &self.tree.shape().nodes()[i];
-        let Ok(node) = self.tree.node(i) else { return Err(Vec::new()) };
-        let d = usize::from(info.depth) - 1;
-        let mut contributions = Vec::with_capacity(info.leaves.len() + 1);
-        let mut missing = Vec::new();
-        for (slot, leaf) in info.leaves.clone().enumerate() {
-            match self.tree_partials[i][slot] {
-                Some(psig) => contributions.push(Contribution {
-                    signer: self.tree.leaves()[leaf].cosigner,
-                    pubnonce: self.leaf_nonces[leaf][d].clone(),
-                    psig,
-                }),
-                None => missing.push(leaf),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(missing);
-        }
-        let (nonce, psig) = &self.batch_partials[i];
-        contributions.push(Contribution {
-            signer: self.batch_key,
-            pubnonce: nonce.clone(),
-            psig: *psig,
+        let (round, batch) = (ctx.round, ctx.batch);
+        ctx.emit(Event::AttemptAborted { round, batch, attempt: id.number, reason });
+        *self = BatchPhase::Renoncing(Renoncing {
+            number: next,
+            waiting: remaining.clone(),
+            members: remaining,
+            deadline: Some(ctx.now + ctx.timeout),
         });
-        match musig::combine(&node.key, &self.node_agg[i], &node.sighash, &contributions) {
-            Ok(sig) => Ok(sig),
-            Err(MusigError::InvalidPartials { signers }) => Ok(signers).and_then(|s| {
-                Err(s.into_iter().filter_map(|k| info.leaves.clone().nth(k)).collect())
-            }),
-            Err(_) => Err(info.leaves.clone().collect()),
+        Outcome::Nothing
+    }
+
+    /// A member's fresh nonces arrived (the engine checked and stored them).
+    pub(super) fn renonced(&mut self, reg: u64) -> Outcome {
+        match self {
+            BatchPhase::Renoncing(p) => p.renonced(reg),
+            _ => Outcome::Nothing,
         }
     }
 
-    /// The final signatures of every node on a member's paths.
-    pub fn signed_tree_for(&self, member: usize) -> Vec<NodeSignature> {
-        self.member_nodes(member)
-            .into_iter()
-            .filter_map(|n| self.node_sigs[n].map(|sig| NodeSignature { node: n as u32, sig }))
-            .collect()
+    /// Whether the batch is renoncing attempt `attempt` and still waits for `reg`.
+    pub(super) fn waits_for_nonces(&self, reg: u64, attempt: u32) -> bool {
+        matches!(self, BatchPhase::Renoncing(p) if p.number == attempt && p.waiting.contains(&reg))
     }
 
-    /// Every node transaction with its final signature (after `combine_tree`).
-    pub fn signed_nodes(&self) -> Vec<Transaction> {
-        self.tree
-            .built_nodes()
-            .map(|(i, node)| {
-                let mut tx = node.tx.clone();
-                if let Some(sig) = self.node_sigs[i] {
-                    tx.input[0].witness = key_spend_witness(&sig);
-                }
-                tx
-            })
-            .collect()
-    }
-
-    /// Takes a member's deposit partial signatures: exactly one per own input.
-    pub fn add_deposit_sigs(
+    /// The driver stored (or failed to store) attempt `attempt`'s signed batch.
+    pub(super) fn persisted(
         &mut self,
-        member: usize,
-        sigs: &[DepositPartial],
-    ) -> Result<bool, ContributionError> {
-        if self.deposits_done[member] {
-            return Err(ContributionError::Duplicate);
+        attempt: u32,
+        result: Result<(), PersistError>,
+        ctx: &mut Ctx,
+    ) -> Outcome {
+        let BatchPhase::Broadcasting(p) = self else { return Outcome::Nothing };
+        if p.id.number != attempt || p.awaiting != Awaiting::Store {
+            return Outcome::Nothing;
         }
-        let range = self.input_range[member].clone();
-        if sigs.len() != range.len() {
-            return Err(ContributionError::WrongSet);
-        }
-        let mut seen = Vec::with_capacity(sigs.len());
-        for s in sigs {
-            let input = s.input as usize;
-            if !range.contains(&input) || seen.contains(&input) {
-                return Err(ContributionError::WrongSet);
+        match result {
+            Ok(()) => {
+                p.awaiting = Awaiting::Broadcast;
+                let (round, batch, tx) = (ctx.round, ctx.batch, Box::new(p.tx.clone()));
+                ctx.emit(Event::Broadcast { round, batch, attempt, tx });
+                Outcome::Nothing
             }
-            seen.push(input);
+            Err(e) => {
+                let reason = AbortReason::Other(Reason::new(format!(
+                    "the coordinator could not store the signed batch: {e}"
+                )));
+                *self = ctx.fail(&p.members.clone(), attempt, true, reason);
+                Outcome::Ended
+            }
         }
-        for s in sigs {
-            self.deposit_partials[s.input as usize] = Some(s.psig);
-        }
-        self.deposits_done[member] = true;
-        Ok(self.deposits_done.iter().all(|d| *d))
     }
 
-    /// Signs C's share of every deposit input, combines aggregate-first, and returns the
-    /// complete funding transaction, or the registrations whose signatures were invalid.
-    pub fn complete_funding(&mut self) -> Result<Transaction, Vec<u64>> {
-        let secnonces: Vec<Option<SecNonce>> =
-            self.coordinator_secnonces.iter_mut().map(Option::take).collect();
-        let coordinator = &self.coordinator;
-        let results: Vec<Result<schnorr::Signature, ()>> = secnonces
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, secnonce)| {
-                let secnonce = secnonce.ok_or(())?;
-                let psig_user = self.deposit_partials[i].ok_or(())?;
-                let (user, user_nonce) = &self.deposit_user[i];
-                let coord_nonce = &self.coordinator_pubnonces[i];
-                let agg =
-                    musig::nonce_agg(&[user_nonce.clone(), coord_nonce.clone()]).map_err(|_| ())?;
-                let ctx = &self.deposit_ctx[i];
-                let msg = &self.deposit_sighash[i];
-                let own = musig::sign_partial(ctx, &coordinator.scalar(), secnonce, &agg, msg)
-                    .map_err(|_| ())?;
-                musig::combine(
-                    ctx,
-                    &agg,
-                    msg,
-                    &[
-                        Contribution {
-                            signer: *user,
-                            pubnonce: user_nonce.clone(),
-                            psig: psig_user,
-                        },
-                        Contribution {
-                            signer: coordinator.point,
-                            pubnonce: coord_nonce.clone(),
-                            psig: own,
-                        },
-                    ],
-                )
-                .map_err(|_| ())
-            })
-            .collect();
-        let mut culprits = Vec::new();
-        let mut tx = self.funding.clone();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(sig) => tx.input[i].witness = key_spend_witness(&sig),
-                Err(()) => {
-                    if let Some(m) = self.input_range.iter().position(|r| r.contains(&i)) {
-                        culprits.push(self.members[m]);
+    /// The driver's broadcast result.
+    pub(super) fn broadcast_result(
+        &mut self,
+        result: Result<Txid, String>,
+        ctx: &mut Ctx,
+    ) -> Outcome {
+        let BatchPhase::Broadcasting(p) = self else { return Outcome::Nothing };
+        if p.awaiting != Awaiting::Broadcast {
+            return Outcome::Nothing;
+        }
+        let BatchPhase::Broadcasting(p) = self.take() else { return Outcome::Nothing };
+        match result {
+            Ok(txid) => {
+                *self = BatchPhase::Finalized(p.finalized(txid, ctx));
+                Outcome::Nothing
+            }
+            Err(e) => {
+                let reason = AbortReason::Other(Reason::new(format!("broadcast failed: {e}")));
+                *self = ctx.fail(&p.members, p.id.number, true, reason);
+                Outcome::Ended
+            }
+        }
+    }
+
+    /// The funding transaction `txid` confirmed at `height`.
+    pub(super) fn confirmed(&mut self, txid: Txid, height: u32, ctx: &mut Ctx) -> Outcome {
+        match self {
+            BatchPhase::Finalized(f) if f.txid == txid => {}
+            _ => return Outcome::Nothing,
+        }
+        let BatchPhase::Finalized(f) = self.take() else { return Outcome::Nothing };
+        *self = BatchPhase::Confirmed(f.confirmed(height, ctx));
+        Outcome::Ended
+    }
+}
+
+fn invalid_partials(culprits: Vec<u64>) -> Outcome {
+    Outcome::Abort { culprits, reason: AbortReason::InvalidPartialSignature, ban: Ban::Yes }
+}
+
+fn misbehaved(reg: u64) -> Outcome {
+    Outcome::Abort { culprits: vec![reg], reason: AbortReason::InvalidMessage, ban: Ban::Yes }
+}
+
+fn give_up(
+    phase: &mut BatchPhase,
+    id: AttemptId,
+    members: &[u64],
+    culprits: &[u64],
+    reason: AbortReason,
+    ctx: &mut Ctx,
+) {
+    for m in members {
+        let told = if culprits.contains(m) { reason.clone() } else { AbortReason::MaxAttempts };
+        let abort = Abort {
+            batch: ctx.batch,
+            attempt: id.number,
+            reason: told,
+            excluded: culprits.to_vec(),
+        };
+        ctx.send(*m, ToParticipant::Abort(abort));
+    }
+    let (round, batch) = (ctx.round, ctx.batch);
+    ctx.emit(Event::AttemptAborted { round, batch, attempt: id.number, reason: reason.clone() });
+    ctx.emit(Event::BatchFailed { round, batch, reason });
+    *phase = BatchPhase::Failed;
+}
+
+/// A failed store write, as the driver reports it.
+pub type PersistError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Waiting for fresh nonces from the members left, then for the attempt to be built.
+#[derive(Debug)]
+pub struct Renoncing {
+    number: u32,
+    members: Vec<u64>,
+    waiting: Vec<u64>,
+    /// `None` for a first attempt, which waits for nobody.
+    deadline: Option<Instant>,
+}
+
+impl Renoncing {
+    /// A batch's first attempt: its members' registration nonces are fresh.
+    pub(super) fn first(members: Vec<u64>) -> (Renoncing, Outcome) {
+        let build = Outcome::Build { number: 1, members: members.clone() };
+        (Renoncing { number: 1, members, waiting: Vec::new(), deadline: None }, build)
+    }
+
+    /// The attempt being prepared.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    fn renonced(&mut self, reg: u64) -> Outcome {
+        if !self.waiting.contains(&reg) {
+            return Outcome::Nothing;
+        }
+        self.waiting.retain(|w| *w != reg);
+        self.ready()
+    }
+
+    fn ready(&self) -> Outcome {
+        if !self.waiting.is_empty() {
+            return Outcome::Nothing;
+        }
+        Outcome::Build { number: self.number, members: self.members.clone() }
+    }
+
+    fn drop_members(&mut self, culprits: &[u64], reason: &AbortReason, ctx: &mut Ctx) -> Outcome {
+        let aborted = self.number.saturating_sub(1);
+        self.members.retain(|m| !culprits.contains(m));
+        self.waiting.retain(|m| !culprits.contains(m));
+        for id in culprits {
+            let abort = Abort {
+                batch: ctx.batch,
+                attempt: aborted,
+                reason: reason.clone(),
+                excluded: vec![*id],
+            };
+            ctx.send(*id, ToParticipant::Abort(abort));
+        }
+        self.ready()
+    }
+
+    /// The attempt built: every member gets its proposal.
+    pub(super) fn proposed(self, attempt: Attempt, ctx: &mut Ctx) -> BatchPhase {
+        for (m, id) in attempt.members.iter().enumerate() {
+            ctx.send(*id, ToParticipant::Proposal(attempt.proposal(m)));
+        }
+        ctx.emit(Event::Proposed {
+            round: ctx.round,
+            batch: ctx.batch,
+            attempt: attempt.number(),
+            funding_tx: Box::new(attempt.funding().clone()),
+            members: attempt.members.clone(),
+        });
+        BatchPhase::SigningTree(SigningTree::new(attempt, ctx.now + ctx.timeout))
+    }
+
+    /// The attempt could not be built: `members` are told, the batch fails.
+    pub(super) fn not_built(
+        self,
+        members: &[u64],
+        error: &BuildError,
+        ctx: &mut Ctx,
+    ) -> BatchPhase {
+        let reason = AbortReason::Other(Reason::new(error_chain(error)));
+        ctx.fail(members, self.number, false, reason)
+    }
+}
+
+/// An error and its sources, one line.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// How a member's contribution was taken.
+enum Delivery {
+    /// Taken (or repeated); others still owe theirs.
+    Wait,
+    /// Everyone has delivered.
+    Complete,
+    /// Invalid, or different from what it sent before.
+    Bad,
+}
+
+fn delivery<E>(offer: Result<Offer, super::slots::SlotError<E>>) -> Delivery {
+    match offer {
+        Ok(Offer::Taken { complete: true }) => Delivery::Complete,
+        Ok(Offer::Taken { complete: false } | Offer::Repeated) => Delivery::Wait,
+        Err(_) => Delivery::Bad,
+    }
+}
+
+/// Collecting every member's tree partial signatures.
+#[derive(Debug)]
+pub struct SigningTree {
+    attempt: Box<Attempt>,
+    sigs: Slots<Vec<NodePartial>>,
+    /// `partials[node][leaf - first leaf of node]`.
+    partials: Vec<Vec<Option<PartialSignature>>>,
+    deadline: Instant,
+}
+
+impl SigningTree {
+    fn new(attempt: Attempt, deadline: Instant) -> SigningTree {
+        let shape = attempt.batch.tree.shape();
+        let partials = shape.nodes().iter().map(|n| vec![None; n.leaves.len()]).collect();
+        let sigs = Slots::new(attempt.members.clone());
+        SigningTree { attempt: Box::new(attempt), sigs, partials, deadline }
+    }
+
+    /// The attempt.
+    pub fn attempt(&self) -> &Attempt {
+        &self.attempt
+    }
+
+    fn offer(&mut self, reg: u64, mut sigs: Vec<NodePartial>) -> Delivery {
+        let Some(m) = self.attempt.member_index(reg) else { return Delivery::Wait };
+        // The same signatures in another order are the same contribution.
+        sigs.sort_unstable_by_key(|s| (s.node, s.leaf));
+        let attempt = &self.attempt;
+        let offer = self.sigs.offer(m, sigs, |s| attempt.check_tree_sigs(m, s));
+        if matches!(offer, Ok(Offer::Taken { .. })) {
+            if let Some(sent) = self.sigs.get(m) {
+                let shape = self.attempt.batch.tree.shape();
+                for s in sent {
+                    // Checked above: the node exists and the leaf is under it.
+                    let (node, leaf) = (s.node as usize, s.leaf as usize);
+                    let first = shape.nodes().get(node).map_or(0, |n| n.leaves.start);
+                    let slot = self.partials.get_mut(node);
+                    if let Some(slot) = slot.and_then(|p| p.get_mut(leaf.wrapping_sub(first))) {
+                        *slot = Some(s.psig);
                     }
                 }
             }
         }
-        culprits.dedup();
-        if culprits.is_empty() {
-            Ok(tx)
-        } else {
-            Err(culprits)
+        delivery(offer)
+    }
+
+    /// Every node signed (`node_sigs` from `combine_tree`): each member gets the
+    /// signatures of its paths.
+    fn signed(self, node_sigs: Vec<schnorr::Signature>, ctx: &mut Ctx) -> SigningDeposits {
+        let number = self.attempt.number();
+        for (m, id) in self.attempt.members.iter().enumerate() {
+            let sigs = self.attempt.signed_tree_for(m, &node_sigs);
+            let msg = SignedTree { batch: ctx.batch, attempt: number, sigs };
+            ctx.send(*id, ToParticipant::SignedTree(msg));
+        }
+        ctx.emit(Event::TreeSigned {
+            round: ctx.round,
+            batch: ctx.batch,
+            attempt: number,
+            nodes: self.attempt.signed_nodes(&node_sigs),
+        });
+        let inputs = self.attempt.funding().input.len();
+        SigningDeposits {
+            sigs: Slots::new(self.attempt.members.clone()),
+            attempt: self.attempt,
+            node_sigs,
+            partials: vec![None; inputs],
+            deadline: ctx.now + ctx.timeout,
         }
     }
 }
 
-fn holdouts(members: &[u64], done: &[bool]) -> Vec<u64> {
-    members.iter().zip(done).filter(|(_, d)| !**d).map(|(m, _)| *m).collect()
+/// The tree is signed; collecting every member's deposit partial signatures.
+#[derive(Debug)]
+pub struct SigningDeposits {
+    attempt: Box<Attempt>,
+    node_sigs: Vec<schnorr::Signature>,
+    sigs: Slots<Vec<DepositPartial>>,
+    partials: Vec<Option<PartialSignature>>,
+    deadline: Instant,
+}
+
+impl SigningDeposits {
+    /// The attempt.
+    pub fn attempt(&self) -> &Attempt {
+        &self.attempt
+    }
+
+    fn offer(&mut self, reg: u64, mut sigs: Vec<DepositPartial>) -> Delivery {
+        let Some(m) = self.attempt.member_index(reg) else { return Delivery::Wait };
+        sigs.sort_unstable_by_key(|s| s.input);
+        let attempt = &self.attempt;
+        let offer = self.sigs.offer(m, sigs, |s| attempt.check_deposit_sigs(m, s));
+        if matches!(offer, Ok(Offer::Taken { .. })) {
+            if let Some(sent) = self.sigs.get(m) {
+                for s in sent {
+                    if let Some(slot) = self.partials.get_mut(s.input as usize) {
+                        *slot = Some(s.psig);
+                    }
+                }
+            }
+        }
+        delivery(offer)
+    }
+
+    /// Every deposit signed (`tx` from `complete_funding`): the driver is asked to
+    /// store the batch.
+    fn signed(self, tx: Transaction, ctx: &mut Ctx) -> Broadcasting {
+        let id = self.attempt.id;
+        ctx.emit(Event::PersistBatch {
+            round: ctx.round,
+            batch: ctx.batch,
+            attempt: id.number,
+            members: self.attempt.members.clone(),
+            funding_tx: Box::new(tx.clone()),
+            nodes: self.attempt.signed_nodes(&self.node_sigs),
+        });
+        Broadcasting { id, members: self.attempt.members, tx, awaiting: Awaiting::Store }
+    }
+}
+
+/// What `Broadcasting` waits for from the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    /// `batch_persisted` for this attempt.
+    Store,
+    /// `broadcast_result`.
+    Broadcast,
+}
+
+/// The funding transaction is complete: stored, then broadcast, by the driver.
+#[derive(Debug)]
+pub struct Broadcasting {
+    id: AttemptId,
+    members: Vec<u64>,
+    tx: Transaction,
+    awaiting: Awaiting,
+}
+
+impl Broadcasting {
+    fn finalized(self, txid: Txid, ctx: &mut Ctx) -> Finalized {
+        for id in &self.members {
+            let msg = FinalizedMsg { batch: ctx.batch, txid };
+            ctx.send(*id, ToParticipant::Finalized(msg));
+        }
+        ctx.emit(Event::BatchFinalized {
+            round: ctx.round,
+            batch: ctx.batch,
+            attempts: self.id.number,
+            txid,
+            members: self.members.clone(),
+        });
+        Finalized { attempts: self.id.number, members: self.members, txid }
+    }
+}
+
+/// Broadcast; waiting for the funding transaction to confirm.
+#[derive(Debug)]
+pub struct Finalized {
+    attempts: u32,
+    members: Vec<u64>,
+    txid: Txid,
+}
+
+impl Finalized {
+    fn confirmed(self, height: u32, ctx: &mut Ctx) -> Confirmed {
+        for id in &self.members {
+            let msg = ConfirmedMsg { batch: ctx.batch, height };
+            ctx.send(*id, ToParticipant::Confirmed(msg));
+        }
+        ctx.emit(Event::BatchConfirmed {
+            round: ctx.round,
+            batch: ctx.batch,
+            attempt: self.attempts,
+            height,
+        });
+        Confirmed { txid: self.txid }
+    }
+}
+
+/// The funding transaction confirmed.
+#[derive(Debug)]
+pub struct Confirmed {
+    /// The funding txid.
+    pub txid: Txid,
 }

@@ -1,11 +1,13 @@
-//! What the round engine hands its driver (events) and where each batch stands.
+//! What the round engine hands its driver: facts to record and requests to carry out
+//! (store, broadcast). Each event carries what the store needs, so a store keeps no
+//! state of its own about the round.
 
 use std::time::Instant;
 
 use bitcoin::{OutPoint, Transaction, Txid};
-use cohort_common::messages::{AbortReason, RefusalReason, RoundParams};
+use cohort_common::messages::{AbortReason, RefusalReason, Register, RoundParams};
 
-use super::{Attempt, PeerId};
+use super::{ChainOutage, PeerId};
 
 /// What the engine asks its driver to do or record.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub enum Event {
         registration: u64,
         /// Its deposits.
         deposits: Vec<OutPoint>,
+        /// The registration as the participant sent it (what the store keeps).
+        request: Box<Register>,
     },
     /// A registration was refused.
     Refused {
@@ -32,6 +36,14 @@ pub enum Event {
         peer: PeerId,
         /// Why.
         reason: RefusalReason,
+    },
+    /// A registration could not be checked: the chain backend is out. The participant
+    /// is not refused (its session times out and it may try again).
+    ChainUnavailable {
+        /// The peer.
+        peer: PeerId,
+        /// What failed.
+        error: ChainOutage,
     },
     /// Registration closed and batches were formed.
     RegistrationClosed {
@@ -52,8 +64,8 @@ pub enum Event {
         attempt: u32,
         /// The unsigned funding transaction.
         funding_tx: Box<Transaction>,
-        /// Members.
-        members: usize,
+        /// Its members' registrations, in batch order.
+        members: Vec<u64>,
     },
     /// Every node of an attempt is signed (store the tree).
     TreeSigned {
@@ -77,6 +89,17 @@ pub enum Event {
         /// Why.
         reason: AbortReason,
     },
+    /// An attempt was given up (a retry, if any, is proposed as the next attempt).
+    AttemptAborted {
+        /// The round.
+        round: u64,
+        /// The batch.
+        batch: u32,
+        /// The attempt given up.
+        attempt: u32,
+        /// Why.
+        reason: AbortReason,
+    },
     /// A deposit is banned until `until`.
     Banned {
         /// The deposit.
@@ -84,12 +107,30 @@ pub enum Event {
         /// Until when.
         until: Instant,
     },
-    /// Broadcast this funding transaction, then call `broadcast_result`.
+    /// Store the signed tree and the complete funding transaction of this attempt,
+    /// then call `batch_persisted`; nothing is broadcast before.
+    PersistBatch {
+        /// The round.
+        round: u64,
+        /// The batch.
+        batch: u32,
+        /// The attempt.
+        attempt: u32,
+        /// Its members' registrations.
+        members: Vec<u64>,
+        /// The complete funding transaction.
+        funding_tx: Box<Transaction>,
+        /// Every node transaction, signed.
+        nodes: Vec<Transaction>,
+    },
+    /// Broadcast this (stored) funding transaction, then call `broadcast_result`.
     Broadcast {
         /// The round.
         round: u64,
         /// The batch.
         batch: u32,
+        /// The attempt.
+        attempt: u32,
         /// The complete funding transaction.
         tx: Box<Transaction>,
     },
@@ -112,6 +153,8 @@ pub enum Event {
         attempts: u32,
         /// The funding txid.
         txid: Txid,
+        /// Its members' registrations.
+        members: Vec<u64>,
     },
     /// A batch's funding transaction confirmed.
     BatchConfirmed {
@@ -119,6 +162,8 @@ pub enum Event {
         round: u64,
         /// The batch.
         batch: u32,
+        /// The attempt whose funding transaction confirmed.
+        attempt: u32,
         /// The height.
         height: u32,
     },
@@ -127,61 +172,4 @@ pub enum Event {
         /// The round.
         round: u64,
     },
-}
-
-/// Where a batch stands.
-#[derive(Debug)]
-pub enum BatchPhase {
-    /// Waiting for fresh nonces from the remaining members after an abort.
-    Renoncing {
-        /// The attempt being prepared.
-        attempt: u32,
-        /// Members left.
-        members: Vec<u64>,
-        /// Those that have not answered yet.
-        waiting: Vec<u64>,
-        /// Deadline.
-        deadline: Instant,
-    },
-    /// Collecting tree partial signatures.
-    SigningTree {
-        /// The attempt.
-        attempt: Box<Attempt>,
-        /// Deadline.
-        deadline: Instant,
-    },
-    /// Collecting deposit partial signatures.
-    SigningDeposits {
-        /// The attempt.
-        attempt: Box<Attempt>,
-        /// Deadline.
-        deadline: Instant,
-    },
-    /// The funding transaction is with the driver for broadcast.
-    Broadcasting {
-        /// The attempt.
-        attempt: Box<Attempt>,
-    },
-    /// Broadcast; waiting for confirmation.
-    Finalized {
-        /// The attempt number.
-        attempts: u32,
-        /// Members.
-        members: Vec<u64>,
-        /// The funding txid.
-        txid: Txid,
-    },
-    /// Confirmed.
-    Confirmed {
-        /// The funding txid.
-        txid: Txid,
-    },
-    /// Given up.
-    Failed,
-}
-
-impl BatchPhase {
-    pub(super) fn is_terminal(&self) -> bool {
-        matches!(self, BatchPhase::Confirmed { .. } | BatchPhase::Failed)
-    }
 }

@@ -1,43 +1,33 @@
 //! When a participant fails: exclusion, bans, aborted attempts, fresh nonces,
-//! rebuilt batches, cancels and deadlines.
+//! cancels and deadlines. The batch decides what an abort means for its phase
+//! (`batch.rs`); the engine excludes the culprits and bans their deposits here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use bitcoin::OutPoint;
-use cohort_common::messages::{Abort, AbortReason, NonceRequest, Renonce, ToParticipant};
+use cohort_common::messages::{AbortReason, Renonce};
 
-use super::{BatchPhase, Coordinator, Event, PeerId, Registration, RoundPhase};
+use super::batch::Ban;
+use super::{BatchPhase, Coordinator, Event, PeerId, RoundPhase};
 
 impl Coordinator {
-    /// Whether a registration's batch needs nothing more from it: its deposit
+    /// Whether `reg`'s batch still needs something from it: false once its deposit
     /// signatures are in (or the funding transaction is already out).
-    pub(super) fn has_done_its_part(&self, reg: u64) -> bool {
-        let Some(b) = self.batch_of(reg) else { return true };
-        match self.batches().get(b as usize) {
-            Some(BatchPhase::SigningDeposits { attempt, .. }) => {
-                !attempt.deposit_holdouts().contains(&reg)
-            }
-            Some(BatchPhase::SigningTree { .. }) | Some(BatchPhase::Renoncing { .. }) => false,
-            _ => true,
-        }
+    pub(super) fn still_needs(&self, reg: u64) -> bool {
+        let Some(b) = self.batch_of(reg) else { return false };
+        self.batches().get(b as usize).is_some_and(|p| p.needs(reg))
     }
 
     pub(super) fn on_renonce(&mut self, now: Instant, reg: u64, renonce: Renonce) {
         let Some(b) = self.batch_of(reg) else { return };
-        let depth = self.round.as_ref().map_or(0, |r| usize::from(r.params.tree.max_depth));
         let Some(round) = &mut self.round else { return };
-        let Some(BatchPhase::Renoncing { attempt, waiting, .. }) =
-            round.batches.get_mut(b as usize)
-        else {
-            return;
-        };
-        if renonce.batch != b || renonce.attempt != *attempt || !waiting.contains(&reg) {
+        let depth = usize::from(round.params.tree.max_depth);
+        let Some(phase) = round.batches.get(b as usize) else { return };
+        if renonce.batch != b || !phase.waits_for_nonces(reg, renonce.attempt) {
             return;
         }
         let Some(r) = round.registrations.get(&reg) else { return };
-        let valid = renonce.leaves.len() == r.member.leaf_keys.len()
-            && renonce.deposit_nonces.len() == r.member.deposits.len()
+        let valid = renonce.leaves.len() == r.member.batch.leaf_keys.len()
+            && renonce.deposit_nonces.len() == r.member.batch.deposits.len()
             && renonce.leaves.iter().all(|l| l.nonces.len() == depth)
             && renonce
                 .leaves
@@ -48,33 +38,17 @@ impl Coordinator {
         distinct.sort_unstable();
         distinct.dedup();
         if !valid || distinct.len() != renonce.leaves.len() {
-            return self.fail_member(now, reg, AbortReason::InvalidMessage, true);
+            return self.fail_member(now, reg, AbortReason::InvalidMessage, Ban::Yes);
         }
         for key in distinct {
             round.taken.cosigners.insert(key);
         }
         if let Some(r) = round.registrations.get_mut(&reg) {
-            r.member.leaf_keys = renonce.leaves.iter().map(|l| l.cosigner).collect();
+            r.member.batch.leaf_keys = renonce.leaves.iter().map(|l| l.cosigner).collect();
             r.member.leaf_nonces = renonce.leaves.into_iter().map(|l| l.nonces).collect();
             r.member.deposit_nonces = renonce.deposit_nonces;
         }
-        waiting.retain(|w| *w != reg);
-        if waiting.is_empty() {
-            self.rebuild(now, b);
-        }
-    }
-
-    pub(super) fn rebuild(&mut self, now: Instant, b: u32) {
-        let Some(round) = &mut self.round else { return };
-        let Some(phase) = round.batches.get_mut(b as usize) else { return };
-        let BatchPhase::Renoncing { attempt, members, waiting, .. } = phase else { return };
-        let (attempt, members) = (*attempt, std::mem::take(members));
-        let members: Vec<u64> = members.into_iter().filter(|m| !waiting.contains(m)).collect();
-        let built = self.build_attempts(vec![(b, attempt, members)]);
-        for b in built {
-            self.install_attempt(now, attempt, b);
-        }
-        self.maybe_finish_round();
+        self.on_batch(now, b, |phase, _| phase.renonced(reg));
     }
 
     pub(super) fn on_cancel(&mut self, now: Instant, peer: PeerId, reg: u64) {
@@ -83,8 +57,8 @@ impl Coordinator {
             return;
         }
         // Before its deposit signatures a member may leave; its deposits are not banned.
-        if !self.has_done_its_part(reg) {
-            self.fail_member(now, reg, AbortReason::Cancelled, false);
+        if self.still_needs(reg) {
+            self.fail_member(now, reg, AbortReason::Cancelled, Ban::No);
         }
     }
 
@@ -96,7 +70,7 @@ impl Coordinator {
             return false;
         }
         if let Some(r) = round.registrations.remove(&reg) {
-            for (op, _) in &r.member.deposits {
+            for (op, _) in &r.member.batch.deposits {
                 round.taken.outpoints.remove(op);
             }
         }
@@ -104,77 +78,35 @@ impl Coordinator {
     }
 
     /// Excludes `reg` from its batch (banning its deposits if `ban`) and aborts the attempt.
-    pub(super) fn fail_member(&mut self, now: Instant, reg: u64, reason: AbortReason, ban: bool) {
+    pub(super) fn fail_member(&mut self, now: Instant, reg: u64, reason: AbortReason, ban: Ban) {
         let Some(b) = self.batch_of(reg) else { return };
         self.abort_attempt(now, b, vec![reg], reason, ban);
     }
 
+    /// Excludes `culprits` from batch `b` and has the batch abort its attempt.
     pub(super) fn abort_attempt(
         &mut self,
         now: Instant,
         b: u32,
         culprits: Vec<u64>,
         reason: AbortReason,
-        ban: bool,
+        ban: Ban,
     ) {
-        let ban_until = now + self.config.ban_duration;
-        let timeout = self.config.phase_timeout;
-        let max_attempts = u32::from(self.config.max_attempts);
-        let Some(round) = &mut self.round else { return };
-        let round_id = round.params.round;
-        let Some(phase) = round.batches.get_mut(b as usize) else { return };
-        let (number, members) = match phase {
-            BatchPhase::SigningTree { attempt, .. }
-            | BatchPhase::SigningDeposits { attempt, .. } => {
-                (attempt.number, attempt.members.clone())
-            }
-            BatchPhase::Renoncing { .. } => {
-                // Already aborted: drop the culprits from the next attempt, nothing more.
-                return self.drop_while_renoncing(now, b, culprits, reason, ban);
-            }
-            _ => return,
-        };
-        let until = ban.then_some(ban_until);
+        let aborting = self.batches().get(b as usize).is_some_and(|p| {
+            matches!(
+                p,
+                BatchPhase::SigningTree(_)
+                    | BatchPhase::SigningDeposits(_)
+                    | BatchPhase::Renoncing(_)
+            )
+        });
+        if !aborting {
+            return;
+        }
         for id in &culprits {
-            let regs = (&mut round.registrations, round_id);
-            exclude(regs, &mut self.bans, &mut self.events, (b, *id), &reason, until);
+            self.exclude(now, b, *id, &reason, ban);
         }
-        let remaining: Vec<u64> =
-            members.iter().copied().filter(|m| !culprits.contains(m)).collect();
-        let next = number + 1;
-        let give_up = remaining.is_empty() || next > max_attempts;
-        for id in &members {
-            let Some(r) = round.registrations.get(id) else { continue };
-            let abort = Abort {
-                batch: b,
-                attempt: number,
-                reason: if give_up && !culprits.contains(id) {
-                    AbortReason::MaxAttempts
-                } else {
-                    reason.clone()
-                },
-                excluded: culprits.clone(),
-            };
-            self.outbox.push_back((r.peer, ToParticipant::Abort(abort)));
-            if !give_up && !culprits.contains(id) {
-                self.outbox.push_back((
-                    r.peer,
-                    ToParticipant::NonceRequest(NonceRequest { batch: b, attempt: next }),
-                ));
-            }
-        }
-        if give_up {
-            *phase = BatchPhase::Failed;
-            self.events.push_back(Event::BatchFailed { round: round_id, batch: b, reason });
-            self.maybe_finish_round();
-        } else {
-            *phase = BatchPhase::Renoncing {
-                attempt: next,
-                waiting: remaining.clone(),
-                members: remaining,
-                deadline: now + timeout,
-            };
-        }
+        self.on_batch(now, b, |phase, ctx| phase.abort(&culprits, reason, ctx));
     }
 
     /// Handles every deadline that has passed.
@@ -186,90 +118,35 @@ impl Coordinator {
             }
             return;
         }
-        let mut expired = Vec::new();
-        for (b, phase) in round.batches.iter().enumerate() {
-            match phase {
-                BatchPhase::SigningTree { attempt, deadline } if now >= *deadline => {
-                    expired.push((b as u32, attempt.tree_holdouts(), false));
-                }
-                BatchPhase::SigningDeposits { attempt, deadline } if now >= *deadline => {
-                    expired.push((b as u32, attempt.deposit_holdouts(), false));
-                }
-                BatchPhase::Renoncing { waiting, deadline, .. } if now >= *deadline => {
-                    expired.push((b as u32, waiting.clone(), true));
-                }
-                _ => {}
-            }
-        }
-        for (b, holdouts, renoncing) in expired {
-            if renoncing {
-                self.drop_while_renoncing(now, b, holdouts, AbortReason::Timeout, true);
-            } else {
-                self.abort_attempt(now, b, holdouts, AbortReason::Timeout, true);
-            }
+        let expired: Vec<(u32, Vec<u64>)> = round
+            .batches
+            .iter()
+            .enumerate()
+            .filter_map(|(b, phase)| phase.expired(now).map(|late| (b as u32, late)))
+            .collect();
+        for (b, holdouts) in expired {
+            self.abort_attempt(now, b, holdouts, AbortReason::Timeout, Ban::Yes);
         }
     }
 
-    pub(super) fn drop_while_renoncing(
-        &mut self,
-        now: Instant,
-        b: u32,
-        culprits: Vec<u64>,
-        reason: AbortReason,
-        ban: bool,
-    ) {
-        let until = ban.then_some(now + self.config.ban_duration);
+    /// Marks a registration excluded from batch `b`, bans its deposits if `ban`, and
+    /// records both.
+    fn exclude(&mut self, now: Instant, b: u32, id: u64, reason: &AbortReason, ban: Ban) {
+        let until = now + self.config.ban_duration;
         let Some(round) = &mut self.round else { return };
-        let round_id = round.params.round;
-        let Some(BatchPhase::Renoncing { attempt, members, waiting, .. }) =
-            round.batches.get_mut(b as usize)
-        else {
-            return;
-        };
-        let aborted = attempt.saturating_sub(1);
-        members.retain(|m| !culprits.contains(m));
-        waiting.retain(|m| !culprits.contains(m));
-        let empty = waiting.is_empty();
-        for id in culprits {
-            let regs = (&mut round.registrations, round_id);
-            let Some(peer) =
-                exclude(regs, &mut self.bans, &mut self.events, (b, id), &reason, until)
-            else {
-                continue;
-            };
-            let abort =
-                Abort { batch: b, attempt: aborted, reason: reason.clone(), excluded: vec![id] };
-            self.outbox.push_back((peer, ToParticipant::Abort(abort)));
+        let Some(r) = round.registrations.get_mut(&id) else { return };
+        r.active = false;
+        if ban == Ban::Yes {
+            for (op, _) in &r.member.batch.deposits {
+                self.bans.insert(*op, until);
+                self.events.push_back(Event::Banned { outpoint: *op, until });
+            }
         }
-        if empty {
-            self.rebuild(now, b);
-        }
+        self.events.push_back(Event::Excluded {
+            round: round.params.round,
+            batch: b,
+            registration: id,
+            reason: reason.clone(),
+        });
     }
-}
-
-/// Marks a registration excluded from batch `b`, bans its deposits until `ban_until`
-/// when given, and records both. Returns its peer.
-fn exclude(
-    (registrations, round_id): (&mut BTreeMap<u64, Registration>, u64),
-    bans: &mut HashMap<OutPoint, Instant>,
-    events: &mut VecDeque<Event>,
-    (b, id): (u32, u64),
-    reason: &AbortReason,
-    ban_until: Option<Instant>,
-) -> Option<PeerId> {
-    let r = registrations.get_mut(&id)?;
-    r.active = false;
-    if let Some(until) = ban_until {
-        for (op, _) in &r.member.deposits {
-            bans.insert(*op, until);
-            events.push_back(Event::Banned { outpoint: *op, until });
-        }
-    }
-    events.push_back(Event::Excluded {
-        round: round_id,
-        batch: b,
-        registration: id,
-        reason: reason.clone(),
-    });
-    Some(r.peer)
 }

@@ -1,54 +1,82 @@
 //! The coordinator's sans-IO round engine.
 //!
 //! Call order: [`Coordinator::start_round`] opens registration; the driver feeds
-//! [`Coordinator::peer_connected`], [`Coordinator::handle_message`],
+//! [`Coordinator::peer_connected`], [`Coordinator::handle_message`] (a `Register` comes
+//! with what the chain says about its deposits, see [`Inbound::resolve`]),
 //! [`Coordinator::peer_disconnected`], [`Coordinator::handle_timeout`] (when
-//! [`Coordinator::poll_timeout`] is due), [`Coordinator::broadcast_result`] after it
-//! broadcasts a funding transaction and [`Coordinator::confirmed`] when one confirms;
-//! after each call it drains [`Coordinator::poll_transmit`] and
-//! [`Coordinator::poll_event`]. The engine never reads a clock, a socket or a disk:
-//! time comes in as `now`, the chain as a `&dyn Chain` view, and everything it wants
-//! done comes out as messages and events. Per-node CPU work runs on rayon inside the
-//! calls, so drivers run the engine on a blocking thread, not on the async reactor.
+//! [`Coordinator::poll_timeout`] is due), [`Coordinator::batch_persisted`] once it
+//! stored what [`Event::PersistBatch`] asked for, [`Coordinator::broadcast_result`]
+//! after it broadcast what [`Event::Broadcast`] asked for, and [`Coordinator::confirmed`]
+//! when a funding transaction confirms; after each call it drains
+//! [`Coordinator::poll_transmit`] and [`Coordinator::poll_event`]. The engine never
+//! reads a clock, a socket, a disk or the chain: time comes in as `now`, chain data
+//! with the message, randomness from the one source it was given, and everything it
+//! wants done comes out as messages and events. Per-node CPU work runs on rayon inside
+//! the calls, so drivers run the engine on a blocking thread, not on the async reactor.
 //!
-//! Each batch of a round is its own state machine ([`BatchPhase`]); a failure in one
-//! batch (timeout, invalid message or signature, disconnect, cancel) aborts only that
-//! batch's attempt, bans the culprit's deposits, asks everyone else for fresh nonces and
-//! rebuilds the batch without the culprit, up to `max_attempts`.
+//! The engine only routes: peer → registration → batch. Each batch of a round is its
+//! own state machine (`batch.rs`, the whole lifecycle in one file); a failure in one
+//! batch aborts only that batch's attempt, excludes the culprits (banning their
+//! deposits) and rebuilds the batch without them, up to `max_attempts`.
 //!
-//! Files: `register.rs` (registration checks), `batch.rs` (one attempt: funding tx,
-//! tree, nonces, combination), `signing.rs` (collecting signatures, broadcast,
-//! confirmation), `failure.rs` (exclusion, bans, aborts, renonce, deadlines),
+//! Files: `register.rs` (registration checks, chain data), `batch.rs` (a batch's
+//! phases), `attempt.rs` (one built attempt: proposals, combination), `slots.rs`
+//! (per-member contributions), `failure.rs` (exclusion, bans, renonce, deadlines),
 //! `events.rs` (what the driver is told), `config.rs`.
 
+mod attempt;
 mod batch;
 mod config;
 mod events;
 mod failure;
 mod register;
-mod signing;
+mod slots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bitcoin::OutPoint;
+use bitcoin::{OutPoint, Txid};
+use rand::{CryptoRng, RngCore};
 use rayon::prelude::*;
 
-use cohort_common::chain::Chain;
-use cohort_common::fees::{max_inputs, FeeError};
+use cohort_common::batch::{group_batches, BatchLimits, NonceSeed};
+use cohort_common::fees::FeeError;
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    Abort, AbortReason, Reason, RefusalReason, Refused, Register, Registered, RoundAnnounce,
-    RoundParams, ToCoordinator, ToParticipant,
+    AbortReason, Reason, RefusalReason, Refused, RoundAnnounce, RoundParams, ToCoordinator,
+    ToParticipant,
 };
 
-pub use batch::{Attempt, AttemptId, BuildError, Member};
+pub use attempt::{Attempt, AttemptId, AttemptSecrets, BuildError, ContributionError, Member};
+pub use batch::{
+    Ban, BatchPhase, Broadcasting, Confirmed, Finalized, PersistError, Renoncing, SigningDeposits,
+    SigningTree,
+};
 pub use config::CoordinatorConfig;
-pub use events::{BatchPhase, Event};
-pub use register::{is_standard_leaf, Taken};
+pub use events::Event;
+pub use register::{is_standard_leaf, ChainFacts, ChainOutage, DepositLookup, Inbound, Taken};
+pub use slots::{Offer, SlotError, Slots};
+
+use batch::{Ctx, Outcome};
 
 /// A connection's identity, chosen by the driver.
 pub type PeerId = u64;
+
+/// A cryptographically secure random source the engine can own.
+pub trait SecureRng: RngCore + CryptoRng + Send {}
+
+impl<R: RngCore + CryptoRng + Send> SecureRng for R {}
+
+/// The engine's one source of randomness: batch keys, nonces and round challenges.
+pub type EngineRng = Box<dyn SecureRng>;
+
+struct RandomSource(EngineRng);
+
+impl std::fmt::Debug for RandomSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RandomSource")
+    }
+}
 
 #[derive(Debug)]
 struct Registration {
@@ -89,26 +117,38 @@ struct Built {
 pub struct Coordinator {
     key: Keypair,
     config: CoordinatorConfig,
+    rng: RandomSource,
     next_round: u64,
     next_registration: u64,
     round: Option<Round>,
     peers: HashMap<PeerId, Option<u64>>,
     bans: HashMap<OutPoint, Instant>,
+    /// Messages by registration, routed to peers after each call.
+    sends: Vec<(u64, ToParticipant)>,
     outbox: VecDeque<(PeerId, ToParticipant)>,
     events: VecDeque<Event>,
 }
 
 impl Coordinator {
-    /// An engine with the coordinator's long-term key `C`.
+    /// An engine with the coordinator's long-term key `C`, drawing its randomness from
+    /// the operating system.
     pub fn new(key: Keypair, config: CoordinatorConfig) -> Self {
+        Self::with_rng(key, config, Box::new(rand::rngs::OsRng))
+    }
+
+    /// An engine drawing every batch key, nonce seed and challenge from `rng` (seeded in
+    /// simulations and tests, so a run repeats exactly).
+    pub fn with_rng(key: Keypair, config: CoordinatorConfig, rng: EngineRng) -> Self {
         Coordinator {
             key,
             config,
+            rng: RandomSource(rng),
             next_round: 1,
             next_registration: 1,
             round: None,
             peers: HashMap::new(),
             bans: HashMap::new(),
+            sends: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -139,6 +179,11 @@ impl Coordinator {
         self.round.as_ref().map(|r| r.params.round)
     }
 
+    /// The current round's challenge (also in its announcement).
+    pub fn challenge(&self) -> Option<[u8; 32]> {
+        self.round.as_ref().map(|r| r.challenge)
+    }
+
     /// Whether the current round (if any) has finished.
     pub fn round_finished(&self) -> bool {
         self.round.as_ref().is_none_or(|r| matches!(r.phase, RoundPhase::Done))
@@ -149,10 +194,18 @@ impl Coordinator {
         self.round.as_ref().map_or(&[], |r| &r.batches)
     }
 
-    /// Opens registration for a new round and announces it to every connected peer.
-    pub fn start_round(&mut self, now: Instant, challenge: [u8; 32]) -> u64 {
+    /// The most deposits a registration may offer: a driver looks up no more.
+    pub fn max_deposits_per_registration(&self) -> usize {
+        usize::from(self.config.max_deposits_per_registration)
+    }
+
+    /// Opens registration for a new round, with a challenge from the engine's random
+    /// source, and announces it to every connected peer.
+    pub fn start_round(&mut self, now: Instant) -> u64 {
         let round = self.next_round;
         self.next_round += 1;
+        let mut challenge = [0u8; 32];
+        self.rng.0.fill_bytes(&mut challenge);
         let c = &self.config;
         let params = RoundParams {
             round,
@@ -209,42 +262,38 @@ impl Coordinator {
     /// A participant's connection closed.
     pub fn peer_disconnected(&mut self, now: Instant, peer: PeerId) {
         let Some(Some(reg)) = self.peers.remove(&peer) else { return };
-        if self.withdraw_before_batches(reg) || self.has_done_its_part(reg) {
+        if self.withdraw_before_batches(reg) || !self.still_needs(reg) {
             // Its deposit signatures are in: the batch completes without it, and it
             // learns the outcome from the chain and its stored exit paths.
             return;
         }
-        self.fail_member(now, reg, AbortReason::Timeout, true);
+        self.fail_member(now, reg, AbortReason::Timeout, Ban::Yes);
     }
 
-    /// Takes one message from a participant.
-    pub fn handle_message(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        msg: ToCoordinator,
-        chain: &dyn Chain,
-    ) {
+    /// Takes one message from a participant, with the chain data it needs.
+    pub fn handle_message(&mut self, now: Instant, peer: PeerId, input: Inbound) {
+        let msg = match input {
+            Inbound::Register(reg, facts) => return self.on_register(now, peer, *reg, facts),
+            Inbound::Message(msg) => msg,
+        };
+        if let ToCoordinator::Register(reg) = msg {
+            let facts = Err(ChainOutage::NotLookedUp);
+            return self.on_register(now, peer, reg, facts);
+        }
+        if let ToCoordinator::Goodbye(_) = msg {
+            return self.peer_disconnected(now, peer);
+        }
+        let Some(reg) = self.registration_of(peer) else { return };
         match msg {
-            ToCoordinator::Register(reg) => self.on_register(now, peer, reg, chain),
             ToCoordinator::TreeSigs(sigs) => {
-                let Some(reg) = self.registration_of(peer) else { return };
-                self.on_tree_sigs(now, reg, sigs);
+                self.with_batch(now, reg, |phase, ctx| phase.tree_sigs(reg, sigs, ctx))
             }
             ToCoordinator::DepositSigs(sigs) => {
-                let Some(reg) = self.registration_of(peer) else { return };
-                self.on_deposit_sigs(now, reg, sigs);
+                self.with_batch(now, reg, |phase, ctx| phase.deposit_sigs(reg, sigs, ctx))
             }
-            ToCoordinator::Renonce(renonce) => {
-                let Some(reg) = self.registration_of(peer) else { return };
-                self.on_renonce(now, reg, renonce);
-            }
-            ToCoordinator::Cancel(_) => {
-                let Some(reg) = self.registration_of(peer) else { return };
-                self.on_cancel(now, peer, reg);
-            }
-            ToCoordinator::Goodbye(_) => self.peer_disconnected(now, peer),
-            ToCoordinator::Hello(_) => {}
+            ToCoordinator::Renonce(renonce) => self.on_renonce(now, reg, renonce),
+            ToCoordinator::Cancel(_) => self.on_cancel(now, peer, reg),
+            ToCoordinator::Register(_) | ToCoordinator::Goodbye(_) | ToCoordinator::Hello(_) => {}
         }
     }
 
@@ -257,79 +306,6 @@ impl Coordinator {
         self.events.push_back(Event::Refused { peer, reason });
     }
 
-    fn on_register(&mut self, now: Instant, peer: PeerId, reg: Register, chain: &dyn Chain) {
-        let bans = &self.bans;
-        let banned = |op: &OutPoint| bans.get(op).is_some_and(|until| *until > now);
-        let Some(round) = &mut self.round else {
-            return self.refuse(peer, RefusalReason::RegistrationClosed);
-        };
-        if !matches!(round.phase, RoundPhase::Registration { .. }) {
-            return self.refuse(peer, RefusalReason::RegistrationClosed);
-        }
-        if self.peers.get(&peer).copied().flatten().is_some() {
-            return self.refuse(peer, RefusalReason::Other(Reason::new("already registered")));
-        }
-        let checked = match register::check(
-            &reg,
-            &round.params,
-            &round.challenge,
-            chain,
-            &round.taken,
-            &banned,
-        ) {
-            Ok(c) => c,
-            Err(reason) => return self.refuse(peer, reason),
-        };
-        let body = reg.body;
-        for d in &body.deposits {
-            round.taken.outpoints.insert(d.outpoint);
-        }
-        for key in body.leaves.iter().map(|l| &l.cosigner).chain([&body.remainder.cosigner]) {
-            round.taken.cosigners.insert(key.serialize());
-        }
-        let id = self.next_registration;
-        self.next_registration += 1;
-        let deposits: Vec<_> =
-            body.deposits.iter().map(|d| d.outpoint).zip(checked.txouts).collect();
-        let outpoints = deposits.iter().map(|(op, _)| *op).collect();
-        let member = Member {
-            registration: id,
-            deposits,
-            scripts: checked.scripts,
-            fixed: body.leaves.iter().map(|l| l.output.clone()).collect(),
-            remainder_script: body.remainder.script_pubkey.clone(),
-            max_fee: body.max_fee,
-            leaf_keys: body
-                .leaves
-                .iter()
-                .map(|l| l.cosigner)
-                .chain([body.remainder.cosigner])
-                .collect(),
-            leaf_nonces: body
-                .leaves
-                .iter()
-                .map(|l| l.nonces.clone())
-                .chain([body.remainder.nonces.clone()])
-                .collect(),
-            deposit_nonces: body.deposits.iter().map(|d| d.nonce.clone()).collect(),
-        };
-        round.registrations.insert(id, Registration { peer, member, batch: None, active: true });
-        self.peers.insert(peer, Some(id));
-        let round_id = round.params.round;
-        self.outbox.push_back((
-            peer,
-            ToParticipant::Registered(Registered { round: round_id, registration: id }),
-        ));
-        self.events.push_back(Event::Registered {
-            round: round_id,
-            registration: id,
-            deposits: outpoints,
-        });
-        if round.registrations.len() >= self.config.max_registrations {
-            self.close_registration(now);
-        }
-    }
-
     /// Closes registration now: forms batches and proposes their first attempts.
     pub fn close_registration(&mut self, now: Instant) {
         let Some(round) = &mut self.round else { return };
@@ -338,151 +314,160 @@ impl Coordinator {
         }
         round.phase = RoundPhase::Running;
         // Registrations in order, as many per batch as the weight and tree allow.
-        let per_batch_inputs =
-            max_inputs(round.params.max_batch_weight, &[34, self.config.payout_script.len()]);
-        let max_leaves = usize::from(round.params.tree.radix)
-            .saturating_pow(u32::from(round.params.tree.max_depth));
-        let mut groups: Vec<Vec<u64>> = Vec::new();
-        let (mut inputs, mut leaves) = (0usize, 0usize);
-        for (id, reg) in &round.registrations {
-            let (i, l) = (reg.member.deposits.len(), reg.member.leaf_keys.len());
-            if groups.is_empty() || inputs + i > per_batch_inputs || leaves + l > max_leaves {
-                groups.push(Vec::new());
-                inputs = 0;
-                leaves = 0;
-            }
-            inputs += i;
-            leaves += l;
-            if let Some(g) = groups.last_mut() {
-                g.push(*id);
-            }
-        }
-        for (b, group) in groups.iter().enumerate() {
-            for id in group {
+        let limits = BatchLimits {
+            max_batch_weight: round.params.max_batch_weight,
+            payout_script_len: self.config.payout_script.len(),
+            tree: round.params.tree,
+        };
+        let ids: Vec<u64> = round.registrations.keys().copied().collect();
+        let sizes = round.registrations.values().map(|r| r.member.batch.size());
+        let groups: Vec<Vec<u64>> =
+            group_batches(sizes, &limits).into_iter().map(|g| ids[g].to_vec()).collect();
+        let mut jobs = Vec::with_capacity(groups.len());
+        for (b, group) in groups.into_iter().enumerate() {
+            for id in &group {
                 if let Some(reg) = round.registrations.get_mut(id) {
                     reg.batch = Some(b as u32);
                 }
             }
+            let (phase, build) = Renoncing::first(group);
+            round.batches.push(BatchPhase::Renoncing(phase));
+            if let Outcome::Build { number, members } = build {
+                jobs.push((b as u32, number, members));
+            }
         }
-        let registrations = round.registrations.len();
-        let batches = groups.len();
-        round.batches = (0..batches).map(|_| BatchPhase::Failed).collect();
         self.events.push_back(Event::RegistrationClosed {
             round: round.params.round,
-            registrations,
-            batches,
+            registrations: round.registrations.len(),
+            batches: round.batches.len(),
         });
-        // Build every batch's first attempt in parallel.
-        let built = self.build_attempts(
-            groups.into_iter().enumerate().map(|(b, g)| (b as u32, 1, g)).collect(),
-        );
-        for b in built {
-            self.install_attempt(now, 1, b);
-        }
+        self.build_and_propose(now, jobs);
         self.maybe_finish_round();
     }
 
-    fn build_attempts(&self, jobs: Vec<(u32, u32, Vec<u64>)>) -> Vec<Built> {
-        let Some(round) = &self.round else { return Vec::new() };
-        jobs.into_par_iter()
-            .map(|(b, attempt, mut ids)| {
-                // Members whose fees do not fit are dropped and the batch priced again.
-                let mut dropped = Vec::new();
-                loop {
-                    let members: Vec<&Member> = ids
-                        .iter()
-                        .filter_map(|id| round.registrations.get(id).map(|r| &r.member))
-                        .collect();
-                    if members.is_empty() {
-                        let result = Err(BuildError::Fees(cohort_common::fees::FeeError::Empty));
-                        return Built { batch: b, members: ids, dropped, result };
-                    }
-                    let id = AttemptId { round: round.params.round, batch: b, number: attempt };
-                    let result = Attempt::build(
-                        id,
-                        &members,
-                        &self.key,
-                        &self.config.payout_script,
-                        round.params.tree,
-                        &round.params.fees,
-                    );
-                    match result {
-                        Err(BuildError::Member { member, error }) if member < ids.len() => {
-                            dropped.push((ids.remove(member), error));
-                        }
-                        result => return Built { batch: b, members: ids, dropped, result },
-                    }
-                }
+    /// Builds the given attempts in parallel (secrets drawn in order first, so a seeded
+    /// engine builds the same batches) and proposes each.
+    fn build_and_propose(&mut self, now: Instant, jobs: Vec<(u32, u32, Vec<u64>)>) {
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let rng = &mut *self.rng.0;
+                let secrets = AttemptSecrets {
+                    batch_key: Keypair::from_rng(rng),
+                    seed: NonceSeed::from_rng(rng),
+                };
+                (job, secrets)
             })
-            .collect()
+            .collect();
+        let Some(round) = &self.round else { return };
+        let (key, config) = (&self.key, &self.config);
+        let built: Vec<Built> = jobs
+            .into_par_iter()
+            .map(|((b, number, ids), secrets)| {
+                build_one(round, key, config, b, number, ids, &secrets)
+            })
+            .collect();
+        for b in built {
+            self.install_attempt(now, b);
+        }
     }
 
-    fn install_attempt(&mut self, now: Instant, attempt: u32, built: Built) {
+    fn install_attempt(&mut self, now: Instant, built: Built) {
         let Built { batch, members, dropped, result } = built;
-        let timeout = self.config.phase_timeout;
-        let Some(round) = &mut self.round else { return };
-        let round_id = round.params.round;
-        // Registrations dropped while pricing are told why; their deposits are not banned.
         for (id, error) in dropped {
-            let Some(r) = round.registrations.get_mut(&id) else { continue };
-            r.active = false;
-            let reason = match error {
-                FeeError::FeeTooHigh { fee, max_fee, .. } => {
-                    RefusalReason::FeeTooLow { max_fee, required: fee }
-                }
-                FeeError::InsufficientFunds { deposited, requested, fee, dust, .. } => {
-                    RefusalReason::InsufficientFunds {
-                        available: deposited,
-                        needed: requested
-                            .checked_add(fee)
-                            .and_then(|a| a.checked_add(dust))
-                            .unwrap_or(deposited),
-                    }
-                }
-                other => RefusalReason::Other(Reason::new(other.to_string())),
-            };
-            self.outbox.push_back((r.peer, ToParticipant::Refused(Refused { reason })));
-            self.events.push_back(Event::Excluded {
-                round: round_id,
-                batch,
-                registration: id,
-                reason: AbortReason::Other(Reason::new("fee above max_fee or funds too small")),
-            });
+            self.drop_unpriced(batch, id, error);
         }
+        let Some(round) = &mut self.round else { return };
         let Some(slot) = round.batches.get_mut(batch as usize) else { return };
-        match result {
-            Ok(a) => {
-                for (m, id) in a.members.iter().enumerate() {
-                    if let Some(r) = round.registrations.get(id) {
-                        self.outbox.push_back((r.peer, ToParticipant::Proposal(a.proposal(m))));
-                    }
-                }
-                self.events.push_back(Event::Proposed {
-                    round: round_id,
-                    batch,
-                    attempt,
-                    funding_tx: Box::new(a.funding.clone()),
-                    members: a.members.len(),
-                });
-                *slot = BatchPhase::SigningTree { attempt: Box::new(a), deadline: now + timeout };
+        let BatchPhase::Renoncing(renoncing) = std::mem::replace(slot, BatchPhase::Failed) else {
+            return;
+        };
+        let mut ctx =
+            ctx_of(&self.config, round.params.round, batch, now, &mut self.sends, &mut self.events);
+        *slot = match result {
+            Ok(attempt) => renoncing.proposed(attempt, &mut ctx),
+            Err(e) => renoncing.not_built(&members, &e, &mut ctx),
+        };
+        self.route();
+    }
+
+    /// A registration pricing left out: told why; its deposits are not banned.
+    fn drop_unpriced(&mut self, batch: u32, id: u64, error: FeeError) {
+        let Some(round) = &mut self.round else { return };
+        let Some(r) = round.registrations.get_mut(&id) else { return };
+        r.active = false;
+        let reason = match error {
+            FeeError::FeeTooHigh { fee, max_fee, .. } => {
+                RefusalReason::FeeTooLow { max_fee, required: fee }
             }
-            Err(e) => {
-                *slot = BatchPhase::Failed;
-                let reason = AbortReason::Other(Reason::new(e.to_string()));
-                for id in &members {
-                    if let Some(r) = round.registrations.get(id) {
-                        self.outbox.push_back((
-                            r.peer,
-                            ToParticipant::Abort(Abort {
-                                batch,
-                                attempt,
-                                reason: reason.clone(),
-                                excluded: Vec::new(),
-                            }),
-                        ));
-                    }
+            FeeError::InsufficientFunds { deposited, requested, fee, dust, .. } => {
+                RefusalReason::InsufficientFunds {
+                    available: deposited,
+                    needed: requested
+                        .checked_add(fee)
+                        .and_then(|a| a.checked_add(dust))
+                        .unwrap_or(deposited),
                 }
-                self.events.push_back(Event::BatchFailed { round: round_id, batch, reason });
+            }
+            other => RefusalReason::Other(Reason::new(other.to_string())),
+        };
+        self.outbox.push_back((r.peer, ToParticipant::Refused(Refused { reason })));
+        self.events.push_back(Event::Excluded {
+            round: round.params.round,
+            batch,
+            registration: id,
+            reason: AbortReason::Other(Reason::new("fee above max_fee or funds too small")),
+        });
+    }
+
+    /// Runs `f` on the batch of `reg` and carries out what it asks for.
+    fn with_batch(
+        &mut self,
+        now: Instant,
+        reg: u64,
+        f: impl FnOnce(&mut BatchPhase, &mut Ctx) -> Outcome,
+    ) {
+        let Some(b) = self.batch_of(reg) else { return };
+        self.on_batch(now, b, f);
+    }
+
+    /// Runs `f` on batch `b` and carries out what it asks for.
+    fn on_batch(
+        &mut self,
+        now: Instant,
+        b: u32,
+        f: impl FnOnce(&mut BatchPhase, &mut Ctx) -> Outcome,
+    ) {
+        let Some(round) = &mut self.round else { return };
+        let Some(phase) = round.batches.get_mut(b as usize) else { return };
+        let mut ctx =
+            ctx_of(&self.config, round.params.round, b, now, &mut self.sends, &mut self.events);
+        let outcome = f(phase, &mut ctx);
+        self.route();
+        self.carry_out(now, b, outcome);
+    }
+
+    /// What a batch asked the engine to do.
+    fn carry_out(&mut self, now: Instant, b: u32, outcome: Outcome) {
+        match outcome {
+            Outcome::Nothing => {}
+            Outcome::Abort { culprits, reason, ban } => {
+                self.abort_attempt(now, b, culprits, reason, ban)
+            }
+            Outcome::Build { number, members } => {
+                self.build_and_propose(now, vec![(b, number, members)]);
+                self.maybe_finish_round();
+            }
+            Outcome::Ended => self.maybe_finish_round(),
+        }
+    }
+
+    /// Moves the batches' messages, addressed by registration, to their peers.
+    fn route(&mut self) {
+        let Some(round) = &self.round else { return };
+        for (reg, msg) in self.sends.drain(..) {
+            if let Some(r) = round.registrations.get(&reg) {
+                self.outbox.push_back((r.peer, msg));
             }
         }
     }
@@ -491,22 +476,44 @@ impl Coordinator {
         self.round.as_ref()?.registrations.get(&reg).filter(|r| r.active)?.batch
     }
 
+    /// The driver stored what [`Event::PersistBatch`] asked for (or failed to): only
+    /// then is the funding transaction handed out for broadcast. A failed write fails
+    /// the batch.
+    pub fn batch_persisted(
+        &mut self,
+        now: Instant,
+        batch: u32,
+        attempt: u32,
+        result: Result<(), PersistError>,
+    ) {
+        self.on_batch(now, batch, |phase, ctx| phase.persisted(attempt, result, ctx));
+    }
+
+    /// The driver's answer to [`Event::Broadcast`].
+    pub fn broadcast_result(&mut self, now: Instant, batch: u32, result: Result<Txid, String>) {
+        self.on_batch(now, batch, |phase, ctx| phase.broadcast_result(result, ctx));
+    }
+
+    /// The driver saw a funding transaction confirm.
+    pub fn confirmed(&mut self, now: Instant, txid: Txid, height: u32) {
+        let count = self.batches().len();
+        for b in 0..count as u32 {
+            self.on_batch(now, b, |phase, ctx| phase.confirmed(txid, height, ctx));
+        }
+    }
+
+    /// Funding transactions broadcast and not yet confirmed.
+    pub fn awaiting_confirmation(&self) -> Vec<Txid> {
+        self.batches().iter().filter_map(BatchPhase::awaiting_confirmation).collect()
+    }
+
     /// The next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let round = self.round.as_ref()?;
         if let RoundPhase::Registration { closes_at } = round.phase {
             return Some(closes_at);
         }
-        round
-            .batches
-            .iter()
-            .filter_map(|p| match p {
-                BatchPhase::SigningTree { deadline, .. }
-                | BatchPhase::SigningDeposits { deadline, .. }
-                | BatchPhase::Renoncing { deadline, .. } => Some(*deadline),
-                _ => None,
-            })
-            .min()
+        round.batches.iter().filter_map(BatchPhase::deadline).min()
     }
 
     /// The next message to send.
@@ -526,6 +533,59 @@ impl Coordinator {
         {
             round.phase = RoundPhase::Done;
             self.events.push_back(Event::RoundFinished { round: round.params.round });
+        }
+    }
+}
+
+fn ctx_of<'a>(
+    config: &CoordinatorConfig,
+    round: u64,
+    batch: u32,
+    now: Instant,
+    sends: &'a mut Vec<(u64, ToParticipant)>,
+    events: &'a mut VecDeque<Event>,
+) -> Ctx<'a> {
+    Ctx {
+        round,
+        batch,
+        now,
+        timeout: config.phase_timeout,
+        max_attempts: u32::from(config.max_attempts),
+        sends,
+        events,
+    }
+}
+
+/// Builds one attempt; members whose fees do not fit are dropped and the batch priced
+/// again.
+fn build_one(
+    round: &Round,
+    key: &Keypair,
+    config: &CoordinatorConfig,
+    b: u32,
+    number: u32,
+    mut ids: Vec<u64>,
+    secrets: &AttemptSecrets,
+) -> Built {
+    let mut dropped = Vec::new();
+    loop {
+        let members: Vec<&Member> =
+            ids.iter().filter_map(|id| round.registrations.get(id).map(|r| &r.member)).collect();
+        if members.is_empty() {
+            let result =
+                Err(BuildError::Batch(cohort_common::batch::BuildError::Fees(FeeError::Empty)));
+            return Built { batch: b, members: ids, dropped, result };
+        }
+        let id = AttemptId { round: round.params.round, batch: b, number };
+        let (tree, fees) = (round.params.tree, &round.params.fees);
+        let result = Attempt::build(id, &members, key, &config.payout_script, tree, fees, secrets);
+        match result {
+            Err(BuildError::Batch(cohort_common::batch::BuildError::Member { member, error }))
+                if member < ids.len() =>
+            {
+                dropped.push((ids.remove(member), error));
+            }
+            result => return Built { batch: b, members: ids, dropped, result },
         }
     }
 }

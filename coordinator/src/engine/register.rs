@@ -1,15 +1,107 @@
-//! Registration checks: every request is validated against the chain view and the
-//! round before it is accepted, and refused with a typed reason otherwise.
+//! Registrations: the chain data a driver looks up for one ([`Inbound::resolve`]),
+//! the checks every request passes against that data and the round before it is
+//! accepted (refused with a typed reason otherwise), and its acceptance.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use bitcoin::secp256k1::{Message, SECP256K1};
 use bitcoin::{Amount, OutPoint, Script, TxOut};
-use cohort_common::chain::Chain;
+use cohort_common::batch::BatchMember;
+use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::fees::{service_fee, KEY_PATH_INPUT_WEIGHT};
-use cohort_common::messages::{RefusalReason, Register, RoundParams};
+use cohort_common::messages::{
+    Reason, RefusalReason, Register, Registered, RoundParams, ToCoordinator, ToParticipant,
+};
 use cohort_common::musig::Point;
 use cohort_common::scripts::DepositScript;
+
+use super::{Coordinator, Event, Member, PeerId, Registration, RoundPhase};
+
+/// What the chain says about one deposit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DepositLookup {
+    /// Unspent (confirmed or in the mempool).
+    Unspent(Utxo),
+    /// Its transaction is known but the output is spent.
+    Spent,
+    /// Neither the output nor its transaction is known.
+    Unknown,
+}
+
+/// The chain data one registration is checked against, looked up by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFacts {
+    /// The chain's tip height.
+    pub tip: u32,
+    /// Each deposit's state, in the registration's order.
+    pub deposits: Vec<DepositLookup>,
+}
+
+impl ChainFacts {
+    /// Looks up the tip and each of `reg`'s deposits on `chain`. Nothing is looked up
+    /// for a registration with more than `max_deposits` deposits (it is refused anyway).
+    pub fn lookup(
+        chain: &dyn Chain,
+        reg: &Register,
+        max_deposits: usize,
+    ) -> Result<Self, ChainError> {
+        let tip = chain.tip_height()?;
+        if reg.body.deposits.len() > max_deposits {
+            return Ok(ChainFacts { tip, deposits: Vec::new() });
+        }
+        let deposits = reg
+            .body
+            .deposits
+            .iter()
+            .map(|d| match chain.utxo(&d.outpoint)? {
+                Some(utxo) => Ok(DepositLookup::Unspent(utxo)),
+                None if chain.confirmations(&d.outpoint.txid)?.is_some() => {
+                    Ok(DepositLookup::Spent)
+                }
+                None => Ok(DepositLookup::Unknown),
+            })
+            .collect::<Result<_, ChainError>>()?;
+        Ok(ChainFacts { tip, deposits })
+    }
+}
+
+/// Why a registration's chain data is missing: an outage of the coordinator's chain
+/// backend, never the participant's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainOutage {
+    /// The chain backend failed.
+    #[error("chain backend unavailable")]
+    Backend(#[from] ChainError),
+    /// The driver handed a `Register` in without looking its deposits up.
+    #[error("the driver gave no chain data with the registration")]
+    NotLookedUp,
+}
+
+/// One message from a participant, with the chain data it needs.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A registration and what the chain says about its deposits.
+    Register(Box<Register>, Result<ChainFacts, ChainOutage>),
+    /// Any other message (they need no chain data).
+    Message(ToCoordinator),
+}
+
+impl Inbound {
+    /// Looks up what `msg` needs from `chain` (only a `Register` needs anything): the
+    /// driver's half of "chain data pushed in". `max_deposits` is
+    /// [`Coordinator::max_deposits_per_registration`].
+    pub fn resolve(msg: ToCoordinator, chain: &dyn Chain, max_deposits: usize) -> Inbound {
+        match msg {
+            ToCoordinator::Register(reg) => {
+                let facts =
+                    ChainFacts::lookup(chain, &reg, max_deposits).map_err(ChainOutage::from);
+                Inbound::Register(Box::new(reg), facts)
+            }
+            other => Inbound::Message(other),
+        }
+    }
+}
 
 /// A registration that passed every check.
 #[derive(Debug, Clone)]
@@ -34,12 +126,12 @@ pub fn is_standard_leaf(script: &Script) -> bool {
     script.is_p2tr() || script.is_p2wpkh() || script.is_p2wsh()
 }
 
-/// Checks a registration against the round, the chain and the bans.
+/// Checks a registration against the round, the chain data and the bans.
 pub fn check(
     reg: &Register,
     params: &RoundParams,
     challenge: &[u8; 32],
-    chain: &dyn Chain,
+    facts: &ChainFacts,
     taken: &Taken,
     banned: &dyn Fn(&OutPoint) -> bool,
 ) -> Result<Checked, RefusalReason> {
@@ -101,7 +193,7 @@ pub fn check(
         return Err(RefusalReason::NonStandardScript { leaf: count(body.leaves.len()) });
     }
 
-    let tip = chain.tip_height().map_err(chain_unavailable)?;
+    let tip = facts.tip;
     let message = Message::from_digest(
         body.ownership_message(challenge).map_err(|_| RefusalReason::Other(reason("encoding")))?,
     );
@@ -124,16 +216,10 @@ pub fn check(
         }
         let script = DepositScript::new(dep.user_key, params.coordinator_key, dep.deposit_csv)
             .map_err(|_| RefusalReason::NotDepositAddress(op))?;
-        let utxo = match chain.utxo(&op).map_err(chain_unavailable)? {
-            Some(utxo) => utxo,
-            None => {
-                let known = chain.confirmations(&op.txid).map_err(chain_unavailable)?.is_some();
-                return Err(if known {
-                    RefusalReason::Spent(op)
-                } else {
-                    RefusalReason::UnknownDeposit(op)
-                });
-            }
+        let utxo = match facts.deposits.get(i) {
+            Some(DepositLookup::Unspent(utxo)) => utxo.clone(),
+            Some(DepositLookup::Spent) => return Err(RefusalReason::Spent(op)),
+            Some(DepositLookup::Unknown) | None => return Err(RefusalReason::UnknownDeposit(op)),
         };
         if utxo.txout.script_pubkey != script.script_pubkey() {
             return Err(RefusalReason::NotDepositAddress(op));
@@ -193,6 +279,82 @@ fn reason(text: &str) -> cohort_common::messages::Reason {
     cohort_common::messages::Reason::new(text)
 }
 
-fn chain_unavailable(e: cohort_common::chain::ChainError) -> RefusalReason {
-    RefusalReason::Other(reason(&format!("chain unavailable: {e}")))
+impl Coordinator {
+    pub(super) fn on_register(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        reg: Register,
+        facts: Result<ChainFacts, ChainOutage>,
+    ) {
+        let bans = &self.bans;
+        let banned = |op: &OutPoint| bans.get(op).is_some_and(|until| *until > now);
+        let Some(round) = &mut self.round else {
+            return self.refuse(peer, RefusalReason::RegistrationClosed);
+        };
+        if !matches!(round.phase, RoundPhase::Registration { .. }) {
+            return self.refuse(peer, RefusalReason::RegistrationClosed);
+        }
+        if self.peers.get(&peer).copied().flatten().is_some() {
+            return self.refuse(peer, RefusalReason::Other(Reason::new("already registered")));
+        }
+        let facts = match facts {
+            Ok(facts) => facts,
+            // Not the participant's fault: no refusal; its session times out and retries.
+            Err(error) => return self.events.push_back(Event::ChainUnavailable { peer, error }),
+        };
+        let checked =
+            match check(&reg, &round.params, &round.challenge, &facts, &round.taken, &banned) {
+                Ok(c) => c,
+                Err(reason) => return self.refuse(peer, reason),
+            };
+        let body = &reg.body;
+        for d in &body.deposits {
+            round.taken.outpoints.insert(d.outpoint);
+        }
+        for key in body.leaves.iter().map(|l| &l.cosigner).chain([&body.remainder.cosigner]) {
+            round.taken.cosigners.insert(key.serialize());
+        }
+        let id = self.next_registration;
+        self.next_registration += 1;
+        let member = member_of(id, &reg, checked);
+        let outpoints = member.batch.deposits.iter().map(|(op, _)| *op).collect();
+        round.registrations.insert(id, Registration { peer, member, batch: None, active: true });
+        self.peers.insert(peer, Some(id));
+        let round_id = round.params.round;
+        let accepted = round.registrations.len();
+        self.outbox.push_back((
+            peer,
+            ToParticipant::Registered(Registered { round: round_id, registration: id }),
+        ));
+        self.events.push_back(Event::Registered {
+            round: round_id,
+            registration: id,
+            deposits: outpoints,
+            request: Box::new(reg),
+        });
+        if accepted >= self.config.max_registrations {
+            self.close_registration(now);
+        }
+    }
+}
+
+/// What an accepted registration brings to its batch's attempts.
+fn member_of(id: u64, reg: &Register, checked: Checked) -> Member {
+    let body = &reg.body;
+    let leaves = || body.leaves.iter().map(|l| (&l.cosigner, &l.nonces));
+    let remainder = (&body.remainder.cosigner, &body.remainder.nonces);
+    Member {
+        registration: id,
+        batch: BatchMember {
+            deposits: body.deposits.iter().map(|d| d.outpoint).zip(checked.txouts).collect(),
+            fixed: body.leaves.iter().map(|l| l.output.clone()).collect(),
+            remainder_script: body.remainder.script_pubkey.clone(),
+            max_fee: body.max_fee,
+            leaf_keys: leaves().chain([remainder]).map(|(k, _)| *k).collect(),
+        },
+        scripts: checked.scripts,
+        leaf_nonces: leaves().chain([remainder]).map(|(_, n)| n.clone()).collect(),
+        deposit_nonces: body.deposits.iter().map(|d| d.nonce.clone()).collect(),
+    }
 }

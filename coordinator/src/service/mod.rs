@@ -6,8 +6,10 @@
 //! over a channel; the thread blocks on that inbox with a timeout set by the engine's
 //! next deadline, the round schedule and the confirmation poll. After every engine call
 //! it drains `poll_transmit` (to each peer's writer task) and `poll_event` (recorded in
-//! the [`CoordinatorStore`]; `Broadcast` goes to the [`Chain`], and on a dev chain a
-//! block is mined right after it so rounds finish on their own). Side requests are
+//! the [`CoordinatorStore`]; the result of storing a `PersistBatch` goes back to the
+//! engine, which only then asks for the `Broadcast`; that goes to the [`Chain`], and on
+//! a dev chain a block is mined right after it so rounds finish on their own). A
+//! `Register` is handed to the engine with the chain data it needs, looked up here. Side requests are
 //! answered on tokio's blocking pool by [`SideRequests`], outside the engine.
 //!
 //! Restart: before the first round, [`recover`] aborts the batch attempts the store holds
@@ -25,14 +27,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cohort_common::chain::Chain;
-use cohort_common::codec;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::messages::{ServerInfo, SideRequest, SideResponse, ToCoordinator};
+use cohort_common::messages::{ServerInfo, SideRequest, SideResponse};
 use cohort_common::params::PROTOCOL_VERSION;
 use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
 
-use crate::engine::{Coordinator, CoordinatorConfig, Event};
+use crate::engine::{Coordinator, CoordinatorConfig, Event, Inbound, PersistError};
 use crate::store::{CoordinatorStore, StoreError};
 
 pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
@@ -244,8 +245,7 @@ impl Driver {
         loop {
             let now = Instant::now();
             if self.next_round_at.is_some_and(|at| at <= now) && self.engine.round_finished() {
-                let challenge: [u8; 32] = rand::random();
-                let round = self.engine.start_round(now, challenge);
+                let round = self.engine.start_round(now);
                 tracing::info!(round, "round started");
                 self.next_round_at = None;
                 self.pump(now);
@@ -282,11 +282,10 @@ impl Driver {
                 self.engine.peer_connected(now, peer);
             }
             ServerEvent::Message { peer, msg } => {
-                if let ToCoordinator::Register(reg) = &msg {
-                    self.persister.registering(codec::encode(reg).ok());
-                }
-                self.engine.handle_message(now, peer, msg, self.chain.as_ref());
-                self.persister.registering(None);
+                // The chain data a registration needs is looked up here, outside the engine.
+                let max = self.engine.max_deposits_per_registration();
+                let input = Inbound::resolve(msg, self.chain.as_ref(), max);
+                self.engine.handle_message(now, peer, input);
             }
             ServerEvent::Disconnected { peer, reason } => {
                 tracing::debug!(peer, reason, "peer left");
@@ -306,7 +305,17 @@ impl Driver {
                 }
             }
             let Some(event) = self.engine.poll_event() else { return };
-            if let Err(e) = self.persister.record(now, &event) {
+            let recorded = self.persister.record(now, &event);
+            if let Event::PersistBatch { round, batch, attempt, .. } = &event {
+                // The broadcast waits for this write; a failed write fails the batch.
+                if let Err(e) = &recorded {
+                    tracing::error!(round, batch, attempt, error = %e, "cannot store a signed batch");
+                }
+                let result = recorded.map_err(|e| Box::new(e) as PersistError);
+                self.engine.batch_persisted(now, *batch, *attempt, result);
+                continue;
+            }
+            if let Err(e) = recorded {
                 tracing::error!(error = %e, ?event, "cannot record an event");
             }
             self.on_engine_event(now, event);
@@ -315,7 +324,7 @@ impl Driver {
 
     fn on_engine_event(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Broadcast { round, batch, tx } => {
+            Event::Broadcast { round, batch, tx, .. } => {
                 let result = self.chain.broadcast(&tx).map_err(|e| e.to_string());
                 match &result {
                     Ok(txid) => {
@@ -343,7 +352,10 @@ impl Driver {
             Event::BatchFailed { round, batch, reason } => {
                 tracing::warn!(round, batch, ?reason, "batch failed");
             }
-            Event::BatchConfirmed { round, batch, height } => {
+            Event::ChainUnavailable { peer, error } => {
+                tracing::warn!(peer, ?error, "chain backend unavailable: registration not checked");
+            }
+            Event::BatchConfirmed { round, batch, height, .. } => {
                 tracing::info!(round, batch, height, "batch confirmed");
             }
             _ => {}

@@ -2,7 +2,6 @@
 //! registrations, batch attempts, signed trees and bans, and the recovery a restarted
 //! coordinator runs before its first round.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,24 +62,22 @@ pub fn recover(
     Ok(recovery)
 }
 
-/// Records engine events; keeps what the events do not repeat (the current attempt of
-/// each batch, the registration message being handled).
+/// Records engine events in the store. Every event carries what its record needs, so
+/// the persister keeps no state of its own.
 pub struct Persister {
     store: Arc<dyn CoordinatorStore>,
-    attempts: HashMap<(u64, u32), u32>,
-    pending_register: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Persister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persister").field("attempts", &self.attempts).finish_non_exhaustive()
+        f.debug_struct("Persister").finish_non_exhaustive()
     }
 }
 
 impl Persister {
     /// Records into `store`.
     pub fn new(store: Arc<dyn CoordinatorStore>) -> Self {
-        Persister { store, attempts: HashMap::new(), pending_register: None }
+        Persister { store }
     }
 
     /// The store.
@@ -88,14 +85,9 @@ impl Persister {
         &self.store
     }
 
-    /// The encoded `Register` message about to be handled (stored with its registration).
-    pub fn registering(&mut self, body: Option<Vec<u8>>) {
-        self.pending_register = body;
-    }
-
-    /// Records one event. Store failures are returned; the caller logs them (the round
-    /// goes on: the funding transaction is only broadcast after the tree is stored).
-    pub fn record(&mut self, now: Instant, event: &Event) -> Result<(), StoreError> {
+    /// Records one event. For [`Event::PersistBatch`] the driver must hand the result
+    /// to the engine (`batch_persisted`): the broadcast waits for it.
+    pub fn record(&self, now: Instant, event: &Event) -> Result<(), StoreError> {
         let s = &self.store;
         match event {
             Event::RoundStarted { round, params } => s.put_round(&RoundRecord {
@@ -104,79 +96,75 @@ impl Persister {
                 started_at_ms: now_ms(),
                 state: RoundState::Registering,
             }),
-            Event::Registered { round, registration, deposits } => {
+            Event::Registered { round, registration, deposits, request } => {
                 s.put_registration(&RegistrationRecord {
                     round: *round,
                     registration: *registration,
-                    body: self.pending_register.take().unwrap_or_default(),
+                    body: codec::encode(request.as_ref()).unwrap_or_default(),
                     deposits: deposits.clone(),
                     status: RegistrationStatus::Accepted,
                 })
             }
-            Event::Refused { .. } => Ok(()),
+            Event::Refused { .. } | Event::ChainUnavailable { .. } | Event::Broadcast { .. } => {
+                Ok(())
+            }
             Event::RegistrationClosed { round, .. } => {
                 s.set_round_state(*round, RoundState::Signing)
             }
-            Event::Proposed { round, batch, attempt, funding_tx, .. } => {
-                if let Some(previous) = self.attempts.insert((*round, *batch), *attempt) {
-                    if previous != *attempt {
-                        self.abort_attempt(*round, *batch, previous, "retried")?;
-                    }
-                }
+            Event::Proposed { round, batch, attempt, funding_tx, members } => {
                 s.put_batch(&BatchRecord {
                     round: *round,
                     batch: *batch,
                     attempt: *attempt,
                     funding_tx: funding_tx.as_ref().clone(),
                     status: BatchStatus::Signing,
-                })
+                })?;
+                self.set_statuses(*round, members, RegistrationStatus::InBatch(*batch))
             }
-            Event::TreeSigned { round, batch, attempt, nodes } => {
-                s.put_signed_tree(*round, *batch, *attempt, nodes)?;
+            Event::TreeSigned { round, batch, attempt, .. } => {
                 s.set_batch_status(*round, *batch, *attempt, &BatchStatus::TreeSigned)
             }
-            Event::Excluded { round, batch, registration, reason } => {
-                s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)?;
-                if let Some(attempt) = self.attempts.get(&(*round, *batch)).copied() {
-                    self.abort_attempt(*round, *batch, attempt, &format!("{reason:?}"))?;
-                }
-                Ok(())
+            Event::PersistBatch { round, batch, attempt, funding_tx, nodes, .. } => {
+                s.put_batch(&BatchRecord {
+                    round: *round,
+                    batch: *batch,
+                    attempt: *attempt,
+                    funding_tx: funding_tx.as_ref().clone(),
+                    status: BatchStatus::TreeSigned,
+                })?;
+                s.put_signed_tree(*round, *batch, *attempt, nodes)
+            }
+            Event::Excluded { round, registration, .. } => {
+                s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)
+            }
+            Event::AttemptAborted { round, batch, attempt, reason } => {
+                self.abort_attempt(*round, *batch, *attempt, &format!("{reason:?}"))
             }
             Event::Banned { outpoint, until } => {
                 let left = until.saturating_duration_since(now).as_millis() as u64;
                 s.ban(outpoint, now_ms().saturating_add(left), "excluded from a batch")
             }
-            Event::Broadcast { .. } => Ok(()),
-            Event::BatchFailed { round, batch, reason } => {
-                match self.attempts.get(&(*round, *batch)).copied() {
-                    Some(attempt) => {
-                        self.abort_attempt(*round, *batch, attempt, &format!("{reason:?}"))
-                    }
-                    None => Ok(()),
-                }
+            Event::BatchFailed { .. } => Ok(()),
+            Event::BatchFinalized { round, batch, attempts, txid, members } => {
+                let status = BatchStatus::Finalized { txid: *txid };
+                s.set_batch_status(*round, *batch, *attempts, &status)?;
+                self.set_statuses(*round, members, RegistrationStatus::Completed)
             }
-            Event::BatchFinalized { round, batch, attempts, txid } => s.set_batch_status(
-                *round,
-                *batch,
-                *attempts,
-                &BatchStatus::Finalized { txid: *txid },
-            ),
-            Event::BatchConfirmed { round, batch, height } => {
-                match self.attempts.get(&(*round, *batch)).copied() {
-                    Some(attempt) => s.set_batch_status(
-                        *round,
-                        *batch,
-                        attempt,
-                        &BatchStatus::Confirmed { height: *height },
-                    ),
-                    None => Ok(()),
-                }
+            Event::BatchConfirmed { round, batch, attempt, height } => {
+                let status = BatchStatus::Confirmed { height: *height };
+                s.set_batch_status(*round, *batch, *attempt, &status)
             }
-            Event::RoundFinished { round } => {
-                self.attempts.retain(|(r, _), _| r != round);
-                s.set_round_state(*round, RoundState::Finished)
-            }
+            Event::RoundFinished { round } => s.set_round_state(*round, RoundState::Finished),
         }
+    }
+
+    fn set_statuses(
+        &self,
+        round: u64,
+        members: &[u64],
+        status: RegistrationStatus,
+    ) -> Result<(), StoreError> {
+        members.iter().try_for_each(|m| self.store.set_registration_status(round, *m, status))
     }
 
     /// Marks an attempt aborted unless it already finished.
