@@ -12,7 +12,7 @@ use cohort_common::messages::{SideRequest, SideResponse, UtxoInfo};
 use cohort_common::scripts::{DepositScript, ScriptError};
 use serde::Serialize;
 
-use crate::driver::{now_ms, DriverError, SideChannel};
+use crate::driver::{now_ms, DriverError, SideChannel, StepName};
 use crate::store::{DepositStatus, HistoryEvent, ParticipantStore, StoreError};
 use crate::wallet::Wallet;
 
@@ -191,8 +191,9 @@ pub struct ExitReport {
     pub exited: bool,
 }
 
-fn history(store: &dyn ParticipantStore, kind: &str, detail: String) -> Result<(), StoreError> {
-    store.append_history(&HistoryEvent { at_ms: now_ms(), round: None, kind: kind.into(), detail })
+fn history(store: &dyn ParticipantStore, step: StepName, detail: String) -> Result<(), StoreError> {
+    let kind = step.as_str().to_owned();
+    store.append_history(&HistoryEvent { at_ms: now_ms(), round: None, kind, detail })
 }
 
 /// The first height whose block may include a spend of an output confirmed at `height`
@@ -287,7 +288,7 @@ pub async fn exit_leaf<C: SideChannel>(
                 report.published.push(txid);
                 history(
                     store,
-                    "exit_broadcast",
+                    StepName::ExitBroadcast,
                     format!("node {txid} of leaf {leaf} in {funding_txid}"),
                 )?;
             }
@@ -309,7 +310,7 @@ pub async fn exit_leaf<C: SideChannel>(
         store.mark_exited(&funding_txid, leaf)?;
         history(
             store,
-            "exited",
+            StepName::Exited,
             format!("leaf {leaf} of {funding_txid} is on chain at {outpoint}"),
         )?;
         report.exited = true;
@@ -344,7 +345,7 @@ pub async fn exit_leaf<C: SideChannel>(
         chain.mine(1).await?;
     }
     store.mark_exited(&funding_txid, leaf)?;
-    history(store, "exited", format!("leaf {leaf} of {funding_txid} reclaimed by {txid}"))?;
+    history(store, StepName::Exited, format!("leaf {leaf} of {funding_txid} reclaimed by {txid}"))?;
     report.reclaim_txid = Some(txid);
     report.exited = true;
     Ok(report)
@@ -430,7 +431,7 @@ pub async fn reclaim_deposits<C: SideChannel>(
         let tx = reclaim_tx(&script, &key, d.outpoint, &d.txout, wallet.fee_script(), rate)?;
         let txid = chain.broadcast(&tx).await?;
         store.set_deposit_status(&d.outpoint, &DepositStatus::Reclaimed { txid })?;
-        history(store, "reclaimed", format!("deposit {} by {txid}", d.outpoint))?;
+        history(store, StepName::Reclaimed, format!("deposit {} by {txid}", d.outpoint))?;
         items.push(ReclaimItem::Reclaimed { outpoint: d.outpoint, txid });
         reclaimed = true;
     }

@@ -27,7 +27,8 @@ struct Args {
     /// Largest funding transaction weight, in weight units.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_WEIGHT)]
     max_batch_weight: u64,
-    /// Seed for keys, amounts, faults and the network (nonces are always fresh randomness).
+    /// Seed for keys, amounts, faults, the network and the participants' cosigner keys and
+    /// nonces (a seeded run is reproducible).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Fraction of participants that misbehave (0..=1).

@@ -1,14 +1,16 @@
-//! A deterministic in-memory network: one coordinator engine and N participant
-//! session engines, simulated time, seeded per-message latency and loss, and fault
-//! injection. Everything that happens at the same simulated millisecond is handled
-//! together: the coordinator first, then the participants concerned, in parallel.
+//! A deterministic in-memory network: one coordinator engine and N participants, each
+//! the participant's own driver core ([`DriverCore`], the one `cohort join` runs) with
+//! an in-memory store, simulated time, seeded per-message latency and loss, and fault
+//! injection on the links. Everything that happens at the same simulated millisecond is
+//! handled together: the coordinator first, then the participants concerned, in parallel.
 //!
 //! Messages are handed over as values (no serialization) and counted with
 //! `codec::encoded_len`, so a batch's shared proposal body is encoded once and every
 //! participant receives the same bytes, as a QUIC driver would send them.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,10 @@ use cohort_common::codec::encoded_len;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{ToCoordinator, ToParticipant};
 use cohort_coordinator::engine::{Coordinator, Event as CoordEvent, Inbound, PeerId};
-use cohort_participant::session::{Event as SessionEvent, ExitPath, Session};
+use cohort_participant::driver::{
+    Action, DriverCore, DriverError, DriverSetup, PersistJob, Progress,
+};
+use cohort_participant::store::{ExitPathRecord, ParticipantStore};
 
 /// A misbehaviour injected into a participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,46 +114,71 @@ enum Delivery {
     ToCoordinator(usize, ToCoordinator),
     Disconnect(usize),
     ToParticipant(usize, ToParticipant),
-    Persisted(usize, u32, u32),
+    Persisted(usize),
     Mine,
     CoordinatorTimer,
     ParticipantTimer(usize),
 }
 
 /// One participant slot.
-#[derive(Debug)]
 pub struct Peer {
-    /// Its session engine.
-    pub session: Session,
+    /// Its driver.
+    pub driver: DriverCore,
+    /// The store its driver writes.
+    pub store: Arc<dyn ParticipantStore>,
     /// Its injected fault, if any.
     pub fault: Option<Fault>,
     /// Whether it went silent or disconnected.
     pub gone: bool,
-    /// Exit paths its driver stored, by funding txid.
-    pub stored: HashMap<Txid, Vec<ExitPath>>,
-    /// Exit paths stored per (batch, attempt), until a funding txid is known.
-    pending: HashMap<(u32, u32), (Txid, Vec<ExitPath>)>,
+    /// Store writes its driver asked for, run when their simulated time is up.
+    persisting: VecDeque<PersistJob>,
     /// The funding txid it saw finalized.
     pub finalized: Option<Txid>,
     /// Whether it saw its batch confirm.
     pub confirmed: bool,
     /// Whether it was refused, rejected a proposal or failed.
     pub failed: bool,
+    /// Why its driver stopped, if it stopped with an error.
+    pub error: Option<DriverError>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("driver", &self.driver)
+            .field("fault", &self.fault)
+            .field("gone", &self.gone)
+            .field("finalized", &self.finalized)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Peer {
-    /// A participant running `session`, with an optional fault.
-    pub fn new(session: Session, fault: Option<Fault>) -> Self {
+    /// A participant whose driver writes `store`, with an optional fault.
+    pub fn new(store: Arc<dyn ParticipantStore>, setup: DriverSetup, fault: Option<Fault>) -> Self {
         Peer {
-            session,
+            driver: DriverCore::new(store.clone(), setup),
+            store,
             fault,
             gone: false,
-            stored: HashMap::new(),
-            pending: HashMap::new(),
+            persisting: VecDeque::new(),
             finalized: None,
             confirmed: false,
             failed: false,
+            error: None,
         }
+    }
+
+    /// The exit paths its store holds for `funding_txid`.
+    pub fn exit_paths(&self, funding_txid: &Txid) -> Vec<ExitPathRecord> {
+        let all = self.store.exit_paths().unwrap_or_default();
+        all.into_iter().filter(|p| p.funding_txid == *funding_txid).collect()
+    }
+
+    /// Whether its store holds exit paths for `funding_txid`.
+    pub fn has_paths(&self, funding_txid: &Txid) -> bool {
+        !self.exit_paths(funding_txid).is_empty()
     }
 }
 
@@ -198,8 +228,10 @@ impl std::fmt::Debug for MemNet {
 
 impl MemNet {
     /// A network around `coordinator` and `peers`; every peer connects at time zero.
+    /// `start` is the instant simulated time starts at (the participants' clocks too).
     pub fn new(
         config: NetConfig,
+        start: Instant,
         coordinator: Coordinator,
         peers: Vec<Peer>,
         ledger: Arc<Ledger>,
@@ -208,7 +240,7 @@ impl MemNet {
         let mut net = MemNet {
             rng: StdRng::seed_from_u64(config.seed),
             config,
-            start: Instant::now(),
+            start,
             now: Duration::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -339,7 +371,7 @@ impl MemNet {
                     }
                 }
                 other @ (Delivery::ToParticipant(i, _)
-                | Delivery::Persisted(i, _, _)
+                | Delivery::Persisted(i)
                 | Delivery::ParticipantTimer(i)) => {
                     to_participants.entry(i).or_default().push(other);
                 }
@@ -430,11 +462,11 @@ impl MemNet {
                     self.schedule(delay, Delivery::Disconnect(i));
                 }
             }
-            for (batch, attempt) in out.persist {
-                self.schedule(self.config.persist_delay, Delivery::Persisted(i, batch, attempt));
+            for _ in 0..out.persist {
+                self.schedule(self.config.persist_delay, Delivery::Persisted(i));
             }
             let next = self.peers[i]
-                .session
+                .driver
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(self.start));
             if next.is_some() && next != self.participant_timer[i] {
@@ -451,77 +483,105 @@ impl MemNet {
 #[derive(Default)]
 struct PeerOutput {
     transmit: Vec<ToCoordinator>,
-    persist: Vec<(u32, u32)>,
+    /// Store writes scheduled.
+    persist: usize,
     disconnect: bool,
 }
 
+/// Steps one participant's driver at `now`: its deliveries in, then what the driver asks
+/// for out to the network (through the peer's fault, if any).
 fn drive_peer(peer: &mut Peer, now: Instant, deliveries: Vec<Delivery>) -> PeerOutput {
     let mut out = PeerOutput::default();
-    if peer.gone {
+    if peer.gone || peer.error.is_some() {
         return out;
     }
+    let Peer { driver, fault, gone, persisting, finalized, confirmed, failed, error, .. } = peer;
+    let mut observer = |p: &Progress| {
+        match p {
+            Progress::Finalized { txid } => *finalized = Some(*txid),
+            Progress::Confirmed { .. } => *confirmed = true,
+            Progress::Refused { .. }
+            | Progress::ProposalRejected { .. }
+            | Progress::Failed { .. } => {
+                *failed = true;
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    };
     for d in deliveries {
-        match d {
-            Delivery::ToParticipant(_, msg) => peer.session.handle_message(now, msg),
-            Delivery::Persisted(_, batch, attempt) => {
-                if let Some((txid, paths)) = peer.pending.remove(&(batch, attempt)) {
-                    peer.stored.insert(txid, paths);
+        let result = match d {
+            Delivery::ToParticipant(_, msg) => driver.handle_message(now, msg, &mut observer),
+            Delivery::Persisted(_) => match persisting.pop_front() {
+                Some(job) => {
+                    let stored = job.run().map_err(DriverError::Store);
+                    driver.exit_paths_stored(now, stored, &mut observer)
                 }
-                peer.session.exit_paths_persisted(now, batch, attempt);
+                None => Ok(()),
+            },
+            Delivery::ParticipantTimer(_) if driver.poll_timeout().is_some_and(|t| t <= now) => {
+                driver.handle_timeout(now);
+                Ok(())
             }
-            Delivery::ParticipantTimer(_)
-                if peer.session.poll_timeout().is_some_and(|t| t <= now) =>
-            {
-                peer.session.handle_timeout(now);
-            }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            *error = Some(e);
+            return out;
         }
     }
-    while let Some(event) = peer.session.poll_event() {
-        match event {
-            SessionEvent::PersistExitPaths { batch, attempt, funding_tx, paths, .. } => {
-                peer.pending.insert((batch, attempt), (funding_tx.compute_txid(), paths));
-                out.persist.push((batch, attempt));
-            }
-            SessionEvent::Finalized { txid, .. } => peer.finalized = Some(txid),
-            SessionEvent::Confirmed { .. } => peer.confirmed = true,
-            SessionEvent::Refused(_)
-            | SessionEvent::ProposalRejected { .. }
-            | SessionEvent::Failed(_) => peer.failed = true,
-            _ => {}
-        }
-    }
-    while let Some(mut msg) = peer.session.poll_transmit() {
-        if let Some(fault) = peer.fault {
-            let hit = matches!(
-                (&msg, fault.phase),
-                (ToCoordinator::TreeSigs(_), FaultPhase::Tree)
-                    | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
-            );
-            if hit {
-                match fault.kind {
-                    FaultKind::Drop => {
-                        peer.gone = true;
-                        out.disconnect = true;
-                        return out;
-                    }
-                    FaultKind::Timeout => {
-                        peer.gone = true;
-                        return out;
-                    }
-                    FaultKind::InvalidSig => corrupt(&mut msg),
-                    FaultKind::LeaveAfter => {
-                        peer.gone = true;
-                        out.transmit.push(msg);
-                        out.disconnect = true;
-                        return out;
-                    }
+    loop {
+        match driver.poll(now, &mut observer) {
+            Ok(Action::Send(msg)) => {
+                if let ControlFlow::Break(()) = through_fault(*fault, msg, &mut out) {
+                    *gone = true;
+                    return out;
                 }
             }
+            Ok(Action::Persist(job)) => {
+                persisting.push_back(job);
+                out.persist += 1;
+            }
+            Ok(Action::Done(_) | Action::Idle) => return out,
+            Err(e) => {
+                *error = Some(e);
+                return out;
+            }
         }
-        out.transmit.push(msg);
     }
-    out
+}
+
+/// Sends `msg` through a participant's injected fault; `Break` when the participant
+/// goes silent or disconnects there.
+fn through_fault(
+    fault: Option<Fault>,
+    mut msg: ToCoordinator,
+    out: &mut PeerOutput,
+) -> ControlFlow<()> {
+    if let Some(fault) = fault {
+        let hit = matches!(
+            (&msg, fault.phase),
+            (ToCoordinator::TreeSigs(_), FaultPhase::Tree)
+                | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
+        );
+        if hit {
+            match fault.kind {
+                FaultKind::Drop => {
+                    out.disconnect = true;
+                    return ControlFlow::Break(());
+                }
+                FaultKind::Timeout => return ControlFlow::Break(()),
+                FaultKind::InvalidSig => corrupt(&mut msg),
+                FaultKind::LeaveAfter => {
+                    out.transmit.push(msg);
+                    out.disconnect = true;
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+    }
+    out.transmit.push(msg);
+    ControlFlow::Continue(())
 }
 
 /// Replaces the first partial signature of a TreeSigs or DepositSigs with a wrong one.

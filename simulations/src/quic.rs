@@ -1,12 +1,14 @@
-//! `cohort-sim --transport quic`: N participant sessions over real loopback QUIC to one
+//! `cohort-sim --transport quic`: N participants over real loopback QUIC to one
 //! coordinator service in the same process, on the embedded ledger the service serves.
+//! Each participant runs the participant's tokio driver ([`Driver::run`], what `cohort
+//! join` runs) with an in-memory store.
 //!
 //! The coordinator service runs on its own tokio runtime (threads `coord-rt`), its
 //! engine on the `cohort-engine` thread with its own rayon pool (`coord-rayon-*`), so its
 //! CPU time is told apart from the participants' (runtime `part-rt`). Participants share
 //! a few client endpoints (UDP sockets) and spread their connects.
 
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,17 +21,18 @@ use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::messages::ToParticipant;
 use cohort_common::params::{TreeParams, DEFAULT_DEPOSIT_CSV};
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore};
-use cohort_participant::session::{Event, ExitPath, Session, SharedCaches};
+use cohort_participant::driver::{spawn_reader, Driver, DriverSetup, Outcome, Progress};
+use cohort_participant::session::SharedCaches;
+use cohort_participant::store::MemoryStore as ParticipantMemoryStore;
 use cohort_transport::{Client, ClientEndpoint, CoordinatorUri, Identity, Limits};
 
 use crate::round::{
-    execute_exits, ms, peak_rss, progress_bar, user_session, BatchReport, PhaseTimes, RoundConfig,
-    RoundReport, StoredPaths,
+    execute_exits, finalized_paths, ms, peak_rss, progress_bar, user_setup, user_store,
+    BatchReport, ParticipantRandomness, PhaseTimes, RoundConfig, RoundReport, StoredPaths,
 };
 use crate::run::fund_users;
 
@@ -41,7 +44,7 @@ const CLIENT_ENDPOINTS: usize = 16;
 struct PeerResult {
     finalized: Option<Txid>,
     confirmed: bool,
-    stored: HashMap<Txid, Vec<ExitPath>>,
+    stored: StoredPaths,
     error: Option<String>,
     udp_tx: u64,
     udp_rx: u64,
@@ -104,9 +107,13 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let uri = service.uri("127.0.0.1")?;
 
     let caches = Arc::new(SharedCaches::new());
-    let sessions: Vec<Session> = users
+    let mut secrets = ParticipantRandomness::new(config.seed);
+    let participants: Vec<(Arc<ParticipantMemoryStore>, DriverSetup)> = users
         .iter()
-        .map(|user| user_session(user, &coordinator_key, exit_csv, &caches))
+        .map(|user| {
+            let setup = user_setup(user, &coordinator_key, exit_csv, &caches, secrets.next())?;
+            Ok((user_store(user)?, setup))
+        })
         .collect::<Result<_>>()?;
 
     let started = Instant::now();
@@ -120,14 +127,14 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
             .collect::<Result<_, _>>()?;
         // Spread the connects over ~0.35 ms per participant (3.5 s for 10,000).
         let spread = Duration::from_micros(350);
-        let mut tasks = Vec::with_capacity(sessions.len());
-        for (i, session) in sessions.into_iter().enumerate() {
+        let mut tasks = Vec::with_capacity(participants.len());
+        for (i, (store, setup)) in participants.into_iter().enumerate() {
             let endpoint = endpoints[i % endpoints.len()].clone();
             let (uri, limits, finalized) = (uri.clone(), limits.clone(), finalized.clone());
             let delay = spread * i as u32;
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                participant(session, &endpoint, &uri, &limits, &finalized).await
+                participant(store, setup, &endpoint, &uri, &limits, &finalized).await
             }));
         }
         let mut results = Vec::with_capacity(tasks.len());
@@ -175,10 +182,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     }
     let udp_rx: u64 = results.iter().map(|r| r.udp_rx).sum();
     let udp_tx: u64 = results.iter().map(|r| r.udp_tx).sum();
-    let stored: Vec<StoredPaths> = results
-        .into_iter()
-        .map(|r| r.finalized.and_then(|t| r.stored.get(&t).cloned().map(|p| (t, p))))
-        .collect();
+    let stored: Vec<StoredPaths> = results.into_iter().map(|r| r.stored).collect();
     let faulty = vec![false; users.len()];
     let exit_start = Instant::now();
     let exits =
@@ -220,9 +224,10 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     })
 }
 
-/// One participant: connect, run the session to its end, report.
+/// One participant: connect, run the participant's driver to its end, report.
 async fn participant(
-    mut session: Session,
+    store: Arc<ParticipantMemoryStore>,
+    setup: DriverSetup,
     endpoint: &ClientEndpoint,
     uri: &CoordinatorUri,
     limits: &Limits,
@@ -243,65 +248,25 @@ async fn participant(
             return result;
         }
     };
-    let (mut inbox, reader) = cohort_participant::driver::spawn_reader(recv);
-    'outer: loop {
-        let mut ended = false;
-        while let Some(event) = session.poll_event() {
-            match event {
-                Event::PersistExitPaths { batch, attempt, funding_tx, paths, .. } => {
-                    // "Stored": kept in memory by this simulated driver, then confirmed.
-                    result.stored.insert(funding_tx.compute_txid(), paths);
-                    session.exit_paths_persisted(Instant::now(), batch, attempt);
-                }
-                Event::Finalized { txid, .. } => {
-                    result.finalized = Some(txid);
-                    finalized.fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Confirmed { .. } => {
-                    result.confirmed = true;
-                    ended = true;
-                }
-                Event::Failed(e) => {
-                    result.error = Some(format!("session: {e}"));
-                    ended = true;
-                }
-                Event::Refused(r) => {
-                    result.error = Some(format!("refused: {r}"));
-                    ended = true;
-                }
-                _ => {}
+    let (mut inbox, reader) = spawn_reader(recv);
+    let driver = Driver::with_setup(store.clone(), setup);
+    let mut seen = None;
+    let outcome = driver
+        .run(&mut send, &mut inbox, |p| {
+            if let Progress::Finalized { txid } = p {
+                seen = Some(*txid);
+                finalized.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        while let Some(msg) = session.poll_transmit() {
-            if let Err(e) = send.send(&msg).await {
-                result.error = Some(format!("send: {e}"));
-                break 'outer;
-            }
-        }
-        if ended {
-            break;
-        }
-        let deadline = session.poll_timeout();
-        tokio::select! {
-            item = inbox.recv() => match item {
-                Some(Ok(msg)) => {
-                    if matches!(msg, ToParticipant::Goodbye(_)) {
-                        result.error = Some("goodbye".into());
-                    }
-                    session.handle_message(Instant::now(), msg);
-                }
-                Some(Err(e)) => {
-                    result.error = Some(format!("link: {e}"));
-                    break;
-                }
-                None => {
-                    result.error.get_or_insert_with(|| "link closed".into());
-                    break;
-                }
-            },
-            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
-        }
+            ControlFlow::Continue(())
+        })
+        .await;
+    result.finalized = seen;
+    match outcome {
+        Ok(Outcome::Confirmed { .. }) => result.confirmed = true,
+        Ok(other) => result.error = Some(format!("{other:?}")),
+        Err(e) => result.error = Some(format!("driver: {e}")),
     }
+    result.stored = finalized_paths(store.as_ref(), result.finalized);
     let stats = client.connection.stats();
     result.udp_tx = stats.udp_tx.bytes;
     result.udp_rx = stats.udp_rx.bytes;
@@ -343,13 +308,6 @@ fn consensus_cost(ledger: &Ledger, txs: &[bitcoin::Transaction]) -> Duration {
         }
     }
     crate::memnet::process_cpu().saturating_sub(before)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn batch_reports(store: &dyn CoordinatorStore) -> Result<Vec<BatchReport>> {

@@ -18,7 +18,11 @@ use cohort_common::ledger::Ledger;
 use cohort_common::params::TreeParams;
 use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{BatchPhase, Coordinator, CoordinatorConfig, Event as CoordEvent};
-use cohort_participant::session::{ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
+use cohort_participant::driver::{DriverSetup, SimulatedClock};
+use cohort_participant::session::{OwnedDeposit, Randomness, SessionConfig, SharedCaches};
+use cohort_participant::store::{
+    DepositRecord, DepositStatus, ExitPathRecord, MemoryStore, ParticipantStore,
+};
 
 use crate::local::{publish_path, ExitCost, User};
 use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
@@ -302,8 +306,16 @@ pub struct RoundOutcome {
     pub faulty: Vec<bool>,
 }
 
-/// Runs one round on a fresh ledger.
+/// Makes a simulated user's store.
+pub type StoreMaker<'a> = dyn Fn(&User) -> Result<Arc<dyn ParticipantStore>> + 'a;
+
+/// Runs one round on a fresh ledger, each user's driver on an in-memory store.
 pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
+    run_round_with(config, &|user| Ok(user_store(user)? as Arc<dyn ParticipantStore>))
+}
+
+/// Runs one round on a fresh ledger, each user's driver on the store `store` makes.
+pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<RoundOutcome> {
     if config.users == 0 {
         bail!("--users must be at least 1");
     }
@@ -329,6 +341,9 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
     let coordinator = Coordinator::with_rng(coordinator_key.clone(), cc, Box::new(engine_rng));
 
     let caches = Arc::new(SharedCaches::new());
+    let start = Instant::now();
+    let clock = SimulatedClock { origin: start, origin_ms: SIMULATED_EPOCH_MS };
+    let mut secrets = ParticipantRandomness::new(config.seed);
     let mut faulty = vec![false; config.users];
     let mut peers = Vec::with_capacity(config.users);
     for (i, user) in users.iter().enumerate() {
@@ -337,12 +352,13 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
             _ => None,
         };
         faulty[i] = fault.is_some();
-        let session = user_session(user, &coordinator_key, exit_csv, &caches)?;
-        peers.push(Peer::new(session, fault));
+        let mut setup = user_setup(user, &coordinator_key, exit_csv, &caches, secrets.next())?;
+        setup.clock = Box::new(clock);
+        peers.push(Peer::new(store(user)?, setup, fault));
     }
 
     let net_config = NetConfig { seed: config.seed, loss: config.loss, ..NetConfig::default() };
-    let mut net = MemNet::new(net_config, coordinator, peers, ledger.clone());
+    let mut net = MemNet::new(net_config, start, coordinator, peers, ledger.clone());
     net.start_round();
     let bar = progress_bar(config.progress, config.users as u64);
     let started = Instant::now();
@@ -411,30 +427,73 @@ pub fn run_round(config: &RoundConfig) -> Result<RoundOutcome> {
     Ok(RoundOutcome { report, net, users, faulty })
 }
 
-/// A simulated user's session: its one deposit, its extra leaf if any, and the
-/// remainder paid to a virtual deposit of its own key; caches shared in the process.
-pub fn user_session(
+/// The Unix time, in milliseconds, simulated time starts at (history timestamps).
+pub const SIMULATED_EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// The key index a simulated user's remainder leaf records (its key is the deposit key).
+const USER_LEAF_KEY_INDEX: u32 = 0;
+
+/// A simulated user's driver setup: its one deposit, its extra leaf if any, and the
+/// remainder paid to a virtual deposit of its own key; secrets from `randomness`, and
+/// the caches shared in the process (the simulator opts in; a wallet runs without).
+pub fn user_setup(
     user: &User,
     coordinator: &Keypair,
     exit_csv: u16,
     caches: &Arc<SharedCaches>,
-) -> Result<Session> {
+    randomness: Randomness,
+) -> Result<DriverSetup> {
     let remainder = DepositScript::virtual_deposit(user.key.public, coordinator.public, exit_csv)?;
-    Ok(Session::new(
-        SessionConfig {
-            deposits: vec![OwnedDeposit {
-                outpoint: user.outpoint,
-                txout: user.txout.clone(),
-                script: user.deposit.clone(),
-                key: user.key.clone(),
-            }],
-            leaves: user.extra_leaf.iter().cloned().collect(),
-            remainder_script: remainder.script_pubkey(),
-            max_fee: Amount::from_sat(50_000),
-        },
-        Some(caches.clone()),
-    ))
+    let session = SessionConfig {
+        deposits: vec![OwnedDeposit {
+            outpoint: user.outpoint,
+            txout: user.txout.clone(),
+            script: user.deposit.clone(),
+            key: user.key.clone(),
+        }],
+        leaves: user.extra_leaf.iter().cloned().collect(),
+        remainder_script: remainder.script_pubkey(),
+        max_fee: Amount::from_sat(50_000),
+    };
+    let mut setup = DriverSetup::new(session, USER_LEAF_KEY_INDEX, exit_csv);
+    setup.randomness = randomness;
+    setup.caches = Some(caches.clone());
+    Ok(setup)
 }
+
+/// A simulated user's store: in memory, holding its one deposit.
+pub fn user_store(user: &User) -> Result<Arc<MemoryStore>> {
+    let store = Arc::new(MemoryStore::new());
+    store.put_deposit(&DepositRecord {
+        outpoint: user.outpoint,
+        txout: user.txout.clone(),
+        key_index: 0,
+        deposit_csv: user.deposit.csv(),
+        status: DepositStatus::Unspent,
+    })?;
+    Ok(store)
+}
+
+/// The participants' randomness, one seeded source each, all from the run's seed on a
+/// stream of their own (so the rest of the run draws what it drew before).
+#[derive(Debug)]
+pub struct ParticipantRandomness(rand::rngs::StdRng);
+
+impl ParticipantRandomness {
+    /// The sources of a run seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        ParticipantRandomness(rand::rngs::StdRng::seed_from_u64(seed ^ PARTICIPANT_STREAM))
+    }
+
+    /// The next participant's source.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Randomness {
+        Randomness::seeded(self.0.gen())
+    }
+}
+
+/// Mixed into the run's seed for the participants' stream ("particip" in ASCII).
+const PARTICIPANT_STREAM: u64 = 0x7061_7274_6963_6970;
 
 /// A duration in whole milliseconds.
 pub(crate) fn ms(d: Duration) -> u64 {
@@ -572,7 +631,7 @@ fn check_safety(net: &MemNet, users: &[User], faulty: &[bool]) -> Result<()> {
     for (txid, tx) in &net.broadcast {
         for input in &tx.input {
             let Some(&i) = owner.get(&input.previous_output) else { continue };
-            if !net.peers[i].stored.contains_key(txid) && !faulty[i] {
+            if !net.peers[i].has_paths(txid) && !faulty[i] {
                 bail!("user {i}'s deposit was spent by {txid} without its exit paths stored");
             }
         }
@@ -619,14 +678,19 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
 }
 
 /// What each user's driver stored: the funding txid it saw finalized and its paths.
-pub type StoredPaths = Option<(Txid, Vec<ExitPath>)>;
+pub type StoredPaths = Option<(Txid, Vec<ExitPathRecord>)>;
+
+/// The stored paths of the funding transaction a participant saw finalized.
+pub fn finalized_paths(store: &dyn ParticipantStore, finalized: Option<Txid>) -> StoredPaths {
+    let txid = finalized?;
+    let paths: Vec<ExitPathRecord> =
+        store.exit_paths().ok()?.into_iter().filter(|p| p.funding_txid == txid).collect();
+    (!paths.is_empty()).then_some((txid, paths))
+}
 
 /// The stored paths of every participant of the in-memory network.
 fn stored_paths(net: &MemNet) -> Vec<StoredPaths> {
-    net.peers
-        .iter()
-        .map(|p| p.finalized.and_then(|t| p.stored.get(&t).cloned().map(|paths| (t, paths))))
-        .collect()
+    net.peers.iter().map(|p| finalized_paths(p.store.as_ref(), p.finalized)).collect()
 }
 
 /// Executes the exits of a sample of honest users from the paths they stored: each

@@ -4,8 +4,18 @@
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::Cell;
+use std::sync::Arc;
+
+use bitcoin::{OutPoint, Txid};
+use cohort_common::chain::Chain;
+use cohort_participant::driver::DriverError;
+use cohort_participant::store::{
+    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, MemoryStore, ParticipantStore,
+    StoreError,
+};
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
-use cohort_sim::round::{run_round, RoundConfig, RoundOutcome};
+use cohort_sim::round::{run_round, run_round_with, user_store, RoundConfig, RoundOutcome};
 
 fn round(users: usize, seed: u64) -> RoundConfig {
     RoundConfig { seed, ..RoundConfig::new(users) }
@@ -21,7 +31,7 @@ fn assert_all_honest_completed(outcome: &RoundOutcome) {
         if !outcome.faulty[i] {
             let txid = peer.finalized.expect("honest participant finalized");
             assert!(peer.confirmed, "participant {i} saw its batch confirm");
-            assert!(peer.stored.contains_key(&txid), "participant {i} stored its exit paths");
+            assert!(peer.has_paths(&txid), "participant {i} stored its exit paths");
         }
     }
 }
@@ -126,7 +136,7 @@ fn a_participant_leaving_after_its_deposit_signatures_does_not_stop_the_batch() 
     assert_eq!(r.batches[0].inputs, 20, "the leavers' deposits are in: they signed after storing");
     for (i, peer) in outcome.net.peers.iter().enumerate() {
         let funding = outcome.net.broadcast.keys().next().expect("a funding tx");
-        assert!(peer.stored.contains_key(funding), "participant {i} holds its exit paths");
+        assert!(peer.has_paths(funding), "participant {i} holds its exit paths");
     }
 }
 
@@ -144,4 +154,91 @@ fn export_writes_every_batch_of_an_engine_round() {
     assert_eq!(json["leaves"].as_array().map(Vec::len), Some(r.batches[0].leaves));
     assert_eq!(json["funding"]["prevouts"].as_array().map(Vec::len), Some(12));
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A participant store whose exit-path writes fail (a full disk); the rest is in memory.
+struct FullDisk(Arc<MemoryStore>);
+
+impl ParticipantStore for FullDisk {
+    fn init_seed(&self, seed: [u8; 32]) -> Result<(), StoreError> {
+        self.0.init_seed(seed)
+    }
+    fn seed(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.0.seed()
+    }
+    fn next_key_index(&self) -> Result<u32, StoreError> {
+        self.0.next_key_index()
+    }
+    fn put_deposit(&self, deposit: &DepositRecord) -> Result<(), StoreError> {
+        self.0.put_deposit(deposit)
+    }
+    fn deposit(&self, outpoint: &OutPoint) -> Result<Option<DepositRecord>, StoreError> {
+        self.0.deposit(outpoint)
+    }
+    fn deposits(&self) -> Result<Vec<DepositRecord>, StoreError> {
+        self.0.deposits()
+    }
+    fn set_deposit_status(&self, o: &OutPoint, s: &DepositStatus) -> Result<(), StoreError> {
+        self.0.set_deposit_status(o, s)
+    }
+    fn store_exit_paths(&self, _paths: &[ExitPathRecord]) -> Result<(), StoreError> {
+        Err(StoreError::Io {
+            path: "exit paths".into(),
+            source: std::io::Error::other("no space left on device"),
+        })
+    }
+    fn exit_paths(&self) -> Result<Vec<ExitPathRecord>, StoreError> {
+        self.0.exit_paths()
+    }
+    fn pending_exit_paths(&self) -> Result<Vec<ExitPathRecord>, StoreError> {
+        self.0.pending_exit_paths()
+    }
+    fn exit_path(&self, t: &Txid, leaf: u32) -> Result<Option<ExitPathRecord>, StoreError> {
+        self.0.exit_path(t, leaf)
+    }
+    fn mark_exited(&self, t: &Txid, leaf: u32) -> Result<(), StoreError> {
+        self.0.mark_exited(t, leaf)
+    }
+    fn is_exited(&self, t: &Txid, leaf: u32) -> Result<bool, StoreError> {
+        self.0.is_exited(t, leaf)
+    }
+    fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
+        self.0.append_history(event)
+    }
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.0.history(limit)
+    }
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.0.set_setting(key, value)
+    }
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.0.setting(key)
+    }
+}
+
+#[test]
+fn a_participant_that_cannot_store_its_exit_paths_never_signs_its_deposit() {
+    let config = round(8, 51);
+    let made = Cell::new(0usize);
+    let outcome = run_round_with(&config, &|user| {
+        made.set(made.get() + 1);
+        let memory = user_store(user)?;
+        Ok(if made.get() == 1 { Arc::new(FullDisk(memory)) } else { memory })
+    })
+    .expect("round");
+    let r = &outcome.report;
+    let broken = &outcome.net.peers[0];
+    // The same driver `cohort join` runs stopped on the failed write, before signing.
+    assert!(matches!(broken.error, Some(DriverError::Store(StoreError::Io { .. }))), "{r}");
+    assert!(broken.store.exit_paths().unwrap().is_empty());
+    let deposit = broken.store.deposit(&outcome.users[0].outpoint).unwrap().unwrap();
+    assert!(matches!(deposit.status, DepositStatus::Registered { .. }), "{deposit:?}");
+    assert!(outcome.net.ledger.utxo(&outcome.users[0].outpoint).unwrap().is_some());
+    // Everyone else completed without it; their drivers recorded the round.
+    assert_eq!(r.completed, 7, "{r}");
+    let kinds: Vec<String> =
+        outcome.net.peers[1].store.history(20).unwrap().into_iter().map(|h| h.kind).collect();
+    for want in ["registered", "exit_paths_stored", "deposits_signed", "finalized", "confirmed"] {
+        assert!(kinds.iter().any(|k| k == want), "missing {want} in {kinds:?}");
+    }
 }

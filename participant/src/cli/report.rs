@@ -162,7 +162,7 @@ impl fmt::Display for JoinReport {
             ),
             Outcome::Disconnected { phase, deposits_signed } => write!(
                 f,
-                "the coordinator closed the session in phase {phase}{}",
+                "the coordinator closed the session in phase {phase:?}{}",
                 if *deposits_signed { " (the exit paths are stored)" } else { "" }
             ),
         }

@@ -41,6 +41,9 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::{OsRng, StdRng};
+use rand::{RngCore, SeedableRng};
+
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{AbortReason, Reason, RefusalReason, ToCoordinator, ToParticipant};
@@ -177,7 +180,7 @@ pub enum Event {
 }
 
 /// The phase a session is in (for progress display).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum PhaseName {
     /// Waiting for a round announcement.
     Idle,
@@ -246,11 +249,61 @@ pub enum SessionError {
     CoordinatorGoodbye(Reason),
 }
 
+/// Where a session draws its cosigner keys, secret nonces and the auxiliary randomness
+/// of its ownership signatures: the operating system by default, a seeded generator in
+/// simulations and tests (so a seeded run is reproducible). Either way every attempt
+/// draws fresh secrets, which live only in memory and sign at most once.
+pub struct Randomness(Box<dyn RngCore + Send>);
+
+impl Randomness {
+    /// The operating system's randomness (what a wallet uses).
+    pub fn os() -> Self {
+        Randomness(Box::new(OsRng))
+    }
+
+    /// A generator seeded with `seed`: the same seed gives the same keys and nonces, so
+    /// it is for simulations and tests only.
+    pub fn seeded(seed: [u8; 32]) -> Self {
+        Randomness(Box::new(StdRng::from_seed(seed)))
+    }
+}
+
+impl Default for Randomness {
+    fn default() -> Self {
+        Randomness::os()
+    }
+}
+
+impl std::fmt::Debug for Randomness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Randomness")
+    }
+}
+
+impl RngCore for Randomness {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
 /// The participant's session engine for one round (see the module documentation).
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
     caches: Option<Arc<SharedCaches>>,
+    rng: Randomness,
     state: State,
     out: Outbox,
     /// `phase_timeout_ms × TIMEOUT_FACTOR`, once a round is announced.
@@ -259,11 +312,23 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session waiting for a round announcement.
+    /// A session waiting for a round announcement, drawing its secrets from the
+    /// operating system. `caches` are for many sessions in one process (the simulator);
+    /// a wallet passes `None` and runs every check on its own.
     pub fn new(config: SessionConfig, caches: Option<Arc<SharedCaches>>) -> Self {
+        Session::with_randomness(config, caches, Randomness::os())
+    }
+
+    /// A session waiting for a round announcement, drawing its secrets from `rng`.
+    pub fn with_randomness(
+        config: SessionConfig,
+        caches: Option<Arc<SharedCaches>>,
+        rng: Randomness,
+    ) -> Self {
         Session {
             config,
             caches,
+            rng,
             state: State::Idle,
             out: Outbox::default(),
             wait: None,
@@ -280,8 +345,12 @@ impl Session {
             }
         }
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx =
-            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx = Ctx {
+            config: &self.config,
+            caches: self.caches.as_deref(),
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
         let (next, acted) = match step(state, msg, &mut ctx) {
             Step::Acted(next) => (next, true),
             Step::Ignored(unchanged) => (unchanged, false),
@@ -300,8 +369,12 @@ impl Session {
         }
         let phase = self.state.name();
         let cancel = self.state.may_cancel();
-        let mut ctx =
-            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx = Ctx {
+            config: &self.config,
+            caches: self.caches.as_deref(),
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
         self.state = ctx.fail(SessionError::CoordinatorTimeout { phase }, cancel);
         self.deadline = None;
     }
@@ -310,8 +383,12 @@ impl Session {
     /// signatures may go out. Any other (batch, attempt) is ignored.
     pub fn exit_paths_persisted(&mut self, now: Instant, batch: u32, attempt: u32) {
         let state = std::mem::replace(&mut self.state, State::Done(PhaseName::Failed));
-        let mut ctx =
-            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx = Ctx {
+            config: &self.config,
+            caches: self.caches.as_deref(),
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
         self.state = match state {
             State::AwaitingPersist(p) if p.is_for(batch, attempt) => p.persisted(&mut ctx),
             other => {
@@ -330,8 +407,12 @@ impl Session {
         if !cancel && !matches!(self.state, State::Idle) {
             return;
         }
-        let mut ctx =
-            Ctx { config: &self.config, caches: self.caches.as_deref(), out: &mut self.out };
+        let mut ctx = Ctx {
+            config: &self.config,
+            caches: self.caches.as_deref(),
+            rng: &mut self.rng,
+            out: &mut self.out,
+        };
         self.state = ctx.fail(SessionError::Cancelled, cancel);
         self.deadline = None;
     }

@@ -18,7 +18,7 @@ use super::caches::SharedCaches;
 use super::checks::{check_proposal, decode_body, CheckedProposal, Expect, ProposalError};
 use super::register::{check_announce, DepositSecret, Secrets};
 use super::signing::{check_signed_tree, sign_deposits, sign_tree};
-use super::{Event, PhaseName, SessionConfig, SessionError};
+use super::{Event, PhaseName, Randomness, SessionConfig, SessionError};
 
 /// Messages and events waiting for the driver.
 #[derive(Debug, Default)]
@@ -31,6 +31,7 @@ pub(super) struct Outbox {
 pub(super) struct Ctx<'a> {
     pub config: &'a SessionConfig,
     pub caches: Option<&'a SharedCaches>,
+    pub rng: &'a mut Randomness,
     pub out: &'a mut Outbox,
 }
 
@@ -188,8 +189,8 @@ pub(super) fn on_announce(announce: &RoundAnnounce, ctx: &mut Ctx<'_>) -> State 
     if let Err(e) = check_announce(announce, ctx.config) {
         return ctx.fail(SessionError::BadRound(e), false);
     }
-    let secrets = Secrets::fresh(ctx.config, announce.params.tree.max_depth);
-    match secrets.register(ctx.config, announce.round, &announce.challenge) {
+    let secrets = Secrets::fresh(ctx.config, announce.params.tree.max_depth, ctx.rng);
+    match secrets.register(ctx.config, announce.round, &announce.challenge, ctx.rng) {
         Ok(register) => {
             ctx.send(ToCoordinator::Register(register));
             let round =
@@ -346,7 +347,7 @@ impl AwaitingNonceRequest {
         if batch != self.batch || attempt <= self.attempt {
             return Step::Ignored(State::AwaitingNonceRequest(self));
         }
-        let secrets = Secrets::fresh(ctx.config, self.round.params.tree.max_depth);
+        let secrets = Secrets::fresh(ctx.config, self.round.params.tree.max_depth, ctx.rng);
         ctx.send(ToCoordinator::Renonce(secrets.renonce(batch, attempt)));
         Step::Acted(State::AwaitingProposal(AwaitingProposal {
             round: self.round,

@@ -10,10 +10,12 @@ use cohort_common::messages::{
     DepositRegistration, LeafNonces, LeafRequest, Register, RegisterBody, RemainderRequest,
     Renonce, RoundAnnounce,
 };
-use cohort_common::musig::{self, Point, PubNonce, SecNonce};
+use cohort_common::musig::{Point, PubNonce, SecNonce};
 use cohort_common::params::{MAX_DEPOSIT_CSV, RADIX_RANGE};
+use musig2::SecNonceBuilder;
+use rand::RngCore;
 
-use super::SessionConfig;
+use super::{Randomness, SessionConfig};
 
 /// Largest `max_depth` a participant accepts (nonces per leaf it must draw).
 pub const MAX_ACCEPTED_DEPTH: u8 = 16;
@@ -132,6 +134,17 @@ pub(super) fn check_announce(
     Ok(())
 }
 
+/// A fresh secret nonce for `key`: a 32-byte seed from `rng`, with the secret key hashed
+/// in as extra input (as `musig::new_secnonce` does), so a weak or repeated seed alone
+/// does not give the same nonce for another key.
+fn secnonce(rng: &mut Randomness, key: &Keypair) -> SecNonce {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    SecNonceBuilder::from_pubkey(seed, key.point)
+        .with_extra_input(&key.scalar().serialize())
+        .build()
+}
+
 /// One leaf's fresh cosigner key and its `max_depth` secret nonces (number `depth - 1`
 /// signs the node at that depth).
 pub(super) struct LeafSecret {
@@ -175,16 +188,14 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Fresh cosigner keys and nonces for `leaves` leaves and a nonce per deposit.
-    pub fn fresh(config: &SessionConfig, max_depth: u8) -> Self {
+    /// Fresh cosigner keys and nonces for `leaves` leaves and a nonce per deposit, all
+    /// drawn from `rng`.
+    pub fn fresh(config: &SessionConfig, max_depth: u8, rng: &mut Randomness) -> Self {
         let leaf_count = config.leaves.len() + 1;
         let leaves = (0..leaf_count)
             .map(|_| {
-                let key = Keypair::random();
-                let scalar = key.scalar();
-                let nonces: Vec<SecNonce> = (0..max_depth)
-                    .map(|_| musig::new_secnonce(&key.point, Some(&scalar), None))
-                    .collect();
+                let key = Keypair::from_rng(rng);
+                let nonces: Vec<SecNonce> = (0..max_depth).map(|_| secnonce(rng, &key)).collect();
                 let pubnonces = nonces.iter().map(SecNonce::public_nonce).collect();
                 LeafSecret { key, nonces: nonces.into_iter().map(Some).collect(), pubnonces }
             })
@@ -193,7 +204,7 @@ impl Secrets {
             .deposits
             .iter()
             .map(|d| {
-                let nonce = musig::new_secnonce(&d.key.point, Some(&d.key.scalar()), None);
+                let nonce = secnonce(rng, &d.key);
                 DepositSecret { pubnonce: nonce.public_nonce(), nonce: Some(nonce) }
             })
             .collect();
@@ -205,12 +216,14 @@ impl Secrets {
         self.leaves.get(i).map(|l| l.key.point)
     }
 
-    /// The registration: body and ownership signatures.
+    /// The registration: body and ownership signatures (their auxiliary randomness
+    /// from `rng`).
     pub fn register(
         &self,
         config: &SessionConfig,
         round: u64,
         challenge: &[u8; 32],
+        rng: &mut Randomness,
     ) -> Result<Register, ParamsError> {
         let deposits = config
             .deposits
@@ -250,7 +263,9 @@ impl Secrets {
             .iter()
             .map(|d| {
                 let kp = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &d.key.secret);
-                SECP256K1.sign_schnorr(&msg, &kp)
+                let mut aux = [0u8; 32];
+                rng.fill_bytes(&mut aux);
+                SECP256K1.sign_schnorr_with_aux_rand(&msg, &kp, &aux)
             })
             .collect();
         Ok(Register { body, ownership_sigs })
@@ -268,5 +283,46 @@ impl Secrets {
                 .collect(),
             deposit_nonces: self.deposits.iter().map(|d| d.pubnonce.clone()).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::{Amount, ScriptBuf};
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            deposits: Vec::new(),
+            leaves: Vec::new(),
+            remainder_script: ScriptBuf::new(),
+            max_fee: Amount::ZERO,
+        }
+    }
+
+    fn public(secrets: &Secrets) -> Vec<(Point, Vec<PubNonce>)> {
+        secrets.leaves.iter().map(|l| (l.key.point, l.pubnonces.clone())).collect()
+    }
+
+    #[test]
+    fn one_seed_gives_the_same_secrets_and_every_draw_is_fresh() {
+        let seeded = |seed| {
+            let mut rng = Randomness::seeded([seed; 32]);
+            (Secrets::fresh(&config(), 4, &mut rng), Secrets::fresh(&config(), 4, &mut rng))
+        };
+        let (a1, a2) = seeded(1);
+        let (b1, _) = seeded(1);
+        let (c1, _) = seeded(2);
+        assert_eq!(public(&a1), public(&b1), "same seed, same keys and nonces");
+        assert_ne!(public(&a1), public(&c1), "another seed, other keys and nonces");
+        assert_ne!(public(&a1), public(&a2), "the next attempt draws fresh secrets");
+        let nonces: std::collections::HashSet<_> =
+            a1.leaves[0].pubnonces.iter().map(|n| n.serialize()).collect();
+        assert_eq!(nonces.len(), 4, "no nonce repeats within an attempt");
+        let (o1, o2) = (
+            Secrets::fresh(&config(), 4, &mut Randomness::os()),
+            Secrets::fresh(&config(), 4, &mut Randomness::os()),
+        );
+        assert_ne!(public(&o1), public(&o2), "the OS source never repeats");
     }
 }

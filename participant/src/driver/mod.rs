@@ -1,0 +1,265 @@
+//! The participant driver: one synchronous core ([`DriverCore`]) that reacts to the
+//! session's events (exit paths stored durably before deposit signatures leave, history,
+//! deposit statuses, progress), and this thin tokio loop ([`Driver::run`]) that feeds it
+//! over a QUIC session or any message link. The simulator's in-memory network steps the
+//! same core under simulated time.
+//!
+//! # Layout
+//!
+//! - [`core`]: the driver core, its [`Action`]s, the persist job, the clock.
+//! - [`progress`]: the one vocabulary of steps ([`StepName`], [`Progress`], [`Outcome`]).
+//! - here: errors, the links ([`SessionSink`], [`Inbox`], [`SideChannel`]), the tokio loop.
+//!
+//! # Links
+//!
+//! Messages go out through a [`SessionSink`] ([`FramedSend`] over QUIC, an mpsc sender in
+//! memory) and come in through an [`Inbox`], a channel that [`spawn_reader`] fills from a
+//! [`FramedRecv`] (reading in its own task keeps a half-read frame safe from the timeout
+//! branch of the driver's `select!`). Side requests go through a [`SideChannel`].
+
+pub mod core;
+pub mod progress;
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bitcoin::Amount;
+use cohort_common::messages::{SideRequest, SideResponse, ToCoordinator, ToParticipant};
+use cohort_transport::{Client, FramedRecv, FramedSend, TransportError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::session::{OwnedDeposit, PhaseName, SessionConfig};
+use crate::store::{DepositRecord, ParticipantStore, StoreError};
+use crate::wallet::{Wallet, WalletError};
+
+pub use self::core::{
+    Action, Clock, DriverCore, DriverSetup, Observer, PersistJob, Persisted, SimulatedClock,
+    SystemClock,
+};
+pub use progress::{Outcome, Progress, StepName};
+
+/// Messages from the coordinator, or why the link broke; a closed channel is a clean end.
+pub type Inbox = mpsc::Receiver<Result<ToParticipant, TransportError>>;
+
+/// Why the link to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The in-process channel closed.
+    #[error("the message channel closed")]
+    ChannelClosed,
+}
+
+/// Errors of the driver and its links.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The link to the coordinator failed.
+    #[error("link to the coordinator: {0}")]
+    Link(#[source] LinkError),
+    /// A side request was answered with an error.
+    #[error("coordinator refused the request: {0}")]
+    Remote(String),
+    /// A side request got an answer of the wrong kind.
+    #[error("unexpected answer to {request}: {got}")]
+    UnexpectedAnswer {
+        /// The request.
+        request: &'static str,
+        /// What came back.
+        got: String,
+    },
+    /// The store failed; when storing exit paths, no deposit was signed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking task that stored the exit paths panicked or was cancelled; no
+    /// deposit was signed.
+    #[error("exit path store task: {0}")]
+    StoreTask(#[source] tokio::task::JoinError),
+    /// The wallet cannot build what the round needs.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// Nothing to offer.
+    #[error(
+        "no confirmed unspent deposit to register (fund the address, then run `cohort deposits`)"
+    )]
+    NoDeposits,
+    /// The progress observer stopped the driver (as a kill at this point would).
+    #[error("stopped by the caller in phase {0:?}")]
+    Stopped(PhaseName),
+}
+
+impl From<TransportError> for DriverError {
+    fn from(e: TransportError) -> Self {
+        DriverError::Link(LinkError::Transport(e))
+    }
+}
+
+/// Where session messages go.
+pub trait SessionSink: Send {
+    /// Sends one message, in order.
+    fn send_msg(
+        &mut self,
+        msg: ToCoordinator,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+}
+
+impl SessionSink for FramedSend<ToCoordinator> {
+    async fn send_msg(&mut self, msg: ToCoordinator) -> Result<(), DriverError> {
+        Ok(self.send(&msg).await?)
+    }
+}
+
+impl SessionSink for mpsc::Sender<ToCoordinator> {
+    async fn send_msg(&mut self, msg: ToCoordinator) -> Result<(), DriverError> {
+        self.send(msg).await.map_err(|_| DriverError::Link(LinkError::ChannelClosed))
+    }
+}
+
+/// One side request, one answer.
+pub trait SideChannel: Send + Sync {
+    /// Sends `req` and waits for its answer (an `Error` answer is returned as is).
+    fn side(
+        &self,
+        req: SideRequest,
+    ) -> impl Future<Output = Result<SideResponse, DriverError>> + Send;
+}
+
+impl SideChannel for Client {
+    async fn side(&self, req: SideRequest) -> Result<SideResponse, DriverError> {
+        Ok(self.request(&req).await?)
+    }
+}
+
+/// Reads `recv` in its own task into an [`Inbox`]; the task ends with the stream or when
+/// the inbox is dropped. Abort the handle when done.
+pub fn spawn_reader(mut recv: FramedRecv<ToParticipant>) -> (Inbox, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = match recv.recv().await {
+                Ok(Some(msg)) => Ok(msg),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The tokio loop of one participant's round around a [`DriverCore`].
+#[derive(Debug)]
+pub struct Driver {
+    core: DriverCore,
+}
+
+impl Driver {
+    /// Prepares a wallet's session offering `deposits` (stored, confirmed, unspent) with
+    /// the remainder paid to a fresh leaf key's virtual-deposit script.
+    pub fn new(
+        store: Arc<dyn ParticipantStore>,
+        wallet: &Wallet,
+        deposits: &[DepositRecord],
+        max_fee: Amount,
+    ) -> Result<Self, DriverError> {
+        let setup = wallet_setup(store.as_ref(), wallet, deposits, max_fee)?;
+        Ok(Driver::with_setup(store, setup))
+    }
+
+    /// A driver from any setup (the simulator's users have no wallet).
+    pub fn with_setup(store: Arc<dyn ParticipantStore>, setup: DriverSetup) -> Self {
+        Driver { core: DriverCore::new(store, setup) }
+    }
+
+    /// The leaf key index of this round's remainder leaf.
+    pub fn leaf_index(&self) -> u32 {
+        self.core.leaf_key_index()
+    }
+
+    /// Runs the session to its end. `observer` sees every [`Progress`] step; returning
+    /// `Break` stops the driver right there (nothing more is sent or stored), which is
+    /// what killing the process at that point does.
+    pub async fn run<S: SessionSink>(
+        mut self,
+        sink: &mut S,
+        inbox: &mut Inbox,
+        mut observer: impl FnMut(&Progress) -> ControlFlow<()> + Send,
+    ) -> Result<Outcome, DriverError> {
+        loop {
+            match self.core.poll(Instant::now(), &mut observer)? {
+                Action::Send(msg) => sink.send_msg(msg).await?,
+                Action::Persist(job) => {
+                    let stored = match tokio::task::spawn_blocking(move || job.run()).await {
+                        Ok(result) => result.map_err(DriverError::Store),
+                        Err(e) => Err(DriverError::StoreTask(e)),
+                    };
+                    self.core.exit_paths_stored(Instant::now(), stored, &mut observer)?;
+                }
+                Action::Done(outcome) => return Ok(outcome),
+                Action::Idle => {
+                    let deadline = self.core.poll_timeout();
+                    tokio::select! {
+                        item = inbox.recv() => match item {
+                            Some(Ok(msg)) => {
+                                self.core.handle_message(Instant::now(), msg, &mut observer)?;
+                            }
+                            Some(Err(e)) => return Err(self.core.link_failed(e.into())),
+                            None => return self.core.link_closed(),
+                        },
+                        () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A wallet's setup: its deposit key and script on every offered deposit, and the
+/// remainder paid to the next leaf key's virtual deposit.
+fn wallet_setup(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    deposits: &[DepositRecord],
+    max_fee: Amount,
+) -> Result<DriverSetup, DriverError> {
+    if deposits.is_empty() {
+        return Err(DriverError::NoDeposits);
+    }
+    let script = wallet.deposit_script()?;
+    let key = wallet.deposit_key();
+    let owned = deposits
+        .iter()
+        .map(|d| OwnedDeposit {
+            outpoint: d.outpoint,
+            txout: d.txout.clone(),
+            script: script.clone(),
+            key: key.clone(),
+        })
+        .collect();
+    let leaf_index = store.next_key_index()?;
+    let remainder_script = wallet.leaf_script(leaf_index)?.script_pubkey();
+    let config = SessionConfig { deposits: owned, leaves: Vec::new(), remainder_script, max_fee };
+    Ok(DriverSetup::new(config, leaf_index, wallet.coordinator().exit_csv))
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
