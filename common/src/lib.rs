@@ -15,6 +15,8 @@
 //! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
+//! - [`standard`]: relay rules both sides share: standard outputs, dust, anchors, TRUC,
+//!   standard weight, money range, the honest funding transaction's fixed fields.
 //! - [`ledger`]: the embedded regtest ledger.
 //! - `sqlite` (feature `sqlite`): opening the stores' SQLite files.
 
@@ -31,6 +33,7 @@ pub mod params;
 pub mod scripts;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod standard;
 pub mod tree;
 
 pub use bitcoin;
