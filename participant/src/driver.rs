@@ -348,6 +348,7 @@ impl Driver {
             leaves: Vec::new(),
             remainder_script: remainder_script.clone(),
             max_fee,
+            limits: crate::session::ProposalLimits::default(),
         };
         Ok(Driver {
             store,

@@ -428,6 +428,7 @@ pub fn user_session(
             leaves: user.extra_leaf.iter().cloned().collect(),
             remainder_script: remainder.script_pubkey(),
             max_fee: Amount::from_sat(50_000),
+            limits: cohort_participant::session::ProposalLimits::default(),
         },
         Some(caches.clone()),
     ))
