@@ -4,6 +4,7 @@
 //! participant that lacks the whole-funding check, to show what the check prevents.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
@@ -17,14 +18,14 @@ use cohort_common::codec::Encoded;
 use cohort_common::exit::{cpfp_child, p2tr_single, FeeInput};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    DepositPartial, DepositSigs, NodePartial, ProposalBody, ToCoordinator, ToParticipant, TreeLeaf,
-    TreeSigs,
+    DepositPartial, DepositSigs, NodeNonce, NodePartial, ProposalBody, ToCoordinator,
+    ToParticipant, TreeLeaf, TreeSigs,
 };
 use cohort_common::musig::{self, PubNonce, SecNonce};
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::key_spend_sighash;
 use cohort_common::standard::{FundingRuleError, MoneyRangeError, RelayError, FUNDING_SEQUENCE};
-use cohort_common::tree::{Scope, TreePlan};
+use cohort_common::tree::{Scope, TreePlan, TreeShape};
 use cohort_participant::session::{
     Event, ExitPath, OwnedDeposit, PhaseName, ProposalError, ProposalLimits, Session,
     SessionConfig, SessionError, SharedCaches,
@@ -328,7 +329,17 @@ fn padded(limits: ProposalLimits, n: usize) -> (Kit, ProposalError) {
     let mut body = batch.body.clone();
     pad(&mut body, &kit, n);
     let encoded = Encoded::new(&body).unwrap();
-    kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &encoded)));
+    let mut proposal = Kit::proposal(&batch, 0, &encoded);
+    // Nonces for exactly the padded tree's own path nodes, as a real attacker sends.
+    let shape = TreeShape::new(body.leaves.len(), body.tree).unwrap();
+    let nodes: BTreeSet<usize> =
+        batch.your_leaves[0].iter().flat_map(|&l| shape.path(l as usize).unwrap()).collect();
+    let nonce = batch.agg_nonces[0].clone();
+    proposal.node_nonces = nodes
+        .into_iter()
+        .map(|node| NodeNonce { node: node as u32, nonce: nonce.clone() })
+        .collect();
+    kit.deliver(0, ToParticipant::Proposal(proposal));
     let reason = refusal(&kit);
     (kit, reason)
 }
