@@ -17,6 +17,8 @@
 //! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
+//! - [`standard`]: relay rules both sides share: standard outputs, dust, anchors, TRUC,
+//!   standard weight, money range, the honest funding transaction's fixed fields.
 //! - [`ledger`]: the embedded regtest ledger.
 //! - [`store`]: what both stores share: one error type, storable integers, decoders.
 //! - `sqlite` (feature `sqlite`): opening the stores' SQLite files and a temporary
@@ -36,6 +38,7 @@ pub mod params;
 pub mod scripts;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod standard;
 pub mod store;
 pub mod tree;
 

@@ -58,6 +58,7 @@ fn session(ledger: &Ledger, coordinator: &Keypair, rng: &mut rand::rngs::StdRng)
                 amount: Amount::from_sat(50_000),
             }],
             max_fee: Amount::from_sat(20_000),
+            limits: Default::default(),
         },
         None,
     )

@@ -126,6 +126,7 @@ fn session_config(deposit: OwnedDeposit) -> SessionConfig {
             amount: Amount::from_sat(50_000),
         }],
         max_fee: Amount::from_sat(20_000),
+        limits: cohort_participant::session::ProposalLimits::default(),
     }
 }
 

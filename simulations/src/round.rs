@@ -454,6 +454,7 @@ pub fn user_setup(
         leaves: user.extra_leaf.iter().cloned().collect(),
         remainder_script: remainder.script_pubkey(),
         max_fee: Amount::from_sat(50_000),
+        limits: cohort_participant::session::ProposalLimits::default(),
     };
     let mut setup = DriverSetup::new(session, USER_LEAF_KEY_INDEX, exit_csv);
     setup.randomness = randomness;

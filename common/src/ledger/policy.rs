@@ -1,21 +1,16 @@
 //! Acceptance rules of the ledger: structure, inputs, value, absolute and BIP-68
 //! relative locks, TRUC (version 3) topology, dust, relay fees and 1-parent-1-child
-//! packages. Script checks live in [`crate::consensus`].
+//! packages. Script checks live in [`crate::consensus`]; the limits, dust and money
+//! range are the shared rules of [`crate::standard`].
 
 use bitcoin::relative;
-use bitcoin::{Amount, OutPoint, Sequence, Transaction, TxOut, Txid, Weight};
+use bitcoin::{Amount, OutPoint, Sequence, Transaction, TxOut, Txid};
 
 use super::state::{median_time_past, Lookup, View};
 use crate::chain::RejectReason;
 
-/// Largest standard transaction weight.
-pub const MAX_STANDARD_WEIGHT: Weight = Weight::from_wu(400_000);
-/// Largest TRUC transaction, in vB.
-pub const TRUC_MAX_VSIZE: u64 = 10_000;
-/// Largest TRUC transaction spending an unconfirmed TRUC parent, in vB.
-pub const TRUC_CHILD_MAX_VSIZE: u64 = 1_000;
-/// The P2A anchor script: `OP_1 <0x4e73>`.
-pub const P2A_SCRIPT: [u8; 4] = [0x51, 0x02, 0x4e, 0x73];
+use crate::standard::{dust_limit, is_anchor, is_dust, money_sum};
+pub use crate::standard::{MAX_STANDARD_WEIGHT, P2A_SCRIPT, TRUC_CHILD_MAX_VSIZE, TRUC_MAX_VSIZE};
 
 /// BIP-68: set in nSequence to disable the relative lock.
 const SEQUENCE_DISABLE: u32 = 1 << 31;
@@ -70,15 +65,9 @@ pub fn check_sanity(tx: &Transaction) -> Result<(), RejectReason> {
     Ok(())
 }
 
+/// The money-range sum the shared rules define, as the ledger reports it.
 fn sum_amounts(amounts: impl Iterator<Item = Amount>) -> Result<Amount, RejectReason> {
-    let mut total = Amount::ZERO;
-    for value in amounts {
-        total = total
-            .checked_add(value)
-            .filter(|t| *t <= Amount::MAX_MONEY)
-            .ok_or(RejectReason::ValueOverflow)?;
-    }
-    Ok(total)
+    money_sum(amounts).map_err(|_| RejectReason::ValueOverflow)
 }
 
 /// Checks a transaction against the view: inputs, value, locks and TRUC topology.
@@ -117,13 +106,7 @@ pub fn check_context(
     let fee = input.checked_sub(output).ok_or(RejectReason::ValueOutExceedsIn { input, output })?;
     let vsize = tx.vsize() as u64;
     check_truc(view, tx, vsize, &parents)?;
-    let dust = tx
-        .output
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.value < o.script_pubkey.minimal_non_dust())
-        .map(|(i, _)| i)
-        .collect();
+    let dust = tx.output.iter().enumerate().filter(|(_, o)| is_dust(o)).map(|(i, _)| i).collect();
     Ok(Checked { spent, fee, vsize, dust })
 }
 
@@ -238,7 +221,7 @@ fn check_dust(tx: &Transaction, checked: &Checked) -> Result<(), RejectReason> {
             Err(RejectReason::Dust {
                 output,
                 value: out.value,
-                threshold: out.script_pubkey.minimal_non_dust(),
+                threshold: dust_limit(&out.script_pubkey),
             })
         }
     }
@@ -278,7 +261,7 @@ pub fn check_package(
         let anchor = ptx
             .output
             .iter()
-            .position(|o| o.script_pubkey.as_bytes() == P2A_SCRIPT)
+            .position(|o| is_anchor(&o.script_pubkey))
             .ok_or(RejectReason::ParentWithoutAnchor { fee: pc.fee })?;
         if !spends(anchor) {
             let anchor = OutPoint::new(ptxid, u32::try_from(anchor).unwrap_or(u32::MAX));

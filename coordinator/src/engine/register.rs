@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use bitcoin::secp256k1::{Message, SECP256K1};
-use bitcoin::{Amount, OutPoint, Script, TxOut};
+use bitcoin::{Amount, OutPoint, TxOut};
 use cohort_common::batch::BatchMember;
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::fees::{service_fee, KEY_PATH_INPUT_WEIGHT};
@@ -121,10 +121,8 @@ pub struct Taken {
     pub cosigners: HashSet<[u8; 33]>,
 }
 
-/// A leaf script the coordinator will put in a tree: P2TR, P2WPKH or P2WSH.
-pub fn is_standard_leaf(script: &Script) -> bool {
-    script.is_p2tr() || script.is_p2wpkh() || script.is_p2wsh()
-}
+/// A leaf script the coordinator will put in a tree: the rule both sides share.
+pub use cohort_common::standard::is_standard_leaf;
 
 /// Checks a registration against the round, the chain data and the bans.
 pub fn check(

@@ -253,7 +253,13 @@ fn wallet_setup(
         .collect();
     let leaf_index = store.next_key_index()?;
     let remainder_script = wallet.leaf_script(leaf_index)?.script_pubkey();
-    let config = SessionConfig { deposits: owned, leaves: Vec::new(), remainder_script, max_fee };
+    let config = SessionConfig {
+        deposits: owned,
+        leaves: Vec::new(),
+        remainder_script,
+        max_fee,
+        limits: crate::session::ProposalLimits::default(),
+    };
     Ok(DriverSetup::new(config, leaf_index, wallet.coordinator().exit_csv))
 }
 

@@ -1,23 +1,58 @@
-//! Every check a participant runs on a proposal before it signs (PROTOCOL 6), each
-//! failure a typed [`ProposalError`].
+//! Every check a participant runs on a proposal before it signs (PROTOCOL 6, DESIGN 7),
+//! each failure a typed [`ProposalError`].
 //!
 //! The tree is rebuilt from the body alone, scoped to the participant's own paths; the
-//! funding txid is computed locally. Nothing here signs: a [`CheckedProposal`] is only
-//! the evidence that signing is safe.
+//! funding txid is computed locally and the funding tx is checked as a whole (its txid
+//! cannot change once signed, no time lock, standard, paying the announced rate); every
+//! node on an own path must relay with its CPFP child; batch size, path depth and exit
+//! cost stay within the participant's [`ProposalLimits`]. Cheap checks (round,
+//! parameters, sizes, amounts, the funding tx, leaf scripts) run before any key
+//! aggregation. Nothing here signs: a [`CheckedProposal`] is only the evidence that
+//! signing is safe.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bitcoin::{Amount, OutPoint, Transaction};
+use bitcoin::{Amount, FeeRate, OutPoint, Transaction};
 use cohort_common::codec::CodecError;
 use cohort_common::messages::{Proposal, TreeLeaf};
 use cohort_common::musig::{AggNonce, KeyAggCache, Point, PubNonce};
 use cohort_common::params::TreeParams;
-use cohort_common::tree::{Scope, Tree, TreeError, TreePlan};
+use cohort_common::standard::{
+    check_exit_node, check_funding_tx, exit_cost, is_standard_leaf, money_sum, FundingRuleError,
+    MoneyRangeError, NodeCost, RelayError,
+};
+use cohort_common::tree::{Child, Scope, Tree, TreeError, TreePlan, TreeShape};
 
 use super::caches::{DecodedBody, SharedCaches};
-use super::register::Secrets;
+use super::register::{Secrets, MAX_ACCEPTED_DEPTH};
 use super::SessionConfig;
+
+/// Limits a participant sets on the batches it signs: bounded work (leaves, depth)
+/// and bounded exit cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProposalLimits {
+    /// Most leaves in a batch; bounds the key aggregation a proposal can ask for.
+    pub max_batch_leaves: usize,
+    /// Most transactions on an own exit path.
+    pub max_depth: u8,
+    /// The fee rate exits are priced at (each node with its CPFP child).
+    pub exit_fee_rate: FeeRate,
+    /// Largest exit cost of an own leaf, in percent of the leaf's value.
+    pub max_exit_cost_percent: u8,
+}
+
+impl Default for ProposalLimits {
+    /// 65,536 leaves, depth 16, exits priced at 2 sat/vB and costing at most half the leaf.
+    fn default() -> Self {
+        ProposalLimits {
+            max_batch_leaves: 1 << 16,
+            max_depth: MAX_ACCEPTED_DEPTH,
+            exit_fee_rate: FeeRate::from_sat_per_kwu(500),
+            max_exit_cost_percent: 50,
+        }
+    }
+}
 
 /// Why a proposal is refused: one variant per check of PROTOCOL 6.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +220,54 @@ pub enum ProposalError {
         /// Nonces given.
         got: usize,
     },
+    /// The batch has more leaves than the configured limit.
+    #[error("batch of {leaves} leaves is above the limit of {max}")]
+    BatchTooLarge {
+        /// Leaves in the batch.
+        leaves: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// An own exit path has more transactions than the configured limit.
+    #[error("own leaf {leaf}'s exit path has {depth} transactions, above the limit of {max}")]
+    PathTooDeep {
+        /// Own leaf number.
+        leaf: usize,
+        /// Transactions on its path.
+        depth: usize,
+        /// The configured limit.
+        max: u8,
+    },
+    /// Leaf amounts are outside the money range.
+    #[error("leaf amounts: {0}")]
+    LeafMoneyRange(MoneyRangeError),
+    /// The funding tx as a whole is not what an honest coordinator builds: its txid
+    /// could change once signed, it is time-locked, non-standard, outside the money
+    /// range, or pays less than the announced fee rate.
+    #[error("funding tx: {0}")]
+    Funding(FundingRuleError),
+    /// A node on an own exit path would not relay with its CPFP child.
+    #[error("node {node} on an own exit path would not relay: {reason}")]
+    ExitNotRelayable {
+        /// The node.
+        node: usize,
+        /// The rule it breaks.
+        reason: RelayError,
+    },
+    /// Exiting an own leaf costs more than the configured share of its value.
+    #[error("exiting own leaf {leaf} costs {cost}, above {max} ({percent}% of its {value})")]
+    ExitTooExpensive {
+        /// Own leaf number.
+        leaf: usize,
+        /// Its whole path with CPFP children at the reference fee rate.
+        cost: Amount,
+        /// What the leaf holds.
+        value: Amount,
+        /// The most accepted.
+        max: Amount,
+        /// The configured percentage.
+        percent: u8,
+    },
     /// Partial signing failed (the own nonce was spent or the key is not in the set).
     #[error("signing node {node}: {reason}")]
     Signing {
@@ -206,6 +289,8 @@ pub(super) struct Expect {
     pub attempt: u32,
     /// The announced tree parameters.
     pub tree: TreeParams,
+    /// The announced mining fee rate of the funding tx.
+    pub fee_rate: FeeRate,
 }
 
 /// A proposal that passed every check, with what signing and exit paths need.
@@ -274,14 +359,33 @@ pub(super) fn check_proposal(
     if body.tree != expect.tree {
         return Err(ProposalError::TreeParams { expected: expect.tree, got: body.tree });
     }
+    let limits = &config.limits;
+    if decoded.leaves.len() > limits.max_batch_leaves {
+        let (leaves, max) = (decoded.leaves.len(), limits.max_batch_leaves);
+        return Err(ProposalError::BatchTooLarge { leaves, max });
+    }
     let own_leaves = check_leaves(proposal, &decoded.leaves, config)?;
+    let shape = shape(&decoded)?;
+    check_depth(&shape, &own_leaves, limits)?;
     let deposit_inputs = check_deposits(proposal, &decoded, config)?;
     check_fee(&own_leaves, &decoded.leaves, config)?;
+    let leaves_total = money_sum(decoded.leaves.iter().map(|l| l.output.amount))
+        .map_err(ProposalError::LeafMoneyRange)?;
+    let funding = body.funding_tx.output.first().ok_or(ProposalError::FundingNoOutput)?;
+    if funding.value != leaves_total {
+        let (expected, got) = (leaves_total, funding.value);
+        return Err(ProposalError::RootAmountMismatch { expected, got });
+    }
+    check_funding_tx(&body.funding_tx, &body.funding_prevouts, expect.fee_rate)
+        .map_err(ProposalError::Funding)?;
+    check_leaf_scripts(&shape, &own_leaves, &decoded.leaves)?;
 
+    // Only now the expensive part: key aggregation for every node the own paths need.
     let own_keys: Vec<Point> = (0..own_leaves.len()).filter_map(|i| secrets.cosigner(i)).collect();
     let cache: Option<&KeyAggCache> = caches.map(SharedCaches::keys);
     let tree = build_tree(&decoded, &own_leaves, cache)?;
     let path_nodes = check_paths(&tree, &own_leaves, &own_keys, &decoded.leaves)?;
+    check_exits(&tree, &path_nodes, &own_leaves, &decoded.leaves, limits)?;
     let node_nonces = check_nonces(proposal, &path_nodes)?;
     Ok(CheckedProposal {
         batch: body.batch,
@@ -330,6 +434,88 @@ fn check_leaves(
         own.push(i);
     }
     Ok(own)
+}
+
+/// The tree's shape (shared when the body was decoded once for many participants).
+fn shape(decoded: &DecodedBody) -> Result<Arc<TreeShape>, ProposalError> {
+    match &decoded.shape {
+        Some(shape) => Ok(Arc::clone(shape)),
+        None => TreeShape::new(decoded.leaves.len(), decoded.body.tree)
+            .map(Arc::new)
+            .map_err(ProposalError::TreeBuild),
+    }
+}
+
+/// Every own exit path is at most `limits.max_depth` transactions long.
+fn check_depth(
+    shape: &TreeShape,
+    own: &[usize],
+    limits: &ProposalLimits,
+) -> Result<(), ProposalError> {
+    for (leaf, &index) in own.iter().enumerate() {
+        let depth = shape.path(index).map_err(ProposalError::TreeBuild)?.len();
+        if depth > usize::from(limits.max_depth) {
+            return Err(ProposalError::PathTooDeep { leaf, depth, max: limits.max_depth });
+        }
+    }
+    Ok(())
+}
+
+/// Every leaf paid by a node on an own path pays a standard leaf script (before any
+/// key aggregation; the built nodes are checked in full by [`check_exits`]).
+fn check_leaf_scripts(
+    shape: &TreeShape,
+    own: &[usize],
+    leaves: &[TreeLeaf],
+) -> Result<(), ProposalError> {
+    let mut nodes = BTreeSet::new();
+    for &index in own {
+        nodes.extend(shape.path(index).map_err(ProposalError::TreeBuild)?);
+    }
+    for node in nodes {
+        let Some(n) = shape.nodes().get(node) else { continue };
+        for (output, child) in n.children.iter().enumerate() {
+            let Child::Leaf(l) = *child else { continue };
+            let standard = leaves.get(l).is_some_and(|l| is_standard_leaf(&l.output.script_pubkey));
+            if !standard {
+                let reason = RelayError::NonStandardOutput { output };
+                return Err(ProposalError::ExitNotRelayable { node, reason });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every node on the own paths relays with its CPFP child, and exiting each own leaf
+/// (its whole path, each node with its child, at the reference rate) costs at most
+/// the configured share of the leaf.
+fn check_exits(
+    tree: &Tree,
+    path_nodes: &BTreeSet<usize>,
+    own: &[usize],
+    leaves: &[TreeLeaf],
+    limits: &ProposalLimits,
+) -> Result<(), ProposalError> {
+    let mut costs = std::collections::BTreeMap::new();
+    for &node in path_nodes {
+        let n = tree.node(node).map_err(ProposalError::TreeBuild)?;
+        let cost = check_exit_node(&n.tx, &n.prevout)
+            .map_err(|reason| ProposalError::ExitNotRelayable { node, reason })?;
+        costs.insert(node, cost);
+    }
+    let percent = limits.max_exit_cost_percent;
+    for (leaf, &index) in own.iter().enumerate() {
+        let path = tree.shape().path(index).map_err(ProposalError::TreeBuild)?;
+        let path_costs: Vec<NodeCost> = path.iter().filter_map(|n| costs.get(n).copied()).collect();
+        let cost = exit_cost(path_costs, limits.exit_fee_rate);
+        let value = leaves.get(index).map_or(Amount::ZERO, |l| l.output.amount);
+        let max = u64::try_from(u128::from(value.to_sat()) * u128::from(percent) / 100)
+            .map_or(Amount::MAX, Amount::from_sat);
+        if cost > max {
+            return Err(ProposalError::ExitTooExpensive { leaf, cost, value, max, percent });
+        }
+    }
+    Ok(())
 }
 
 /// The funding tx spends each own deposit at its announced input, with its output as

@@ -51,7 +51,7 @@ use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
 
 pub use caches::{DecodedBody, SharedCaches, BODY_DECODE_LIMIT};
-pub use checks::ProposalError;
+pub use checks::{ProposalError, ProposalLimits};
 pub use register::{ParamsError, MAX_ACCEPTED_DEPTH};
 pub use signing::SignedTreeError;
 
@@ -84,6 +84,8 @@ pub struct SessionConfig {
     pub remainder_script: ScriptBuf,
     /// Largest total fee accepted (own deposits minus own leaves).
     pub max_fee: Amount,
+    /// Limits on the batches signed: size, depth, exit cost.
+    pub limits: ProposalLimits,
 }
 
 /// One fully signed exit path: the node transactions from the root down to the node

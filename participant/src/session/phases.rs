@@ -239,6 +239,7 @@ impl AwaitingProposal {
             batch: self.batch,
             attempt: self.attempt,
             tree: self.round.params.tree,
+            fee_rate: self.round.params.fees.fee_rate,
         };
         let checked =
             check_proposal(proposal, decoded, expect, ctx.config, &self.secrets, ctx.caches);

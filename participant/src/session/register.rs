@@ -297,6 +297,7 @@ mod tests {
             leaves: Vec::new(),
             remainder_script: ScriptBuf::new(),
             max_fee: Amount::ZERO,
+            limits: Default::default(),
         }
     }
 

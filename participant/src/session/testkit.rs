@@ -131,6 +131,7 @@ impl Kit {
                     }],
                     remainder_script: p2tr_single(&user),
                     max_fee: Amount::from_sat(20_000),
+                    limits: Default::default(),
                 };
                 Party {
                     session: Session::new(config.clone(), caches.clone()),
@@ -220,6 +221,24 @@ impl Kit {
 
     /// Prices and builds an honest batch of every party, attempt `attempt`.
     pub fn build_batch(&self, attempt: u32) -> Batch {
+        self.build_batch_with(attempt, |_, _| {})
+    }
+
+    /// Rebuilds party `i`'s session from its configuration changed by `change` (before
+    /// registering): other limits, other deposits.
+    pub fn reconfigure(&mut self, i: usize, change: impl FnOnce(&mut SessionConfig, &Ledger)) {
+        let p = &mut self.parties[i];
+        change(&mut p.config, &self.ledger);
+        p.session = Session::new(p.config.clone(), None);
+    }
+
+    /// As [`Kit::build_batch`], with the funding tx and its prevouts changed by
+    /// `tamper` before the tree is built on its txid (a coherent malicious batch).
+    pub fn build_batch_with(
+        &self,
+        attempt: u32,
+        tamper: impl FnOnce(&mut Transaction, &mut Vec<TxOut>),
+    ) -> Batch {
         let reqs: Vec<FundingRequest> = self
             .parties
             .iter()
@@ -253,9 +272,12 @@ impl Kit {
         }
         let batch_key = Keypair::random();
         let mut funding = None;
+        let mut prevouts: Vec<TxOut> =
+            reqs.iter().flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone())).collect();
         let leaves: Arc<[TreeLeaf]> = leaves.into();
         let tree = Tree::build(leaves.clone(), batch_key.point, self.params.tree, None, |root| {
-            let tx = funding_tx(&reqs, &plan, root, &self.coordinator_script);
+            let mut tx = funding_tx(&reqs, &plan, root, &self.coordinator_script);
+            tamper(&mut tx, &mut prevouts);
             let outpoint = OutPoint { txid: tx.compute_txid(), vout: 0 };
             funding = Some(tx);
             outpoint
@@ -286,10 +308,7 @@ impl Kit {
             round: self.params.round,
             batch: 0,
             attempt,
-            funding_prevouts: reqs
-                .iter()
-                .flat_map(|r| r.deposits.iter().map(|(_, o)| o.clone()))
-                .collect(),
+            funding_prevouts: prevouts,
             funding_tx,
             leaves: leaves.to_vec(),
             batch_key: batch_key.point,
