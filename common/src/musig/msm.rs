@@ -226,53 +226,128 @@ fn signed_digits(scalar: &[u8; 32], c: usize, windows: usize, out: &mut Vec<i32>
 
 /// The bucket method (see the module documentation).
 fn buckets(points: &[Affine], scalars: &[[u8; 32]]) -> Option<Affine> {
-    let c = window_bits(points.len());
+    buckets_with(points, scalars, window_bits(points.len()))
+}
+
+/// The bucket method with windows of `c` bits.
+fn buckets_with(points: &[Affine], scalars: &[[u8; 32]], c: usize) -> Option<Affine> {
     let windows = 256 / c + 1;
     let per_window = 1usize << (c - 1);
-    let mut digits = Vec::with_capacity(points.len() * windows);
-    for s in scalars {
+    let mut adder = BucketAdder::new(windows * per_window);
+    let mut digits = Vec::with_capacity(windows);
+    for (p, s) in points.iter().zip(scalars) {
+        digits.clear();
         signed_digits(s, c, windows, &mut digits);
-    }
-    // Counting sort of (point, window) entries by (window, bucket).
-    let segments = windows * per_window;
-    let mut starts = vec![0u32; segments + 1];
-    for chunk in digits.chunks_exact(windows) {
-        for (w, &d) in chunk.iter().enumerate() {
+        let negated = p.negated();
+        for (w, &d) in digits.iter().enumerate() {
             if d != 0 {
-                starts[w * per_window + d.unsigned_abs() as usize - 1] += 1;
+                let q = if d < 0 { &negated } else { p };
+                adder.push(w * per_window + d.unsigned_abs() as usize - 1, q);
             }
         }
     }
-    let mut total = 0u32;
-    for s in starts.iter_mut() {
-        let count = *s;
-        *s = total;
-        total += count;
-    }
-    let mut cursor = starts.clone();
-    let mut entries = vec![Affine { x: Fe::ZERO, y: Fe::ZERO }; total as usize];
-    for (p, chunk) in points.iter().zip(digits.chunks_exact(windows)) {
-        for (w, &d) in chunk.iter().enumerate() {
-            if d != 0 {
-                let k = w * per_window + d.unsigned_abs() as usize - 1;
-                entries[cursor[k] as usize] = if d < 0 { p.negated() } else { *p };
-                cursor[k] += 1;
-            }
-        }
-    }
-    reduce_buckets(&mut entries, &mut starts);
+    let buckets = adder.finish();
     let mut acc = Jacobian::INFINITY;
     for w in (0..windows).rev() {
         for _ in 0..c {
             acc = acc.double();
         }
-        let bucket = |b: usize| {
-            let k = w * per_window + b;
-            (starts[k] < starts[k + 1]).then(|| &entries[starts[k] as usize])
-        };
-        acc = acc.add(&window_sum(per_window, bucket));
+        let window = &buckets[w * per_window..(w + 1) * per_window];
+        acc = acc.add(&window_sum(per_window, |b| window[b].as_ref()));
     }
     acc.to_affine()
+}
+
+/// Additions pending together: enough to make the shared inversion cheap per addition.
+const BATCH: usize = 256;
+
+/// Accumulates points into buckets in affine coordinates, batching the additions so
+/// that each batch shares one inversion. A batch adds at most once to any bucket; a
+/// point for a bucket already in the batch waits for the next one.
+struct BucketAdder {
+    buckets: Vec<Option<Affine>>,
+    busy: Vec<bool>,
+    batch: Vec<(usize, Affine, Step)>,
+    dens: Vec<Fe>,
+    prefix: Vec<Fe>,
+    waiting: Vec<(usize, Affine)>,
+}
+
+impl BucketAdder {
+    fn new(count: usize) -> BucketAdder {
+        BucketAdder {
+            buckets: vec![None; count],
+            busy: vec![false; count],
+            batch: Vec::with_capacity(BATCH),
+            dens: Vec::with_capacity(BATCH),
+            prefix: Vec::with_capacity(BATCH),
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Adds `q` to bucket `k` (now or in a later batch).
+    fn push(&mut self, k: usize, q: &Affine) {
+        if self.busy[k] {
+            self.waiting.push((k, *q));
+        } else {
+            self.start(k, q);
+            if self.batch.len() >= BATCH {
+                self.flush(BATCH / 2);
+            }
+        }
+    }
+
+    /// Schedules `bucket[k] + q` for a bucket not in the batch.
+    fn start(&mut self, k: usize, q: &Affine) {
+        let Some(b) = &self.buckets[k] else {
+            self.buckets[k] = Some(*q);
+            return;
+        };
+        match classify(b, q) {
+            (Step::Cancel, _) => self.buckets[k] = None,
+            (step, den) => {
+                self.batch.push((k, *q, step));
+                self.dens.push(den);
+                self.busy[k] = true;
+            }
+        }
+    }
+
+    /// Runs batches until fewer than `min` additions are ready.
+    fn flush(&mut self, min: usize) {
+        while !self.batch.is_empty() && self.batch.len() >= min {
+            batch_invert(&mut self.dens, &mut self.prefix);
+            for ((k, q, step), inv) in self.batch.drain(..).zip(&self.dens) {
+                self.busy[k] = false;
+                if let Some(b) = &self.buckets[k] {
+                    self.buckets[k] = apply(step, inv, b, &q);
+                }
+            }
+            self.dens.clear();
+            for (k, q) in std::mem::take(&mut self.waiting) {
+                self.push_waiting(k, &q);
+            }
+        }
+    }
+
+    fn push_waiting(&mut self, k: usize, q: &Affine) {
+        if self.busy[k] {
+            self.waiting.push((k, *q));
+        } else {
+            self.start(k, q);
+        }
+    }
+
+    /// Every pending addition done: the buckets.
+    fn finish(mut self) -> Vec<Option<Affine>> {
+        while !self.batch.is_empty() || !self.waiting.is_empty() {
+            self.flush(1);
+            for (k, q) in std::mem::take(&mut self.waiting) {
+                self.push_waiting(k, &q);
+            }
+        }
+        self.buckets
+    }
 }
 
 /// `Σ (b+1)·bucket(b)` by the running-sum trick.
@@ -297,50 +372,6 @@ enum Step {
     Double,
     /// A point and its negation: nothing is left.
     Cancel,
-}
-
-/// Sums each segment `entries[starts[k]..starts[k+1]]` down to at most one point, adding
-/// pairs level by level with one shared inversion per level. Rewrites both arguments.
-fn reduce_buckets(entries: &mut Vec<Affine>, starts: &mut [u32]) {
-    let mut steps: Vec<Step> = Vec::new();
-    let mut dens: Vec<Fe> = Vec::new();
-    let mut scratch: Vec<Fe> = Vec::new();
-    let mut next: Vec<Affine> = Vec::with_capacity(entries.len());
-    loop {
-        steps.clear();
-        dens.clear();
-        for k in 0..starts.len() - 1 {
-            let seg = &entries[starts[k] as usize..starts[k + 1] as usize];
-            for pair in seg.chunks_exact(2) {
-                let (step, den) = classify(&pair[0], &pair[1]);
-                steps.push(step);
-                dens.push(den);
-            }
-        }
-        if steps.is_empty() {
-            return;
-        }
-        batch_invert(&mut dens, &mut scratch);
-        next.clear();
-        let mut pair_index = 0;
-        let mut new_start = 0u32;
-        for k in 0..starts.len() - 1 {
-            let seg = &entries[starts[k] as usize..starts[k + 1] as usize];
-            starts[k] = new_start;
-            let mut pairs = seg.chunks_exact(2);
-            for pair in &mut pairs {
-                if let Some(p) = apply(steps[pair_index], &dens[pair_index], &pair[0], &pair[1]) {
-                    next.push(p);
-                }
-                pair_index += 1;
-            }
-            next.extend_from_slice(pairs.remainder());
-            new_start = next.len() as u32;
-        }
-        let last = starts.len() - 1;
-        starts[last] = new_start;
-        std::mem::swap(entries, &mut next);
-    }
 }
 
 /// The kind of addition `p + q` needs and the denominator of its slope.
@@ -474,6 +505,21 @@ mod timing {
 
     #[test]
     #[ignore]
+    fn time_windows() {
+        let (points, scalars) = super::tests::random_terms_pub(2000, 1);
+        println!("chosen c = {}", window_bits(2000));
+        for c in 5..=11 {
+            let t = cpu_ns();
+            for _ in 0..5 {
+                std::hint::black_box(buckets_with(&points, &scalars, c));
+            }
+            let per = (cpu_ns() - t) as f64 / 1e3 / 5.0;
+            println!("c={c}: {:.2} us/key", per / 2000.0);
+        }
+    }
+
+    #[test]
+    #[ignore]
     fn time_sizes() {
         for n in [2usize, 3, 8, 16, 24, 32, 64, 256, 2000] {
             let (points, scalars) = super::tests::random_terms_pub(n, 1);
@@ -499,5 +545,35 @@ mod timing {
             let per = (cpu_ns() - t) as f64 / 1e3 / reps as f64;
             println!("n={n} musig2: {per:.1} us total, {:.2} us/key", per / n as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod fe_timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn time_mul() {
+        let cpu = || -> u64 {
+            let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            s.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let mut a = Fe::from_u64(12345);
+        let b = Fe::from_u64(987654321).invert().unwrap();
+        let t = cpu();
+        for _ in 0..10_000_000 {
+            a = std::hint::black_box(a * &b);
+        }
+        println!("mul: {:.2} ns", (cpu() - t) as f64 / 1e7);
+        let t = cpu();
+        for _ in 0..10_000_000 {
+            a = std::hint::black_box(a.square());
+        }
+        println!("sqr: {:.2} ns", (cpu() - t) as f64 / 1e7);
+        let t = cpu();
+        for _ in 0..1000 {
+            a = std::hint::black_box(a.invert().unwrap());
+        }
+        println!("inv: {:.2} ns", (cpu() - t) as f64 / 1e3);
     }
 }
