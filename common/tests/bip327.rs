@@ -210,6 +210,8 @@ fn sign_verify_vectors() {
             }
             // Our helpers sign 32-byte sighashes only; check the other lengths on musig2.
             Err(_) => {
+                let ctx =
+                    cohort_common::musig2::KeyAggContext::new(pick_ok(&keys, &key_idx)).unwrap();
                 let sig: PartialSignature =
                     cohort_common::musig2::sign_partial(&ctx, sk, sn, &agg_nonce, msg).unwrap();
                 assert_eq!(sig.serialize(), expected, "{case}");

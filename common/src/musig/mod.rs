@@ -1,9 +1,12 @@
 //! MuSig2 (BIP-327) helpers: sorted Taproot key aggregation with a shared cache, nonces,
 //! partial signing, and aggregate-first combination with identifiable abort.
 //!
-//! Built on the free functions of the `musig2` crate (not its rounds API, whose
-//! `FirstRound::new` clones the whole [`KeyAggContext`]). Signatures come out as
-//! `bitcoin` (secp256k1 0.29) Schnorr signatures, ready for a Taproot key-path witness.
+//! Key aggregation and signing are our own (`keyagg`, `sign`): the aggregate key is one
+//! multi-scalar multiplication over the keys (`msm`) instead of one point multiplication
+//! per key, and a partial signature is not re-verified by its signer. The `musig2` crate
+//! still provides the point, scalar and nonce types, nonce generation and the tagged
+//! hashes. Signatures come out as `bitcoin` (secp256k1 0.29) Schnorr signatures, ready for
+//! a Taproot key-path witness.
 
 use std::sync::Arc;
 
@@ -11,16 +14,21 @@ use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::{schnorr, Message, SECP256K1};
 use bitcoin::{TapNodeHash, XOnlyPublicKey};
 use dashmap::DashMap;
-use musig2::secp::MaybeScalar;
-use musig2::{LiftedSignature, SecNonceBuilder};
+use musig2::SecNonceBuilder;
 use rand::RngCore as _;
 use rayon::prelude::*;
 
 pub use musig2::errors::SigningError;
 pub use musig2::secp::{Point, Scalar};
-pub use musig2::{AggNonce, KeyAggContext, PartialSignature, PubNonce, SecNonce};
+pub use musig2::{AggNonce, PartialSignature, PubNonce, SecNonce};
+
+pub use keyagg::KeyAggContext;
 
 use crate::keys::to_xonly;
+
+mod keyagg;
+mod msm;
+mod sign;
 
 /// Errors of the MuSig2 helpers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +57,8 @@ pub enum MusigError {
         /// Index of the failing tweak (0 for the Taproot tweak).
         index: usize,
     },
-    /// Partial signing failed: our key is not in the set, the secret nonce belongs to
-    /// another key, or our own partial signature did not verify (abort and use fresh nonces).
+    /// Partial signing failed: our key is not in the set, or the secret nonce belongs to
+    /// another key.
     #[error("partial signing failed: {0}")]
     Signing(#[source] SigningError),
     /// The number of contributions is not the number of keys in the key set.
@@ -83,21 +91,14 @@ pub fn key_sort(keys: &mut [Point]) {
 
 /// BIP-327 KeyAgg of `keys` in the given order (no sorting, no tweak).
 pub fn key_agg(keys: &[Point]) -> Result<KeyAggContext, MusigError> {
-    if keys.is_empty() {
-        return Err(MusigError::EmptyKeySet);
-    }
-    if u32::try_from(keys.len()).is_err() {
-        return Err(MusigError::TooManyKeys { count: keys.len() });
-    }
-    KeyAggContext::new(keys.iter().copied()).map_err(|_| MusigError::KeyAgg { count: keys.len() })
+    KeyAggContext::new(keys)
 }
 
 /// Applies BIP-327 tweaks in order: each is 32 big-endian bytes and a flag, `true` for an
 /// x-only tweak (as Taproot uses), `false` for a plain one (as BIP-32 uses).
 pub fn tweak(ctx: KeyAggContext, tweaks: &[([u8; 32], bool)]) -> Result<KeyAggContext, MusigError> {
     tweaks.iter().enumerate().try_fold(ctx, |ctx, (index, (bytes, is_xonly))| {
-        let t = MaybeScalar::try_from(*bytes).map_err(|_| MusigError::Tweak { index })?;
-        ctx.with_tweak(t, *is_xonly).map_err(|_| MusigError::Tweak { index })
+        ctx.with_tweak(bytes, *is_xonly).ok_or(MusigError::Tweak { index })
     })
 }
 
@@ -118,12 +119,7 @@ fn taproot_context_sorted(
     sorted: &[Point],
     merkle_root: Option<[u8; 32]>,
 ) -> Result<KeyAggContext, MusigError> {
-    let ctx = key_agg(sorted)?;
-    let tweaked = match merkle_root {
-        None => ctx.with_unspendable_taproot_tweak(),
-        Some(root) => ctx.with_taproot_tweak(&root),
-    };
-    tweaked.map_err(|_| MusigError::Tweak { index: 0 })
+    key_agg(sorted)?.with_taproot_tweak(merkle_root.as_ref()).ok_or(MusigError::Tweak { index: 0 })
 }
 
 /// The tweaked aggregate key (what goes in the P2TR scriptPubKey), x-only.
@@ -238,7 +234,9 @@ pub fn nonce_agg(nonces: &[PubNonce]) -> Result<AggNonce, MusigError> {
 }
 
 /// A partial signature on `message`. Consumes the secret nonce so it cannot sign twice.
-/// The result is verified before it is returned (by `musig2`).
+/// The result is not verified again here (BIP-327's optional self-check costs three point
+/// multiplications): a wrong partial signature fails the aggregate check in [`combine`],
+/// which then names its signer.
 pub fn sign_partial(
     ctx: &KeyAggContext,
     seckey: &Scalar,
@@ -246,7 +244,7 @@ pub fn sign_partial(
     agg_nonce: &AggNonce,
     message: &[u8; 32],
 ) -> Result<PartialSignature, MusigError> {
-    musig2::sign_partial(ctx, *seckey, secnonce, agg_nonce, message).map_err(MusigError::Signing)
+    sign::sign(ctx, seckey, secnonce, agg_nonce, message).map_err(MusigError::Signing)
 }
 
 /// Verifies one signer's partial signature (false also when `signer` is not in the set).
@@ -258,7 +256,7 @@ pub fn verify_partial(
     pubnonce: &PubNonce,
     message: &[u8; 32],
 ) -> bool {
-    musig2::verify_partial(ctx, psig, agg_nonce, *signer, pubnonce, message).is_ok()
+    sign::verify(ctx, psig, agg_nonce, signer, pubnonce, message)
 }
 
 /// One signer's contribution to a node's signature.
@@ -277,10 +275,8 @@ pub struct Contribution {
 /// rayon) to name the culprits in [`MusigError::InvalidPartials`].
 ///
 /// `contributions` must hold one entry per key of `ctx` and `agg_nonce` must be the sum
-/// of their public nonces. The check inside `musig2::aggregate_partial_signatures` is a
-/// full BIP-340 verification against the tweaked key (`s·G = R + e·Q` with `R`, `Q` of
-/// even y and `e` the BIP-340 challenge), so a returned signature is valid and is not
-/// verified again.
+/// of their public nonces. The aggregate is checked by a full BIP-340 verification against
+/// the tweaked key, so a returned signature is valid and is not verified again.
 pub fn combine(
     ctx: &KeyAggContext,
     agg_nonce: &AggNonce,
@@ -331,24 +327,15 @@ fn check_count(ctx: &KeyAggContext, contributions: &[Contribution]) -> Result<()
     Ok(())
 }
 
-/// Sums the partial signatures; `musig2` verifies the result (see [`combine`]).
+/// Sums the partial signatures and verifies the result (see [`combine`]).
 fn aggregate(
     ctx: &KeyAggContext,
     agg_nonce: &AggNonce,
     message: &[u8; 32],
     contributions: &[Contribution],
 ) -> Result<schnorr::Signature, MusigError> {
-    let sig: LiftedSignature = musig2::aggregate_partial_signatures(
-        ctx,
-        agg_nonce,
-        contributions.iter().map(|c| c.psig),
-        message,
-    )
-    .map_err(|_| MusigError::InconsistentContributions)?;
-    match schnorr::Signature::from_slice(&sig.serialize()) {
-        Ok(s) => Ok(s),
-        Err(_) => unreachable!("a 64-byte array is a schnorr signature encoding"),
-    }
+    sign::aggregate(ctx, agg_nonce, message, contributions.iter().map(|c| c.psig))
+        .ok_or(MusigError::InconsistentContributions)
 }
 
 /// Indices of the contributions whose partial signature does not verify, ascending.
@@ -372,6 +359,7 @@ mod tests {
     use crate::keys::Keypair;
     use bitcoin::secp256k1::Secp256k1;
     use bitcoin::{Address, Network};
+    use musig2::secp::MaybeScalar;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

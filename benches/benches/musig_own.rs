@@ -1,0 +1,109 @@
+//! Our BIP-327 implementation against the `musig2` crate, in one run: key aggregation
+//! (sorted KeyAgg plus the Taproot tweak) of a 2,000-key node and of small nodes, and
+//! one partial signature. Throughput is in keys for aggregation, so the time per key
+//! reads directly off the report.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use cohort_benches::keypairs;
+use cohort_common::musig::{self, Point};
+use cohort_common::musig2;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+
+/// Node sizes: a 2,000-key node (the target), a mid-tree node and a bottom node.
+const NODE_KEYS: [usize; 3] = [2_000, 64, 3];
+
+fn sorted_keys(n: usize) -> Vec<Point> {
+    let mut keys: Vec<Point> = keypairs(n).iter().map(|k| k.point).collect();
+    musig::key_sort(&mut keys);
+    keys
+}
+
+fn key_agg(c: &mut Criterion) {
+    let mut group = c.benchmark_group("own_key_agg");
+    group.sampling_mode(SamplingMode::Flat);
+    for n in NODE_KEYS {
+        let keys = sorted_keys(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("musig2", n), &keys, |b, keys| {
+            b.iter(|| {
+                black_box(
+                    musig2::KeyAggContext::new(keys.iter().copied())
+                        .ok()
+                        .and_then(|ctx| ctx.with_unspendable_taproot_tweak().ok()),
+                )
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("ours", n), &keys, |b, keys| {
+            b.iter(|| black_box(musig::taproot_context(keys, None)))
+        });
+    }
+    group.finish();
+}
+
+fn sign_partial(c: &mut Criterion) {
+    let mut group = c.benchmark_group("own_sign_partial");
+    let signers = keypairs(16);
+    let points: Vec<Point> = signers.iter().map(|k| k.point).collect();
+    let ours = match musig::taproot_context(&points, None) {
+        Ok(ctx) => ctx,
+        Err(e) => panic!("context: {e}"),
+    };
+    let mut sorted = points.clone();
+    musig::key_sort(&mut sorted);
+    let theirs = match musig2::KeyAggContext::new(sorted)
+        .map_err(|e| e.to_string())
+        .and_then(|ctx| ctx.with_unspendable_taproot_tweak().map_err(|e| e.to_string()))
+    {
+        Ok(ctx) => ctx,
+        Err(e) => panic!("musig2 context: {e}"),
+    };
+    let secnonces: Vec<_> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| musig::secnonce_from_seed([i as u8 + 1; 32], p))
+        .collect();
+    let pubnonces: Vec<_> = secnonces.iter().map(|s| s.public_nonce()).collect();
+    let agg_nonce = match musig::nonce_agg(&pubnonces) {
+        Ok(a) => a,
+        Err(e) => panic!("nonces: {e}"),
+    };
+    let message = [0x42; 32];
+    let secret = signers[0].scalar();
+    group.bench_function("musig2", |b| {
+        b.iter(|| {
+            black_box(musig2::sign_partial::<musig2::PartialSignature>(
+                &theirs,
+                secret,
+                secnonces[0].clone(),
+                &agg_nonce,
+                message,
+            ))
+        })
+    });
+    group.bench_function("ours", |b| {
+        b.iter(|| {
+            black_box(musig::sign_partial(
+                &ours,
+                &secret,
+                secnonces[0].clone(),
+                &agg_nonce,
+                &message,
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = key_agg, sign_partial
+}
+criterion_main!(benches);

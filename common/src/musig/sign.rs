@@ -1,0 +1,108 @@
+//! BIP-327 signing on our [`KeyAggContext`]: partial signing (without re-verifying the
+//! signature just made: the aggregate-first check catches any error), partial-signature
+//! verification (used only to name culprits) and signature aggregation.
+
+use bitcoin::secp256k1::{schnorr, Message, SECP256K1};
+use musig2::secp::{MaybeScalar, Point, Scalar, G};
+use musig2::{compute_challenge_hash_tweak, AggNonce, BinaryEncoding as _, PartialSignature};
+use musig2::{PubNonce, SecNonce};
+
+use super::{KeyAggContext, SigningError};
+use crate::keys::to_xonly;
+
+/// BIP-327 GetSessionValues: the nonce coefficient `b`, the final nonce `R` and the
+/// challenge `e`.
+struct Session {
+    b: MaybeScalar,
+    r: Point,
+    e: MaybeScalar,
+}
+
+impl Session {
+    fn new(ctx: &KeyAggContext, agg_nonce: &AggNonce, message: &[u8; 32]) -> Session {
+        let q: Point = ctx.aggregated_pubkey();
+        let b: MaybeScalar = agg_nonce.nonce_coefficient(q, message);
+        let r: Point = agg_nonce.final_nonce(b);
+        let e: MaybeScalar = compute_challenge_hash_tweak(&r.serialize_xonly(), &q, message);
+        Session { b, r, e }
+    }
+}
+
+/// Whether the secret key is negated when signing: `g·gacc = -1`, with `g = -1` when
+/// `Q` has odd y.
+fn key_negated(ctx: &KeyAggContext) -> bool {
+    ctx.aggregated_pubkey::<Point>().has_odd_y() ^ ctx.gacc_negated()
+}
+
+/// BIP-327 Sign, without the final self-verification. Checks, as BIP-327 does, that the
+/// signer is in the key set and that the secret nonce was made for this key.
+pub(crate) fn sign(
+    ctx: &KeyAggContext,
+    seckey: &Scalar,
+    secnonce: SecNonce,
+    agg_nonce: &AggNonce,
+    message: &[u8; 32],
+) -> Result<PartialSignature, SigningError> {
+    let nonce_bytes = secnonce.to_bytes();
+    drop(secnonce);
+    let signer = seckey.base_point_mul();
+    let a = ctx.key_coefficient(&signer).ok_or(SigningError::UnknownKey)?;
+    if signer.serialize()[..] != nonce_bytes[64..] {
+        return Err(SigningError::SecNoncePubkeyMismatch);
+    }
+    let k1 = MaybeScalar::from_slice(&nonce_bytes[..32]).map_err(|_| SigningError::UnknownKey)?;
+    let k2 = MaybeScalar::from_slice(&nonce_bytes[32..64]).map_err(|_| SigningError::UnknownKey)?;
+    let session = Session::new(ctx, agg_nonce, message);
+    let k = neg_if(k1 + session.b * k2, session.r.has_odd_y());
+    let d = neg_if(*seckey, key_negated(ctx));
+    Ok(k + session.e * a * d)
+}
+
+/// BIP-327 PartialSigVerify for one signer (false also when the key is not in the set).
+pub(crate) fn verify(
+    ctx: &KeyAggContext,
+    psig: PartialSignature,
+    agg_nonce: &AggNonce,
+    signer: &Point,
+    pubnonce: &PubNonce,
+    message: &[u8; 32],
+) -> bool {
+    let Some(a) = ctx.key_coefficient(signer) else {
+        return false;
+    };
+    let session = Session::new(ctx, agg_nonce, message);
+    let nonce = neg_if(pubnonce.R1 + session.b * pubnonce.R2, session.r.has_odd_y());
+    let challenge = neg_if(session.e * a, key_negated(ctx)) * *signer;
+    psig * G == nonce + challenge
+}
+
+/// BIP-327 PartialSigAgg followed by one BIP-340 verification of the result against the
+/// tweaked key; `None` when it does not verify.
+pub(crate) fn aggregate(
+    ctx: &KeyAggContext,
+    agg_nonce: &AggNonce,
+    message: &[u8; 32],
+    psigs: impl Iterator<Item = PartialSignature>,
+) -> Option<schnorr::Signature> {
+    let session = Session::new(ctx, agg_nonce, message);
+    let q: Point = ctx.aggregated_pubkey();
+    let s = psigs.fold(MaybeScalar::Zero, |acc, p| acc + p)
+        + neg_if(session.e * ctx.tweak_acc(), q.has_odd_y());
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(&session.r.serialize_xonly());
+    bytes[32..].copy_from_slice(&s.serialize());
+    let sig = schnorr::Signature::from_slice(&bytes).ok()?;
+    SECP256K1
+        .verify_schnorr(&sig, &Message::from_digest(*message), &to_xonly(&q))
+        .is_ok()
+        .then_some(sig)
+}
+
+/// `-x` when `negate`, else `x`.
+fn neg_if<T: std::ops::Neg<Output = T>>(x: T, negate: bool) -> T {
+    if negate {
+        -x
+    } else {
+        x
+    }
+}
