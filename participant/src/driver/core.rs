@@ -32,7 +32,9 @@ use cohort_common::messages::{ToCoordinator, ToParticipant};
 
 use super::progress::{Outcome, Progress};
 use super::{now_ms, DriverError, LinkError};
-use crate::session::{Event, PhaseName, Randomness, Session, SessionConfig, SharedCaches};
+use crate::session::{
+    Event, ExitPath, PhaseName, Randomness, Session, SessionConfig, SharedCaches,
+};
 use crate::store::{DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, StoreError};
 
 /// What sees each [`Progress`] step; `Break` stops the driver right there (nothing more
@@ -350,24 +352,7 @@ impl DriverCore {
             }
             Event::PersistExitPaths { round, batch, attempt, funding_tx, paths } => {
                 let funding_txid = funding_tx.compute_txid();
-                let records = paths
-                    .into_iter()
-                    .map(|p| {
-                        let ours = p.leaf_output.script_pubkey == self.remainder_script;
-                        ExitPathRecord {
-                            funding_txid,
-                            round,
-                            batch,
-                            leaf: p.leaf,
-                            leaf_output: p.leaf_output,
-                            node: p.node,
-                            vout: p.vout,
-                            path: p.path,
-                            leaf_key_index: ours.then_some(self.leaf_key_index),
-                            exit_csv: ours.then_some(self.exit_csv),
-                        }
-                    })
-                    .collect();
+                let records = self.exit_path_records(round, batch, funding_txid, paths);
                 let store = Arc::clone(&self.store);
                 self.persist = Some(PersistJob { store, records, batch, attempt, funding_txid });
                 return Ok(());
@@ -416,6 +401,35 @@ impl DriverCore {
             }
         };
         self.step(now, &progress, record, note, observer)
+    }
+
+    /// The records of a batch's exit paths; the remainder leaf's carries its key index
+    /// and timeout.
+    fn exit_path_records(
+        &self,
+        round: u64,
+        batch: u32,
+        funding_txid: Txid,
+        paths: Vec<ExitPath>,
+    ) -> Vec<ExitPathRecord> {
+        paths
+            .into_iter()
+            .map(|p| {
+                let ours = p.leaf_output.script_pubkey == self.remainder_script;
+                ExitPathRecord {
+                    funding_txid,
+                    round,
+                    batch,
+                    leaf: p.leaf,
+                    leaf_output: p.leaf_output,
+                    node: p.node,
+                    vout: p.vout,
+                    path: p.path,
+                    leaf_key_index: ours.then_some(self.leaf_key_index),
+                    exit_csv: ours.then_some(self.exit_csv),
+                }
+            })
+            .collect()
     }
 
     /// Writes a step to the history (when `record` says so, with `note` after its

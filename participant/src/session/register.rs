@@ -7,8 +7,8 @@
 use bitcoin::secp256k1::{Message, SECP256K1};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    DepositRegistration, LeafNonces, LeafRequest, Register, RegisterBody, RemainderRequest,
-    Renonce, RoundAnnounce,
+    DepositRegistration, LeafNonces, LeafRequest, MessageError, Register, RegisterBody,
+    RemainderRequest, Renonce, RoundAnnounce,
 };
 use cohort_common::musig::{Point, PubNonce, SecNonce};
 use cohort_common::params::{MAX_DEPOSIT_CSV, RADIX_RANGE};
@@ -83,7 +83,10 @@ pub enum ParamsError {
     },
     /// The ownership message could not be computed.
     #[error("ownership message: {0}")]
-    Ownership(String),
+    Ownership(#[source] MessageError),
+    /// No cosigner secret was drawn for the remainder leaf.
+    #[error("no secret for the remainder leaf")]
+    NoRemainderSecret,
 }
 
 /// Checks an announcement against the session's deposits before registering.
@@ -247,7 +250,7 @@ impl Secrets {
             })
             .collect();
         let Some(rem) = self.leaves.last() else {
-            return Err(ParamsError::Ownership("no remainder secret".into()));
+            return Err(ParamsError::NoRemainderSecret);
         };
         let remainder = RemainderRequest {
             script_pubkey: config.remainder_script.clone(),
@@ -255,8 +258,7 @@ impl Secrets {
             nonces: rem.pubnonces.clone(),
         };
         let body = RegisterBody { round, deposits, leaves, remainder, max_fee: config.max_fee };
-        let msg =
-            body.ownership_message(challenge).map_err(|e| ParamsError::Ownership(e.to_string()))?;
+        let msg = body.ownership_message(challenge).map_err(ParamsError::Ownership)?;
         let msg = Message::from_digest(msg);
         let ownership_sigs = config
             .deposits

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use bitcoin::secp256k1::schnorr;
 use cohort_common::messages::{DepositPartial, DepositSigs, NodePartial, SignedTree, TreeSigs};
-use cohort_common::musig;
-use cohort_common::scripts::key_spend_sighash;
+use cohort_common::musig::{self, MusigError};
+use cohort_common::scripts::{key_spend_sighash, ScriptError};
+use cohort_common::tree::TreeError;
 
 use super::caches::SharedCaches;
 use super::checks::{CheckedProposal, ProposalError};
@@ -37,7 +38,8 @@ pub enum SignedTreeError {
         /// The leaf index in the batch.
         leaf: usize,
         /// Why.
-        reason: String,
+        #[source]
+        reason: PathError,
     },
     /// A deposit input could not be signed.
     #[error("deposit input {input}: {reason}")]
@@ -45,8 +47,37 @@ pub enum SignedTreeError {
         /// The funding input.
         input: usize,
         /// Why.
-        reason: String,
+        #[source]
+        reason: DepositSigningError,
     },
+}
+
+/// Why a signed exit path could not be assembled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The tree has no node paying the leaf.
+    #[error("no node pays the leaf")]
+    NoNode,
+    /// The tree could not give the signed path.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The leaf's node has no output at the leaf's index.
+    #[error("its node has no output {0}")]
+    NoOutput(u32),
+}
+
+/// Why a deposit input could not be signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DepositSigningError {
+    /// The deposit script's signing context or the input's sighash failed.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    /// Nonce aggregation or partial signing failed.
+    #[error(transparent)]
+    Musig(#[from] MusigError),
+    /// The deposit's secret nonce was already used.
+    #[error("its secret nonce was already used")]
+    NonceUsed,
 }
 
 /// One partial signature per own leaf per node on its path, each with the leaf's nonce
@@ -114,15 +145,15 @@ pub(super) fn check_signed_tree(
         .own_leaves
         .iter()
         .map(|&leaf| {
-            let fail = |reason: String| SignedTreeError::Path { leaf, reason };
+            let fail = |reason: PathError| SignedTreeError::Path { leaf, reason };
             let (node, vout) =
-                checked.tree.shape().leaf_output(leaf).ok_or_else(|| fail("no node".into()))?;
-            let path = checked.tree.signed_path(leaf, &lookup).map_err(|e| fail(e.to_string()))?;
+                checked.tree.shape().leaf_output(leaf).ok_or_else(|| fail(PathError::NoNode))?;
+            let path = checked.tree.signed_path(leaf, &lookup).map_err(|e| fail(e.into()))?;
             let leaf_output = path
                 .last()
                 .and_then(|tx| tx.output.get(vout as usize))
                 .cloned()
-                .ok_or_else(|| fail("no output".into()))?;
+                .ok_or_else(|| fail(PathError::NoOutput(vout)))?;
             Ok(ExitPath { leaf: leaf as u32, leaf_output, node: node as u32, vout, path })
         })
         .collect()
@@ -143,14 +174,14 @@ pub(super) fn sign_deposits(
         .zip(secrets.iter_mut())
         .zip(checked.deposit_inputs.iter().zip(&checked.coordinator_nonces));
     for ((deposit, secret), (&input, coordinator_nonce)) in iter {
-        let fail = |reason: String| SignedTreeError::DepositSigning { input, reason };
-        let ctx = deposit.script.signing_context().map_err(|e| fail(e.to_string()))?;
+        let fail = |reason: DepositSigningError| SignedTreeError::DepositSigning { input, reason };
+        let ctx = deposit.script.signing_context().map_err(|e| fail(e.into()))?;
         let agg = musig::nonce_agg(&[secret.pubnonce.clone(), coordinator_nonce.clone()])
-            .map_err(|e| fail(e.to_string()))?;
-        let msg = key_spend_sighash(tx, input, prevouts).map_err(|e| fail(e.to_string()))?;
-        let secnonce = secret.nonce.take().ok_or_else(|| fail("nonce already used".into()))?;
+            .map_err(|e| fail(e.into()))?;
+        let msg = key_spend_sighash(tx, input, prevouts).map_err(|e| fail(e.into()))?;
+        let secnonce = secret.nonce.take().ok_or_else(|| fail(DepositSigningError::NonceUsed))?;
         let psig = musig::sign_partial(&ctx, &deposit.key.scalar(), secnonce, &agg, &msg)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         sigs.push(DepositPartial { input: input as u32, psig });
     }
     Ok(DepositSigs { batch: checked.batch, attempt: checked.attempt, sigs })
