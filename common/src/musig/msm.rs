@@ -13,6 +13,10 @@
 //! coefficients. Field elements are `k256`'s; their magnitude rules (at most 8 into a
 //! multiplication, the bound given to `negate`) are checked by `k256` in debug builds.
 
+// k256's field elements implement their arithmetic on references (`a * &b`), and the
+// formulas read as the textbook ones; these two style lints argue with both.
+#![allow(clippy::op_ref, clippy::assign_op_pattern)]
+
 use k256::elliptic_curve::ops::LinearCombinationExt as _;
 use k256::elliptic_curve::sec1::{FromEncodedPoint as _, ToEncodedPoint as _};
 use k256::elliptic_curve::PrimeField as _;

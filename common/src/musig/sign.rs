@@ -43,8 +43,8 @@ pub(crate) fn sign(
     agg_nonce: &AggNonce,
     message: &[u8; 32],
 ) -> Result<PartialSignature, SigningError> {
+    // `secnonce` came in by value and goes out of scope here unused again: it signs once.
     let nonce_bytes = secnonce.to_bytes();
-    drop(secnonce);
     let signer = seckey.base_point_mul();
     let a = ctx.key_coefficient(&signer).ok_or(SigningError::UnknownKey)?;
     if signer.serialize()[..] != nonce_bytes[64..] {
