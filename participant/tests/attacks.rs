@@ -63,8 +63,8 @@ fn refused_body(n: usize, tamper: impl FnOnce(&mut ProposalBody, &Batch, &Kit)) 
     let batch = kit.build_batch(1);
     let mut body = batch.body.clone();
     tamper(&mut body, &batch, &kit);
-    let encoded = Encoded::new(&body).unwrap();
-    kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &encoded)));
+    kit.tamper = Kit::body_for(0, body);
+    kit.propose(&batch);
     refusal(&kit)
 }
 
@@ -534,7 +534,7 @@ fn unchecked_round(malleable: bool) -> (Kit, Vec<ExitPath>, Txid, Txid) {
     });
     let signed_txid = batch.body.funding_tx.compute_txid();
     let sigs = signer.tree_sigs(&batch, 0);
-    Kit::combine_tree(&mut batch, &[sigs]);
+    kit.combine_tree(&mut batch, &[sigs]);
     let paths = UncheckedSigner::exit_paths(&batch, 0);
     let dsigs = signer.deposit_sigs(&kit, &batch, 0);
     let mut funding = kit.complete_funding(&mut batch, &[dsigs]);
@@ -596,7 +596,7 @@ fn a_lie_about_a_prevout_only_invalidates_the_funding_tx() {
         kit.build_batch_with(1, |tx, prevouts| add_input(tx, prevouts, (outpoint, lie)));
     kit.propose(&batch);
     let sigs = vec![kit.take_tree_sigs(0)];
-    Kit::combine_tree(&mut batch, &sigs);
+    kit.combine_tree(&mut batch, &sigs);
     kit.deliver(0, ToParticipant::SignedTree(Kit::signed_tree(&batch, 0)));
     kit.persist(0);
     let dsigs = vec![kit.take_deposit_sigs(0)];

@@ -33,8 +33,8 @@ fn refused_with(tamper: impl FnOnce(&mut ProposalBody, &Batch)) -> ProposalError
     let batch = kit.build_batch(1);
     let mut body = batch.body.clone();
     tamper(&mut body, &batch);
-    let encoded = Encoded::new(&body).unwrap();
-    kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &encoded)));
+    kit.tamper = Kit::body_for(0, body);
+    kit.propose(&batch);
     let party = &kit.parties[0];
     assert!(!party.sent_tree_sigs(), "no tree signature for a bad proposal");
     assert!(!party.sent_deposit_sigs());
@@ -204,7 +204,7 @@ fn an_invalid_final_signature_stops_before_deposit_signatures() {
     let mut batch = kit.build_batch(1);
     kit.propose(&batch);
     let sigs = vec![kit.take_tree_sigs(0), kit.take_tree_sigs(1)];
-    Kit::combine_tree(&mut batch, &sigs);
+    kit.combine_tree(&mut batch, &sigs);
     let mut signed = Kit::signed_tree(&batch, 0);
     let last = signed.sigs.len() - 1;
     let node = signed.sigs[last].node as usize;
@@ -232,7 +232,7 @@ fn missing_or_extra_final_signatures_are_refused() {
     let mut batch = kit.build_batch(1);
     kit.propose(&batch);
     let sigs = vec![kit.take_tree_sigs(0), kit.take_tree_sigs(1)];
-    Kit::combine_tree(&mut batch, &sigs);
+    kit.combine_tree(&mut batch, &sigs);
     let mut missing = Kit::signed_tree(&batch, 0);
     missing.sigs.pop();
     kit.deliver(0, ToParticipant::SignedTree(missing));
@@ -258,7 +258,7 @@ fn deposit_signatures_wait_for_the_exact_persist_confirmation() {
     let mut batch = kit.build_batch(1);
     kit.propose(&batch);
     let sigs = vec![kit.take_tree_sigs(0)];
-    Kit::combine_tree(&mut batch, &sigs);
+    kit.combine_tree(&mut batch, &sigs);
     let signed = Kit::signed_tree(&batch, 0);
     kit.deliver(0, ToParticipant::SignedTree(signed.clone()));
     assert_eq!(kit.parties[0].session.phase(), PhaseName::AwaitingPersist);

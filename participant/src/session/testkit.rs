@@ -1,9 +1,17 @@
-//! A small honest coordinator for session tests, built from common's primitives (fee
-//! plan, funding tx, tree, MuSig2 nonce aggregation and combination) over the embedded
-//! regtest ledger, for one to three participants.
+//! The real coordinator engine (`cohort_coordinator::engine::Coordinator`) driving real
+//! sessions over the embedded regtest ledger, one step at a time: what the engine sends
+//! is held per participant and delivered when the test says so, through a tamper hook
+//! that may change any message per recipient. A test can also take the engine's batch
+//! apart ([`Batch`]), change its body, and deliver that instead.
 //!
-//! Shared with `participant/tests/malicious_coordinator.rs` (included there by path),
-//! so it names the session's types through `super::` only.
+//! One attack is out of the engine's reach: a *coherent* malicious batch whose funding
+//! transaction is changed before the tree is built on its txid (the tree, root output
+//! and node nonces must follow the tampered txid, under a batch key the test holds).
+//! [`Kit::build_batch_with`] builds that one locally, with `common::batch`'s pricing and
+//! the test's own batch key, and [`Kit::combine_tree`]/[`Kit::complete_funding`] sign it.
+//!
+//! Shared with `participant/tests/malicious_coordinator.rs` and `attacks.rs` (included
+//! there by path), so it names the session's types through `super::` only.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,13 +27,15 @@ use cohort_common::fees::{funding_tx, plan_funding, FundingRequest};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{
-    DepositSigs, NodeNonce, NodeSignature, Proposal, ProposalBody, Register, Registered,
-    RoundAnnounce, RoundParams, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs,
+    DepositSigs, NodeNonce, NodeSignature, Proposal, ProposalBody, Register, RoundParams,
+    SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs,
 };
 use cohort_common::musig::{self, AggNonce, Contribution, PubNonce, SecNonce};
 use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
 use cohort_common::scripts::{key_spend_sighash, key_spend_witness, DepositScript};
 use cohort_common::tree::Tree;
+use cohort_coordinator::engine::{Coordinator, CoordinatorConfig, Event as EngineEvent, Inbound};
+use rand::SeedableRng;
 
 use super::{Event, ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
 
@@ -68,31 +78,59 @@ impl Party {
     }
 }
 
-/// The coordinator's view of one batch attempt.
+/// One batch attempt as a coordinator sees it: the engine's (public parts only; its
+/// batch and coordinator secrets stay in the engine) or one the kit built itself.
 pub struct Batch {
     pub body: ProposalBody,
     pub tree: Tree,
-    pub batch_key: Keypair,
-    pub node_secnonces: Vec<Option<SecNonce>>,
-    pub node_pubnonces: Vec<PubNonce>,
+    /// Who holds the secrets and signs: the engine, or the kit with these keys.
+    pub signer: Signer,
     pub agg_nonces: Vec<AggNonce>,
     /// Public nonces of every leaf, batch order.
     pub leaf_nonces: Vec<Vec<PubNonce>>,
     pub your_leaves: Vec<Vec<u32>>,
     pub deposit_inputs: Vec<Vec<u32>>,
-    pub coord_secnonces: Vec<Option<SecNonce>>,
     pub coord_pubnonces: Vec<PubNonce>,
     pub node_sigs: BTreeMap<usize, schnorr::Signature>,
 }
 
-/// The honest coordinator and its participants.
+/// The secrets of a batch the kit built itself.
+pub struct LocalSecrets {
+    pub batch_key: Keypair,
+    pub node_secnonces: Vec<Option<SecNonce>>,
+    pub node_pubnonces: Vec<PubNonce>,
+    pub coord_secnonces: Vec<Option<SecNonce>>,
+}
+
+/// Who signs a [`Batch`]'s coordinator side.
+pub enum Signer {
+    /// The real engine: tree and deposit signatures go to it.
+    Engine,
+    /// The kit, for a coherent malicious batch the engine would never build.
+    Local(Box<LocalSecrets>),
+}
+
+/// Changes a message the engine sends to participant `i` before it is delivered.
+pub type Tamper = Box<dyn FnMut(usize, &mut ToParticipant)>;
+
+/// The real coordinator engine and its participants.
 pub struct Kit {
     pub ledger: Ledger,
     pub coordinator: Keypair,
     pub coordinator_script: ScriptBuf,
+    /// The round parameters the engine is configured from at [`Kit::register_all`]
+    /// (change them before).
     pub params: RoundParams,
     pub parties: Vec<Party>,
     pub now: Instant,
+    /// The engine, from [`Kit::register_all`] on.
+    pub engine: Option<Coordinator>,
+    /// Applied to every engine message at delivery.
+    pub tamper: Tamper,
+    /// Engine messages per participant, not yet delivered.
+    pub held: Vec<VecDeque<ToParticipant>>,
+    /// Every event the engine emitted.
+    pub engine_events: Vec<EngineEvent>,
 }
 
 impl Kit {
@@ -136,7 +174,7 @@ impl Kit {
                 Party {
                     session: Session::new(config.clone(), caches.clone()),
                     config,
-                    registration: 100 + i as u64,
+                    registration: 0,
                     leaf_keys: Vec::new(),
                     deposit_nonces: Vec::new(),
                     outbox: VecDeque::new(),
@@ -146,7 +184,96 @@ impl Kit {
             })
             .collect();
         let coordinator_script = p2tr_single(&Keypair::random());
-        Kit { ledger, coordinator, coordinator_script, params, parties, now: Instant::now() }
+        Kit {
+            ledger,
+            coordinator,
+            coordinator_script,
+            params,
+            parties,
+            now: Instant::now(),
+            engine: None,
+            tamper: Box::new(|_, _| {}),
+            held: (0..n).map(|_| VecDeque::new()).collect(),
+            engine_events: Vec::new(),
+        }
+    }
+
+    /// The engine's configuration from [`Kit::params`].
+    fn engine_config(&self) -> CoordinatorConfig {
+        let p = &self.params;
+        let mut c = CoordinatorConfig::new(self.coordinator_script.clone());
+        c.tree = p.tree;
+        c.fees = p.fees;
+        c.exit_csv = p.exit_csv;
+        c.max_deposit_csv = p.max_deposit_csv;
+        c.min_confs = p.min_confs;
+        c.safety_margin = p.safety_margin;
+        c.max_leaves_per_registration = p.max_leaves_per_registration;
+        c.max_deposits_per_registration = p.max_deposits_per_registration;
+        c.max_batch_weight = p.max_batch_weight;
+        c.registration_window = Duration::from_millis(p.registration_closes_ms);
+        c.phase_timeout = Duration::from_millis(p.phase_timeout_ms);
+        c.max_attempts = p.max_attempts;
+        c.max_registrations = self.parties.len();
+        c
+    }
+
+    fn engine(&mut self) -> &mut Coordinator {
+        self.engine.as_mut().expect("the engine runs from register_all on")
+    }
+
+    /// Moves what the engine sent into the held queues and answers its requests: a
+    /// store write always succeeds.
+    pub fn flush_engine(&mut self) {
+        let now = self.now;
+        while let Some(engine) = self.engine.as_mut() {
+            if let Some((peer, msg)) = engine.poll_transmit() {
+                self.held[peer as usize].push_back(msg);
+                continue;
+            }
+            let Some(event) = engine.poll_event() else { break };
+            if let EngineEvent::PersistBatch { batch, attempt, .. } = &event {
+                engine.batch_persisted(now, *batch, *attempt, Ok(()));
+            }
+            self.engine_events.push(event);
+        }
+    }
+
+    /// Hands one of party `i`'s messages to the engine, with the chain data it needs.
+    pub fn send_to_engine(&mut self, i: usize, msg: ToCoordinator) {
+        let now = self.now;
+        let max = self.engine().max_deposits_per_registration();
+        let input = Inbound::resolve(msg, &self.ledger, max);
+        self.engine().handle_message(now, i as u64, input);
+        self.flush_engine();
+    }
+
+    /// Delivers party `i`'s held engine messages (tampered) while `take` accepts them.
+    pub fn release_while(&mut self, i: usize, take: impl Fn(&ToParticipant) -> bool) {
+        while self.held[i].front().is_some_and(&take) {
+            let Some(mut msg) = self.held[i].pop_front() else { break };
+            (self.tamper)(i, &mut msg);
+            if let ToParticipant::Registered(r) = &msg {
+                self.parties[i].registration = r.registration;
+            }
+            self.deliver(i, msg);
+        }
+    }
+
+    /// A tamper hook replacing the body of the engine's proposal to party `i` by `body`
+    /// (everything else of the proposal, and everyone else's, as the engine sent it).
+    pub fn body_for(i: usize, body: ProposalBody) -> Tamper {
+        let encoded = Encoded::new(&body).unwrap();
+        Box::new(move |to, msg| {
+            if let (true, ToParticipant::Proposal(p)) = (to == i, msg) {
+                p.body = encoded.clone();
+            }
+        })
+    }
+
+    /// Delivers all of party `i`'s held engine messages (tampered).
+    pub fn release(&mut self, i: usize) {
+        self.release_while(i, |_| true);
     }
 
     /// Moves the clock.
@@ -173,30 +300,38 @@ impl Kit {
         }
     }
 
-    /// Announces the round, takes every registration and accepts it.
+    /// Starts the engine from [`Kit::params`], connects everyone and runs registration:
+    /// each party gets the engine's announce, registers, and gets the engine's answer.
+    /// The engine then closes registration and proposes; its proposals stay held.
     pub fn register_all(&mut self) {
+        let rng = Box::new(rand::rngs::StdRng::seed_from_u64(self.params.round));
+        let mut engine = Coordinator::with_rng(self.coordinator.clone(), self.engine_config(), rng);
+        engine.set_next_round(self.params.round);
         for i in 0..self.parties.len() {
-            let announce = RoundAnnounce {
-                round: self.params.round,
-                attempt: 1,
-                params: self.params.clone(),
-                challenge: [i as u8; 32],
-            };
-            self.deliver(i, ToParticipant::RoundAnnounce(announce));
+            engine.peer_connected(self.now, i as u64);
+        }
+        engine.start_round(self.now);
+        self.engine = Some(engine);
+        self.flush_engine();
+        for i in 0..self.parties.len() {
+            self.release(i);
             let Some(ToCoordinator::Register(reg)) = self.parties[i].outbox.pop_front() else {
                 panic!("party {i} did not register");
             };
-            self.check_register(i, &reg, &[i as u8; 32]);
+            let challenge = self.engine().challenge().expect("registration open");
+            self.check_register(i, &reg, &challenge);
             let p = &mut self.parties[i];
             p.leaf_keys = reg.body.leaves.iter().map(|l| (l.cosigner, l.nonces.clone())).collect();
             p.leaf_keys.push((reg.body.remainder.cosigner, reg.body.remainder.nonces.clone()));
             p.deposit_nonces = reg.body.deposits.iter().map(|d| d.nonce.clone()).collect();
-            let registered = Registered { round: self.params.round, registration: p.registration };
-            self.deliver(i, ToParticipant::Registered(registered));
+            self.send_to_engine(i, ToCoordinator::Register(reg));
+            self.release_while(i, |m| !matches!(m, ToParticipant::Proposal(_)));
+            assert_ne!(self.parties[i].registration, 0, "party {i} registered by the engine");
         }
     }
 
-    /// What a coordinator checks of a registration that the session is responsible for.
+    /// What a coordinator checks of a registration that the session is responsible for
+    /// (the engine checks the rest).
     fn check_register(&self, i: usize, reg: &Register, challenge: &[u8; 32]) {
         let msg = reg.body.ownership_message(challenge).unwrap();
         assert_eq!(reg.ownership_sigs.len(), reg.body.deposits.len());
@@ -219,9 +354,58 @@ impl Kit {
         p.deposit_nonces = r.deposit_nonces;
     }
 
-    /// Prices and builds an honest batch of every party, attempt `attempt`.
+    /// The engine's batch, attempt `attempt`, taken apart from the proposals it holds
+    /// for every party; the kit's own honest build when the engine proposed nothing
+    /// for that attempt (it only runs attempts it decided on itself).
     pub fn build_batch(&self, attempt: u32) -> Batch {
-        self.build_batch_with(attempt, |_, _| {})
+        self.engine_batch(attempt).unwrap_or_else(|| self.build_batch_with(attempt, |_, _| {}))
+    }
+
+    /// The held engine proposals of attempt `attempt`, one per party.
+    fn held_proposals(&self, attempt: u32) -> Option<Vec<Proposal>> {
+        let body = |p: &Proposal| p.body.decode(1 << 23).ok().map(|b: ProposalBody| b.attempt);
+        self.held
+            .iter()
+            .map(|q| {
+                q.iter().find_map(|m| match m {
+                    ToParticipant::Proposal(p) if body(p) == Some(attempt) => Some(p.clone()),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// The engine's batch of attempt `attempt`, if it proposed one to every party.
+    pub fn engine_batch(&self, attempt: u32) -> Option<Batch> {
+        let proposals = self.held_proposals(attempt)?;
+        let body: ProposalBody = proposals.first()?.body.decode(1 << 23).ok()?;
+        let outpoint = OutPoint { txid: body.funding_tx.compute_txid(), vout: 0 };
+        let leaves: Arc<[TreeLeaf]> = body.leaves.clone().into();
+        let tree = Tree::build(leaves, body.batch_key, body.tree, None, |_| outpoint).ok()?;
+        let mut agg = BTreeMap::new();
+        let mut coord = BTreeMap::new();
+        for p in &proposals {
+            agg.extend(p.node_nonces.iter().map(|n| (n.node as usize, n.nonce.clone())));
+            let nonces = p.deposit_inputs.iter().zip(&p.coordinator_deposit_nonces);
+            coord.extend(nonces.map(|(&k, n)| (k as usize, n.clone())));
+        }
+        let mut leaf_nonces = vec![Vec::new(); body.leaves.len()];
+        for (prop, party) in proposals.iter().zip(&self.parties) {
+            for (&leaf, (_, nonces)) in prop.your_leaves.iter().zip(&party.leaf_keys) {
+                leaf_nonces[leaf as usize] = nonces.clone();
+            }
+        }
+        Some(Batch {
+            body,
+            tree,
+            signer: Signer::Engine,
+            agg_nonces: agg.into_values().collect(),
+            leaf_nonces,
+            your_leaves: proposals.iter().map(|p| p.your_leaves.clone()).collect(),
+            deposit_inputs: proposals.iter().map(|p| p.deposit_inputs.clone()).collect(),
+            coord_pubnonces: coord.into_values().collect(),
+            node_sigs: BTreeMap::new(),
+        })
     }
 
     /// Rebuilds party `i`'s session from its configuration changed by `change` (before
@@ -232,8 +416,9 @@ impl Kit {
         p.session = Session::new(p.config.clone(), None);
     }
 
-    /// As [`Kit::build_batch`], with the funding tx and its prevouts changed by
-    /// `tamper` before the tree is built on its txid (a coherent malicious batch).
+    /// A batch the kit builds itself (the engine never would), with the funding tx and
+    /// its prevouts changed by `tamper` before the tree is built on its txid: a
+    /// coherent malicious batch under a batch key the kit holds.
     pub fn build_batch_with(
         &self,
         attempt: u32,
@@ -314,18 +499,22 @@ impl Kit {
             batch_key: batch_key.point,
             tree: self.params.tree,
         };
-        Batch {
-            body,
-            tree,
+        let coord_pubnonces = coord_secnonces.iter().map(SecNonce::public_nonce).collect();
+        let secrets = LocalSecrets {
             batch_key,
             node_secnonces,
             node_pubnonces,
+            coord_secnonces: coord_secnonces.into_iter().map(Some).collect(),
+        };
+        Batch {
+            body,
+            tree,
+            signer: Signer::Local(Box::new(secrets)),
             agg_nonces,
             leaf_nonces,
             your_leaves,
             deposit_inputs,
-            coord_pubnonces: coord_secnonces.iter().map(SecNonce::public_nonce).collect(),
-            coord_secnonces: coord_secnonces.into_iter().map(Some).collect(),
+            coord_pubnonces,
             node_sigs: BTreeMap::new(),
         }
     }
@@ -356,8 +545,15 @@ impl Kit {
         }
     }
 
-    /// Sends every party its proposal (one shared encoded body).
+    /// Sends every party its proposal: the engine's held ones (through the tamper hook)
+    /// for an engine batch, else one shared encoded body.
     pub fn propose(&mut self, batch: &Batch) {
+        if let Signer::Engine = batch.signer {
+            for i in 0..self.parties.len() {
+                self.release(i);
+            }
+            return;
+        }
         let body = Encoded::new(&batch.body).unwrap();
         for i in 0..self.parties.len() {
             let proposal = Self::proposal(batch, i, &body);
@@ -373,8 +569,24 @@ impl Kit {
         }
     }
 
-    /// Combines every node's signature from the parties' partial signatures and C_b's.
-    pub fn combine_tree(batch: &mut Batch, sigs: &[TreeSigs]) {
+    /// Every node's signature from the parties' partial signatures (`sigs[i]` is party
+    /// `i`'s): the engine combines them for its batch (its `SignedTree` messages stay
+    /// held, read here); the kit combines them for its own.
+    pub fn combine_tree(&mut self, batch: &mut Batch, sigs: &[TreeSigs]) {
+        let Signer::Local(secrets) = &mut batch.signer else {
+            for (i, s) in sigs.iter().enumerate() {
+                self.send_to_engine(i, ToCoordinator::TreeSigs(s.clone()));
+            }
+            for i in 0..sigs.len() {
+                let signed = self.held[i].iter().find_map(|m| match m {
+                    ToParticipant::SignedTree(t) => Some(t.clone()),
+                    _ => None,
+                });
+                let signed = signed.unwrap_or_else(|| panic!("{:?}", self.engine_events));
+                batch.node_sigs.extend(signed.sigs.iter().map(|n| (n.node as usize, n.sig)));
+            }
+            return;
+        };
         let psigs: BTreeMap<(u32, u32), _> =
             sigs.iter().flat_map(|s| &s.sigs).map(|p| ((p.node, p.leaf), p.psig)).collect();
         for (node, shape) in batch.tree.shape().nodes().to_vec().into_iter().enumerate() {
@@ -389,12 +601,12 @@ impl Kit {
                     psig: psigs[&(node as u32, l as u32)],
                 })
                 .collect();
-            let sn = batch.node_secnonces[node].take().unwrap();
-            let psig = musig::sign_partial(&n.key, &batch.batch_key.scalar(), sn, agg, &n.sighash)
-                .unwrap();
+            let key = &secrets.batch_key;
+            let sn = secrets.node_secnonces[node].take().unwrap();
+            let psig = musig::sign_partial(&n.key, &key.scalar(), sn, agg, &n.sighash).unwrap();
             contributions.push(Contribution {
-                signer: batch.batch_key.point,
-                pubnonce: batch.node_pubnonces[node].clone(),
+                signer: key.point,
+                pubnonce: secrets.node_pubnonces[node].clone(),
                 psig,
             });
             let sig = musig::combine(&n.key, agg, &n.sighash, &contributions).unwrap();
@@ -430,8 +642,12 @@ impl Kit {
         }
     }
 
-    /// Completes the funding tx with every party's deposit signatures and C's.
+    /// Completes the funding tx of a batch the kit built with every party's deposit
+    /// signatures and C's (the engine completes its own: see [`Kit::run_round`]).
     pub fn complete_funding(&self, batch: &mut Batch, sigs: &[DepositSigs]) -> Transaction {
+        let Signer::Local(secrets) = &mut batch.signer else {
+            panic!("the engine completes its own funding tx");
+        };
         let mut tx = batch.body.funding_tx.clone();
         let prevouts = batch.body.funding_prevouts.clone();
         for (i, s) in sigs.iter().enumerate() {
@@ -444,7 +660,7 @@ impl Kit {
                 let cn = batch.coord_pubnonces[input].clone();
                 let agg = musig::nonce_agg(&[pn.clone(), cn.clone()]).unwrap();
                 let msg = key_spend_sighash(&tx, input, &prevouts).unwrap();
-                let sn = batch.coord_secnonces[input].take().unwrap();
+                let sn = secrets.coord_secnonces[input].take().unwrap();
                 let cpsig =
                     musig::sign_partial(&ctx, &self.coordinator.scalar(), sn, &agg, &msg).unwrap();
                 let contributions = [
@@ -463,19 +679,29 @@ impl Kit {
     }
 
     /// The whole honest round after registration: propose, sign, persist, complete,
-    /// broadcast, mine, finalize, confirm. Returns the funding tx.
+    /// broadcast, mine, finalize, confirm. The engine runs its own batch end to end
+    /// (it persists, asks for the broadcast, learns the confirmation and tells the
+    /// parties); the kit runs one it built. Returns the funding tx.
     pub fn run_round(&mut self, attempt: u32) -> Transaction {
         let mut batch = self.build_batch(attempt);
         self.propose(&batch);
         let n = self.parties.len();
         let sigs: Vec<TreeSigs> = (0..n).map(|i| self.take_tree_sigs(i)).collect();
-        Self::combine_tree(&mut batch, &sigs);
+        self.combine_tree(&mut batch, &sigs);
         for i in 0..n {
-            self.deliver(i, ToParticipant::SignedTree(Self::signed_tree(&batch, i)));
+            match batch.signer {
+                Signer::Engine => self.release(i),
+                Signer::Local(_) => {
+                    self.deliver(i, ToParticipant::SignedTree(Self::signed_tree(&batch, i)))
+                }
+            }
             assert!(!self.parties[i].sent_deposit_sigs(), "no deposit sigs before persisting");
             self.persist(i);
         }
         let dsigs: Vec<DepositSigs> = (0..n).map(|i| self.take_deposit_sigs(i)).collect();
+        if let Signer::Engine = batch.signer {
+            return self.engine_finish(dsigs);
+        }
         let funding = self.complete_funding(&mut batch, &dsigs);
         let txid = self.ledger.broadcast(&funding).expect("funding tx accepted");
         let height = self.ledger.mine(1);
@@ -484,6 +710,33 @@ impl Kit {
             self.deliver(i, ToParticipant::Finalized(finalized));
             let confirmed = cohort_common::messages::Confirmed { batch: 0, height };
             self.deliver(i, ToParticipant::Confirmed(confirmed));
+        }
+        funding
+    }
+
+    /// Hands the deposit signatures to the engine, stores, broadcasts what it asks for
+    /// on the ledger, mines, reports the confirmation and delivers what it sends.
+    fn engine_finish(&mut self, dsigs: Vec<DepositSigs>) -> Transaction {
+        let seen = self.engine_events.len();
+        for (i, s) in dsigs.into_iter().enumerate() {
+            self.send_to_engine(i, ToCoordinator::DepositSigs(s));
+        }
+        let (batch, funding) = self.engine_events[seen..]
+            .iter()
+            .find_map(|e| match e {
+                EngineEvent::Broadcast { batch, tx, .. } => Some((*batch, (**tx).clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no broadcast: {:?}", &self.engine_events[seen..]));
+        let now = self.now;
+        let result = self.ledger.broadcast(&funding).map_err(|e| e.to_string());
+        let txid = result.clone().expect("funding tx accepted");
+        self.engine().broadcast_result(now, batch, result);
+        let height = self.ledger.mine(1);
+        self.engine().confirmed(now, txid, height);
+        self.flush_engine();
+        for i in 0..self.parties.len() {
+            self.release(i);
         }
         funding
     }

@@ -104,7 +104,7 @@ fn excluded_participant_ends_and_abort_after_deposit_sigs_is_followed() {
     let mut batch = kit.build_batch(1);
     kit.propose(&batch);
     let sigs = vec![kit.take_tree_sigs(0), kit.take_tree_sigs(1)];
-    Kit::combine_tree(&mut batch, &sigs);
+    kit.combine_tree(&mut batch, &sigs);
     kit.deliver(0, ToParticipant::SignedTree(Kit::signed_tree(&batch, 0)));
     kit.persist(0);
     kit.take_deposit_sigs(0);
@@ -144,7 +144,7 @@ fn messages_out_of_phase_change_nothing_and_never_sign_twice() {
     kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &body)));
     assert!(kit.parties[0].outbox.is_empty());
     assert_eq!(kit.parties[0].session.phase(), PhaseName::TreeSigned);
-    Kit::combine_tree(&mut batch, &[sigs]);
+    kit.combine_tree(&mut batch, &[sigs]);
     let signed = Kit::signed_tree(&batch, 0);
     // A signed tree for another attempt is ignored.
     let mut other = signed.clone();
