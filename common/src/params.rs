@@ -25,8 +25,6 @@ pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest tree depth anyone accepts (a participant's work and exit cost grow with it).
 pub const MAX_DEPTH_LIMIT: u8 = 16;
-/// Largest funding transaction weight Bitcoin Core relays (`MAX_STANDARD_TX_WEIGHT`).
-pub const MAX_STANDARD_WEIGHT: u64 = 400_000;
 /// Smallest `max_batch_weight`: room for the shared part and a few deposits.
 pub const MIN_BATCH_WEIGHT: u64 = 2_000;
 /// Lowest funding fee rate, in sat/kWU: Bitcoin Core's default minimum relay fee

@@ -138,7 +138,7 @@ proptest! {
 
         // A corrupted partial signature is caught by our verification and named by combine.
         let bad = rng.gen_range(0..contributions.len());
-        contributions[bad].psig = contributions[bad].psig + musig2::secp::MaybeScalar::one();
+        contributions[bad].psig += musig2::secp::MaybeScalar::one();
         let c = &contributions[bad];
         prop_assert!(!musig::verify_partial(&ours, c.psig, &agg_nonce, &c.signer, &c.pubnonce, &message));
         let named = musig::combine(&ours, &agg_nonce, &message, &contributions);

@@ -7,8 +7,9 @@ use bitcoin::FeeRate;
 use super::RoundParams;
 use crate::params::{
     TreeParams, MAX_BLOCKS_SETTING, MAX_DEPOSIT_CSV, MAX_DEPTH_LIMIT, MAX_PER_REGISTRATION,
-    MAX_STANDARD_WEIGHT, MAX_WINDOW_MS, MIN_BATCH_WEIGHT, MIN_FEE_RATE_SAT_KWU, RADIX_RANGE,
+    MAX_WINDOW_MS, MIN_BATCH_WEIGHT, MIN_FEE_RATE_SAT_KWU, RADIX_RANGE,
 };
+use crate::standard::MAX_STANDARD_WEIGHT;
 
 /// A round parameter outside its allowed range. The message names the setting as the
 /// coordinator's config file spells it, and the allowed range.
@@ -88,7 +89,8 @@ impl RoundParams {
             1,
             per_registration,
         )?;
-        in_range("max_batch_weight", self.max_batch_weight, MIN_BATCH_WEIGHT, MAX_STANDARD_WEIGHT)?;
+        let max_weight = MAX_STANDARD_WEIGHT.to_wu();
+        in_range("max_batch_weight", self.max_batch_weight, MIN_BATCH_WEIGHT, max_weight)?;
         in_range("registration_window_ms", self.registration_closes_ms, 1, MAX_WINDOW_MS)?;
         in_range("phase_timeout_ms", self.phase_timeout_ms, 1, MAX_WINDOW_MS)?;
         in_range("max_attempts", self.max_attempts.into(), 1, 100)?;
@@ -144,7 +146,7 @@ mod tests {
             safety_margin: 144,
             max_leaves_per_registration: 16,
             max_deposits_per_registration: 16,
-            max_batch_weight: MAX_STANDARD_WEIGHT,
+            max_batch_weight: MAX_STANDARD_WEIGHT.to_wu(),
             registration_closes_ms: 10_000,
             phase_timeout_ms: 30_000,
             max_attempts: 3,
@@ -172,7 +174,7 @@ mod tests {
             ("max_leaves_per_registration", |p| p.max_leaves_per_registration = 0),
             ("max_deposits_per_registration", |p| p.max_deposits_per_registration = 0),
             ("max_batch_weight", |p| p.max_batch_weight = 0),
-            ("max_batch_weight", |p| p.max_batch_weight = MAX_STANDARD_WEIGHT + 1),
+            ("max_batch_weight", |p| p.max_batch_weight = MAX_STANDARD_WEIGHT.to_wu() + 1),
             ("registration_window_ms", |p| p.registration_closes_ms = 0),
             ("phase_timeout_ms", |p| p.phase_timeout_ms = 0),
             ("max_attempts", |p| p.max_attempts = 0),
