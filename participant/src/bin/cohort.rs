@@ -26,7 +26,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a wallet for a coordinator (cohort://<pin>@host:port).
+    /// Create a wallet for a coordinator (cohort://PIN@HOST:PORT).
     Init {
         /// The coordinator's URI, as it prints on start.
         #[arg(long)]
