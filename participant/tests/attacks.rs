@@ -18,8 +18,8 @@ use cohort_common::codec::Encoded;
 use cohort_common::exit::{cpfp_child, p2tr_single, FeeInput};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    DepositPartial, DepositSigs, NodeNonce, NodePartial, ProposalBody, ToCoordinator,
-    ToParticipant, TreeLeaf, TreeSigs,
+    DepositPartial, DepositSigs, NodeNonce, NodePartial, ProposalBody, ToParticipant, TreeLeaf,
+    TreeSigs,
 };
 use cohort_common::musig::{self, PubNonce, SecNonce};
 use cohort_common::params::LeafOutput;
@@ -37,25 +37,6 @@ mod testkit;
 
 use testkit::{Batch, Kit};
 
-/// Why party 0 refused its proposal, after checking it sent no signature of any kind,
-/// sent `Cancel` and ended.
-fn refusal(kit: &Kit) -> ProposalError {
-    let party = &kit.parties[0];
-    assert!(!party.sent_tree_sigs(), "no tree signature for a bad proposal");
-    assert!(!party.sent_deposit_sigs(), "no deposit signature for a bad proposal");
-    assert!(matches!(party.sent.last(), Some(ToCoordinator::Cancel(_))));
-    assert_eq!(party.session.phase(), PhaseName::Failed);
-    assert!(matches!(party.events.last(), Some(Event::Failed(SessionError::ProposalRejected(_)))));
-    party
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::ProposalRejected { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .expect("a ProposalRejected event")
-}
-
 /// Sends party 0 (of `n`) a proposal whose body `tamper` changed after an honest build.
 fn refused_body(n: usize, tamper: impl FnOnce(&mut ProposalBody, &Batch, &Kit)) -> ProposalError {
     let mut kit = Kit::new(n, None);
@@ -65,7 +46,7 @@ fn refused_body(n: usize, tamper: impl FnOnce(&mut ProposalBody, &Batch, &Kit)) 
     tamper(&mut body, &batch, &kit);
     kit.tamper = Kit::body_for(0, body);
     kit.propose(&batch);
-    refusal(&kit)
+    kit.refusal()
 }
 
 /// Sends party 0 (of two) a coherent batch whose funding tx `tamper` changed before
@@ -75,7 +56,7 @@ fn refused_funding(tamper: impl FnOnce(&Kit, &mut Transaction, &mut Vec<TxOut>))
     kit.register_all();
     let batch = kit.build_batch_with(1, |tx, prevouts| tamper(&kit, tx, prevouts));
     kit.propose(&batch);
-    refusal(&kit)
+    kit.refusal()
 }
 
 /// A coordinator-owned UTXO on the ledger and its key.
@@ -290,7 +271,7 @@ fn a_batch_above_the_leaf_limit_is_refused_before_key_aggregation() {
     body.funding_tx.output[0].script_pubkey = p2tr_single(&Keypair::random());
     let encoded = Encoded::new(&body).unwrap();
     kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &encoded)));
-    assert_eq!(refusal(&kit), ProposalError::BatchTooLarge { leaves: 4, max: 3 });
+    assert_eq!(kit.refusal(), ProposalError::BatchTooLarge { leaves: 4, max: 3 });
 }
 
 /// Pads the batch with `n` coordinator leaves of 1,000 sats funded by a new
@@ -340,7 +321,7 @@ fn padded(limits: ProposalLimits, n: usize) -> (Kit, ProposalError) {
         .map(|node| NodeNonce { node: node as u32, nonce: nonce.clone() })
         .collect();
     kit.deliver(0, ToParticipant::Proposal(proposal));
-    let reason = refusal(&kit);
+    let reason = kit.refusal();
     (kit, reason)
 }
 
@@ -419,7 +400,7 @@ fn own_deposits_summing_past_the_money_supply_are_refused() {
     let batch = kit.build_batch(1);
     kit.propose(&batch);
     assert_eq!(
-        refusal(&kit),
+        kit.refusal(),
         ProposalError::Funding(FundingRuleError::PrevoutMoneyRange(MoneyRangeError::Sum))
     );
 }
@@ -576,7 +557,7 @@ fn the_malleable_input_attack_end_to_end() {
     let batch = kit.build_batch_with(1, |tx, prevouts| add_input(tx, prevouts, utxo));
     kit.propose(&batch);
     assert_eq!(
-        refusal(&kit),
+        kit.refusal(),
         ProposalError::Funding(FundingRuleError::NonWitnessInput { input: 1 })
     );
 }

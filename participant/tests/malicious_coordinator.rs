@@ -35,20 +35,7 @@ fn refused_with(tamper: impl FnOnce(&mut ProposalBody, &Batch)) -> ProposalError
     tamper(&mut body, &batch);
     kit.tamper = Kit::body_for(0, body);
     kit.propose(&batch);
-    let party = &kit.parties[0];
-    assert!(!party.sent_tree_sigs(), "no tree signature for a bad proposal");
-    assert!(!party.sent_deposit_sigs());
-    assert!(matches!(party.sent.last(), Some(ToCoordinator::Cancel(_))));
-    assert_eq!(party.session.phase(), PhaseName::Failed);
-    assert!(matches!(party.events.last(), Some(Event::Failed(SessionError::ProposalRejected(_)))));
-    party
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::ProposalRejected { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .expect("a ProposalRejected event")
+    kit.refusal()
 }
 
 fn own_leaf(batch: &Batch, party: usize, leaf: usize) -> usize {

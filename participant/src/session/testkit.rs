@@ -37,7 +37,10 @@ use cohort_common::tree::Tree;
 use cohort_coordinator::engine::{Coordinator, CoordinatorConfig, Event as EngineEvent, Inbound};
 use rand::SeedableRng;
 
-use super::{Event, ExitPath, OwnedDeposit, Session, SessionConfig, SharedCaches};
+use super::{
+    Event, ExitPath, OwnedDeposit, PhaseName, ProposalError, Session, SessionConfig, SessionError,
+    SharedCaches,
+};
 
 /// One participant: its session, keys, and everything it sent.
 pub struct Party {
@@ -134,6 +137,28 @@ pub struct Kit {
 }
 
 impl Kit {
+    /// Why party 0 refused its proposal, after checking it sent no signature of any kind,
+    /// sent `Cancel` and ended.
+    pub fn refusal(&self) -> ProposalError {
+        let party = &self.parties[0];
+        assert!(!party.sent_tree_sigs(), "no tree signature for a bad proposal");
+        assert!(!party.sent_deposit_sigs(), "no deposit signature for a bad proposal");
+        assert!(matches!(party.sent.last(), Some(ToCoordinator::Cancel(_))));
+        assert_eq!(party.session.phase(), PhaseName::Failed);
+        assert!(matches!(
+            party.events.last(),
+            Some(Event::Failed(SessionError::ProposalRejected(_)))
+        ));
+        party
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::ProposalRejected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("a ProposalRejected event")
+    }
+
     /// `n` participants with one deposit and one fixed leaf each.
     pub fn new(n: usize, caches: Option<Arc<SharedCaches>>) -> Kit {
         let ledger = Ledger::new();
