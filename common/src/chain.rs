@@ -146,15 +146,15 @@ pub enum RejectReason {
         /// Its id.
         txid: Txid,
     },
-    /// An input's script failed under Bitcoin Core's interpreter (libbitcoinkernel).
+    /// An input's script failed under libbitcoinconsensus.
     #[error("script verification failed at input {input}: {error}")]
     Script {
         /// Index of the input.
         input: usize,
-        /// What libbitcoinkernel reported (`Invalid` for a plain script failure).
+        /// What libbitcoinconsensus reported (`ERR_SCRIPT` for a plain script failure).
         error: bitcoinconsensus::Error,
     },
-    /// The transaction could not be handed to libbitcoinkernel at all.
+    /// The transaction could not be handed to libbitcoinconsensus at all.
     #[error("transaction cannot be script-checked: {0}")]
     Unverifiable(crate::consensus::ConsensusError),
     /// The outputs spend more than the inputs bring.
