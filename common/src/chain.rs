@@ -146,15 +146,15 @@ pub enum RejectReason {
         /// Its id.
         txid: Txid,
     },
-    /// An input's script failed under libbitcoinconsensus.
+    /// An input's script failed under Bitcoin Core's interpreter (libbitcoinkernel).
     #[error("script verification failed at input {input}: {error}")]
     Script {
         /// Index of the input.
         input: usize,
-        /// What libbitcoinconsensus reported (`ERR_SCRIPT` for a plain script failure).
-        error: bitcoinconsensus::Error,
+        /// What libbitcoinkernel reported (`Invalid` for a plain script failure).
+        error: crate::consensus::ScriptError,
     },
-    /// The transaction could not be handed to libbitcoinconsensus at all.
+    /// The transaction could not be handed to libbitcoinkernel at all.
     #[error("transaction cannot be script-checked: {0}")]
     Unverifiable(crate::consensus::ConsensusError),
     /// The outputs spend more than the inputs bring.

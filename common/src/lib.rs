@@ -14,7 +14,7 @@
 //! - [`codec`]: frames and the bincode body codec (the only module naming bincode).
 //! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
-//! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
+//! - [`consensus`]: Bitcoin Core (libbitcoinkernel) script checks of whole transactions.
 //! - [`ledger`]: the embedded regtest ledger.
 //! - `sqlite` (feature `sqlite`): opening the stores' SQLite files.
 
