@@ -96,6 +96,13 @@ impl From<RejectReason> for ChainError {
 /// Exactly why a transaction was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
+    /// A `bitcoind` node refused it, for the reason its RPC gives (a node backend cannot
+    /// always map Core's reject reasons onto the variants below).
+    #[error("refused by the node: {reason}")]
+    Node {
+        /// Core's reject reason, e.g. `min relay fee not met` or `bad-txns-inputs-missingorspent`.
+        reason: String,
+    },
     /// The transaction has no inputs.
     #[error("transaction has no inputs")]
     NoInputs,
@@ -139,15 +146,15 @@ pub enum RejectReason {
         /// Its id.
         txid: Txid,
     },
-    /// An input's script failed under libbitcoinconsensus.
+    /// An input's script failed under Bitcoin Core's interpreter (libbitcoinkernel).
     #[error("script verification failed at input {input}: {error}")]
     Script {
         /// Index of the input.
         input: usize,
-        /// What libbitcoinconsensus reported (`ERR_SCRIPT` for a plain script failure).
-        error: bitcoinconsensus::Error,
+        /// What libbitcoinkernel reported (`Invalid` for a plain script failure).
+        error: crate::consensus::ScriptError,
     },
-    /// The transaction could not be handed to libbitcoinconsensus at all.
+    /// The transaction could not be handed to libbitcoinkernel at all.
     #[error("transaction cannot be script-checked: {0}")]
     Unverifiable(crate::consensus::ConsensusError),
     /// The outputs spend more than the inputs bring.

@@ -1,20 +1,38 @@
-//! Script verification of whole transactions with Bitcoin Core's consensus library
-//! (`bitcoinconsensus` 0.106, Taproot flags), inputs checked in parallel.
+//! Script verification of whole transactions with Bitcoin Core's current interpreter
+//! (libbitcoinkernel through the `bitcoinkernel` crate, Taproot flags), inputs checked
+//! in parallel.
 //!
-//! libbitcoinconsensus deserializes the transaction and hashes all spent outputs on
-//! every call, so one input costs `O(inputs)`; a 1,700-input funding transaction is
-//! therefore verified on rayon, one call per input, from one serialization.
+//! The transaction is parsed once and its BIP-143/BIP-341 hashes (prevouts, amounts,
+//! scripts, sequences, outputs) are precomputed once from all spent outputs, so each
+//! input's check costs its own script only: a 1,700-input funding transaction is
+//! linear in its inputs. Every input still runs through Core's script interpreter.
 
 use bitcoin::consensus::encode::serialize;
 use bitcoin::{Transaction, TxOut};
+use bitcoinkernel::{KernelError, PrecomputedTransactionData, ScriptVerifyError};
 use rayon::prelude::*;
 
-/// Script verification flags: everything up to and including Taproot.
-pub const VERIFY_FLAGS: u32 =
-    bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT;
+/// Script verification flags: every consensus rule up to and including Taproot
+/// (P2SH, DERSIG, NULLDUMMY, CHECKLOCKTIMEVERIFY, CHECKSEQUENCEVERIFY, witness, Taproot).
+pub const VERIFY_FLAGS: u32 = bitcoinkernel::VERIFY_ALL_PRE_TAPROOT | bitcoinkernel::VERIFY_TAPROOT;
 
 /// Inputs from which verification is spread over rayon.
 const PARALLEL_FROM: usize = 4;
+
+/// What Core's script check reported for one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    /// The input does not satisfy the script it spends (bad signature, wrong amount
+    /// or spent output committed to, failing script).
+    #[error("script does not verify")]
+    Invalid,
+    /// The flags asked for are not a valid combination (a bug in [`VERIFY_FLAGS`]).
+    #[error("invalid combination of verification flags")]
+    InvalidFlags,
+    /// Taproot verification ran without the spent outputs.
+    #[error("spent outputs required")]
+    SpentOutputsRequired,
+}
 
 /// Why a transaction's scripts do not verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,26 +45,76 @@ pub enum ConsensusError {
         /// Spent outputs given.
         spent: usize,
     },
-    /// A spent output's value or script does not fit the library's integer types.
-    #[error("spent output of input {input} does not fit libbitcoinconsensus limits")]
+    /// A spent output's value does not fit the library's integer type.
+    #[error("spent output of input {input} does not fit libbitcoinkernel limits")]
     SpentOutputTooLarge {
         /// Index of the input.
         input: usize,
     },
-    /// The serialized transaction is larger than the library accepts.
-    #[error("transaction of {bytes} bytes is too large to verify")]
-    TxTooLarge {
-        /// Serialized size.
-        bytes: usize,
-    },
+    /// libbitcoinkernel could not take the transaction or its spent outputs.
+    #[error("libbitcoinkernel refused to load the transaction or its spent outputs")]
+    Unloadable,
     /// An input's script failed.
     #[error("input {input} fails script verification: {error}")]
     Script {
         /// Index of the first failing input.
         input: usize,
-        /// libbitcoinconsensus's error (`ERR_SCRIPT` for a plain script failure).
-        error: bitcoinconsensus::Error,
+        /// Core's verdict ([`ScriptError::Invalid`] for a plain script failure).
+        error: ScriptError,
     },
+}
+
+/// The transaction and its spent outputs, loaded into libbitcoinkernel once.
+struct Loaded {
+    tx: bitcoinkernel::Transaction,
+    spent: Vec<(bitcoinkernel::ScriptPubkey, i64)>,
+    precomputed: PrecomputedTransactionData,
+}
+
+impl Loaded {
+    fn new(tx: &Transaction, spent: &[TxOut]) -> Result<Self, ConsensusError> {
+        let kernel_tx = bitcoinkernel::Transaction::new(&serialize(tx))
+            .map_err(|_| ConsensusError::Unloadable)?;
+        let mut scripts = Vec::with_capacity(spent.len());
+        let mut outs = Vec::with_capacity(spent.len());
+        for (input, out) in spent.iter().enumerate() {
+            let value = i64::try_from(out.value.to_sat())
+                .map_err(|_| ConsensusError::SpentOutputTooLarge { input })?;
+            let script = bitcoinkernel::ScriptPubkey::new(out.script_pubkey.as_bytes())
+                .map_err(|_| ConsensusError::Unloadable)?;
+            outs.push(bitcoinkernel::TxOut::new(&script, value));
+            scripts.push((script, value));
+        }
+        // Hashes every prevout, amount, script, sequence and output once.
+        let precomputed = PrecomputedTransactionData::new(&kernel_tx, &outs)
+            .map_err(|_| ConsensusError::Unloadable)?;
+        Ok(Loaded { tx: kernel_tx, spent: scripts, precomputed })
+    }
+
+    fn check(&self, input: usize) -> Result<(), ConsensusError> {
+        let (script, value) = &self.spent[input];
+        bitcoinkernel::verify(
+            script,
+            Some(*value),
+            &self.tx,
+            input,
+            Some(VERIFY_FLAGS),
+            &self.precomputed,
+        )
+        .map_err(|e| ConsensusError::Script { input, error: script_error(e) })
+    }
+}
+
+fn script_error(e: KernelError) -> ScriptError {
+    match e {
+        KernelError::ScriptVerify(ScriptVerifyError::SpentOutputsRequired) => {
+            ScriptError::SpentOutputsRequired
+        }
+        KernelError::ScriptVerify(
+            ScriptVerifyError::InvalidFlags | ScriptVerifyError::InvalidFlagsCombination,
+        ) => ScriptError::InvalidFlags,
+        _ => ScriptError::Invalid,
+    }
 }
 
 /// Verifies every input of `tx` against `spent` (the outputs it spends, in input
@@ -56,54 +124,17 @@ pub fn verify_tx(tx: &Transaction, spent: &[TxOut]) -> Result<(), ConsensusError
     if spent.len() != inputs {
         return Err(ConsensusError::SpentCountMismatch { inputs, spent: spent.len() });
     }
-    let bytes = serialize(tx);
-    if u32::try_from(bytes.len()).is_err() {
-        return Err(ConsensusError::TxTooLarge { bytes: bytes.len() });
+    if inputs == 0 {
+        return Ok(());
     }
-    // Check the integer conversions once; the per-thread pointer arrays reuse them.
-    let mut sizes = Vec::with_capacity(inputs);
-    for (input, out) in spent.iter().enumerate() {
-        let len = u32::try_from(out.script_pubkey.len());
-        let value = i64::try_from(out.value.to_sat());
-        match (len, value) {
-            (Ok(len), Ok(value)) => sizes.push((len, value)),
-            _ => return Err(ConsensusError::SpentOutputTooLarge { input }),
-        }
-    }
-    // `bitcoinconsensus::Utxo` holds raw pointers into `spent`, which outlives every
-    // call below; it is neither Send nor Sync, so each rayon job builds its own array.
-    let utxos = || -> Vec<bitcoinconsensus::Utxo> {
-        spent
-            .iter()
-            .zip(&sizes)
-            .map(|(out, &(len, value))| bitcoinconsensus::Utxo {
-                script_pubkey: out.script_pubkey.as_bytes().as_ptr(),
-                script_pubkey_len: len,
-                value,
-            })
-            .collect()
-    };
-    let check = |utxos: &mut Vec<bitcoinconsensus::Utxo>, input: usize| {
-        let out = &spent[input];
-        bitcoinconsensus::verify_with_flags(
-            out.script_pubkey.as_bytes(),
-            out.value.to_sat(),
-            &bytes,
-            Some(utxos.as_slice()),
-            input,
-            VERIFY_FLAGS,
-        )
-        .map_err(|error| ConsensusError::Script { input, error })
-    };
+    let loaded = Loaded::new(tx, spent)?;
     let results: Vec<Result<(), ConsensusError>> = if inputs < PARALLEL_FROM {
-        let mut u = utxos();
-        (0..inputs).map(|i| check(&mut u, i)).collect()
+        (0..inputs).map(|i| loaded.check(i)).collect()
     } else {
-        (0..inputs).into_par_iter().map_init(utxos, check).collect()
+        (0..inputs).into_par_iter().map(|i| loaded.check(i)).collect()
     };
     results.into_iter().collect()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,8 +210,30 @@ mod tests {
         }
         assert_eq!(
             verify_tx(&tx, &spent),
-            Err(ConsensusError::Script { input: 3, error: bitcoinconsensus::Error::ERR_SCRIPT })
+            Err(ConsensusError::Script { input: 3, error: ScriptError::Invalid })
         );
+    }
+
+    #[test]
+    fn every_input_is_checked_down_to_the_last() {
+        let (mut tx, spent) = signed(40);
+        let mut sig = tx.input[39].witness.to_vec().remove(0);
+        sig[63] ^= 0x80;
+        tx.input[39].witness = Witness::from_slice(&[sig]);
+        assert_eq!(
+            verify_tx(&tx, &spent),
+            Err(ConsensusError::Script { input: 39, error: ScriptError::Invalid })
+        );
+    }
+
+    #[test]
+    fn wrong_spent_script_fails_taproot() {
+        let (tx, mut spent) = signed(2);
+        spent[1].script_pubkey = spent[0].script_pubkey.clone();
+        assert!(matches!(
+            verify_tx(&tx, &spent),
+            Err(ConsensusError::Script { error: ScriptError::Invalid, .. })
+        ));
     }
 
     #[test]

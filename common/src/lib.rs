@@ -16,7 +16,7 @@
 //! - [`codec`]: frames and the bincode body codec (the only module naming bincode).
 //! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
-//! - [`consensus`]: libbitcoinconsensus checks of whole transactions.
+//! - [`consensus`]: Bitcoin Core (libbitcoinkernel) script checks of whole transactions.
 //! - [`standard`]: relay rules both sides share: standard outputs, dust, anchors, TRUC,
 //!   standard weight, money range, the honest funding transaction's fixed fields.
 //! - [`ledger`]: the embedded regtest ledger.

@@ -77,7 +77,7 @@ fn musig_key_path_spend_of_a_deposit_is_accepted_once() {
     let to = p2tr_single(&s.user);
     let tx = cooperative_spend(&s, to.clone());
 
-    // One flipped signature bit: refused by libbitcoinconsensus.
+    // One flipped signature bit: refused by Core's interpreter (libbitcoinkernel).
     let mut bad = tx.clone();
     let mut sig = bad.input[0].witness.to_vec()[0].clone();
     sig[10] ^= 0x01;

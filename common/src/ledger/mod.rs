@@ -3,8 +3,8 @@
 //!
 //! Acceptance checks: structure and weight (at most 400,000 WU), inputs exist and are
 //! unspent, no double spend against chain or mempool, every input's script through
-//! libbitcoinconsensus with all spent outputs (Taproot flags), value conservation,
-//! absolute locktime finality, BIP-68 relative locks (height-based against the spent
+//! Bitcoin Core's interpreter (libbitcoinkernel) with all spent outputs (Taproot
+//! flags), value conservation, absolute locktime finality, BIP-68 relative locks (height-based against the spent
 //! output's confirmation height, time-based against median time past), TRUC (v3)
 //! topology, dust, and a 1 sat/vB minimum relay fee. A zero-fee transaction is only
 //! accepted as a 1-parent-1-child package whose child spends its P2A anchor.

@@ -115,7 +115,7 @@ fn flipped_signature_bit_rejected() {
     t.input[0].witness = Witness::from_slice(&[sig]);
     assert_eq!(
         rejected(ledger.broadcast(&t)),
-        RejectReason::Script { input: 0, error: bitcoinconsensus::Error::ERR_SCRIPT }
+        RejectReason::Script { input: 0, error: crate::consensus::ScriptError::Invalid }
     );
     assert!(ledger.mempool().is_empty());
 }
