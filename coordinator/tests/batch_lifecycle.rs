@@ -73,7 +73,8 @@ impl Net {
         let coordinator = Keypair::from_rng(&mut rng);
         let payout = Keypair::from_rng(&mut rng);
         let engine_rng = Box::new(rand::rngs::StdRng::seed_from_u64(seed + 1000));
-        let engine = Coordinator::with_rng(coordinator.clone(), config(&payout, n), engine_rng);
+        let engine =
+            Coordinator::with_rng(coordinator.clone(), config(&payout, n), engine_rng).unwrap();
         let sessions = (0..n).map(|_| session(&ledger, &coordinator, &mut rng)).collect();
         Net {
             ledger,
@@ -259,7 +260,7 @@ fn the_same_seed_and_registrations_build_the_same_batch() {
     let payout = Keypair::from_rng(&mut rng);
     let engine = |seed| {
         let rng = Box::new(rand::rngs::StdRng::seed_from_u64(seed));
-        Coordinator::with_rng(coordinator.clone(), config(&payout, n), rng)
+        Coordinator::with_rng(coordinator.clone(), config(&payout, n), rng).unwrap()
     };
     let (mut a, mut b, mut c) = (engine(9), engine(9), engine(10));
     let now = Instant::now();

@@ -37,7 +37,7 @@ fn world() -> World {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let coordinator = Keypair::from_rng(&mut rng);
     let config = CoordinatorConfig::new(p2tr_single(&Keypair::from_rng(&mut rng)));
-    let mut engine = Coordinator::new(coordinator.clone(), config);
+    let mut engine = Coordinator::new(coordinator.clone(), config).unwrap();
     let ledger = Ledger::new();
     ledger.mine(200);
     let now = Instant::now();

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 
-use cohort_common::params::{DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX};
+use cohort_common::params::{
+    TreeParams, DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX,
+};
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::quic::run_quic_round;
 use cohort_sim::round::{run_round, RoundConfig};
@@ -86,11 +88,11 @@ fn main() -> Result<()> {
     if !(0.0..=1.0).contains(&args.faults) || !(0.0..=1.0).contains(&args.loss) {
         anyhow::bail!("--faults and --loss must be between 0 and 1");
     }
+    let tree = TreeParams { radix: args.radix, max_depth: args.max_depth };
     if args.local {
         let report = run(&Config {
             users: args.users,
-            radix: args.radix,
-            max_depth: args.max_depth,
+            tree,
             seed: args.seed,
             max_batch_weight: args.max_batch_weight,
             exits: args.exits,
@@ -111,8 +113,7 @@ fn main() -> Result<()> {
     };
     let config = RoundConfig {
         users: args.users,
-        radix: args.radix,
-        max_depth: args.max_depth,
+        tree,
         max_batch_weight: args.max_batch_weight,
         seed: args.seed,
         faults: args.faults,

@@ -21,8 +21,7 @@ use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::params::{TreeParams, DEFAULT_DEPOSIT_CSV};
-use cohort_coordinator::engine::CoordinatorConfig;
+use cohort_common::params::DEFAULT_DEPOSIT_CSV;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore};
 use cohort_participant::driver::{spawn_reader, Driver, DriverSetup, Outcome, Progress};
@@ -66,12 +65,8 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let users = fund_users(&ledger, &mut rng, config.users, &coordinator_key)?;
     let deposits_ms = ms(wall.elapsed());
 
-    let mut engine = CoordinatorConfig::new(payout);
-    engine.tree = TreeParams { radix: config.radix, max_depth: config.max_depth };
-    engine.max_batch_weight = config.max_batch_weight;
-    engine.max_registrations = config.users;
-    engine.registration_window = Duration::from_secs(120);
-    engine.phase_timeout = Duration::from_secs(60);
+    let engine =
+        config.coordinator_config(payout, Duration::from_secs(120), Duration::from_secs(60));
     let exit_csv = engine.exit_csv;
     let service_config = ServiceConfig {
         listen: "127.0.0.1:0".parse().context("listen address")?,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -36,10 +36,8 @@ const COORDINATOR_RNG: u64 = 0x636f_6f72_6469_6e61;
 pub struct RoundConfig {
     /// Participants, one deposit each.
     pub users: usize,
-    /// Tree radix.
-    pub radix: u8,
-    /// Largest tree depth.
-    pub max_depth: u8,
+    /// Tree shape (radix and largest depth).
+    pub tree: TreeParams,
     /// Largest funding transaction weight.
     pub max_batch_weight: u64,
     /// Seed of keys, amounts, faults and the network.
@@ -59,12 +57,28 @@ pub struct RoundConfig {
 }
 
 impl RoundConfig {
+    /// The coordinator engine's configuration for this run: every user in one round, whose
+    /// registration stays open `window`, each signing phase at most `phase`.
+    pub fn coordinator_config(
+        &self,
+        payout: ScriptBuf,
+        window: Duration,
+        phase: Duration,
+    ) -> CoordinatorConfig {
+        let mut c = CoordinatorConfig::new(payout);
+        c.tree = self.tree;
+        c.max_batch_weight = self.max_batch_weight;
+        c.max_registrations = self.users;
+        c.registration_window = window;
+        c.phase_timeout = phase;
+        c
+    }
+
     /// A fault-free round of `users` with defaults.
     pub fn new(users: usize) -> Self {
         RoundConfig {
             users,
-            radix: 4,
-            max_depth: 8,
+            tree: TreeParams { radix: 4, max_depth: 8 },
             max_batch_weight: cohort_common::params::DEFAULT_MAX_BATCH_WEIGHT,
             seed: 1,
             faults: 0.0,
@@ -329,16 +343,13 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
     let users = fund_users(&ledger, &mut rng, config.users, &coordinator_key)?;
     let deposits_ms = ms(wall.elapsed());
 
-    let mut cc = CoordinatorConfig::new(payout);
-    cc.tree = TreeParams { radix: config.radix, max_depth: config.max_depth };
-    cc.max_batch_weight = config.max_batch_weight;
+    let mut cc =
+        config.coordinator_config(payout, Duration::from_secs(30), Duration::from_secs(20));
     cc.exit_csv = exit_csv;
-    cc.max_registrations = config.users;
-    cc.registration_window = Duration::from_secs(30);
-    cc.phase_timeout = Duration::from_secs(20);
     // The engine's batch keys, nonces and challenge come from the run's seed too.
     let engine_rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ COORDINATOR_RNG);
-    let coordinator = Coordinator::with_rng(coordinator_key.clone(), cc, Box::new(engine_rng));
+    let coordinator = Coordinator::with_rng(coordinator_key.clone(), cc, Box::new(engine_rng))
+        .context("round parameters")?;
 
     let caches = Arc::new(SharedCaches::new());
     let start = Instant::now();

@@ -28,10 +28,8 @@ use crate::local::{
 pub struct Config {
     /// Users, one deposit each.
     pub users: usize,
-    /// Tree radix.
-    pub radix: u8,
-    /// Largest tree depth.
-    pub max_depth: u8,
+    /// Tree shape (radix and largest depth).
+    pub tree: TreeParams,
     /// Seed of every key and amount (nonces stay random).
     pub seed: u64,
     /// Largest funding transaction weight.
@@ -119,7 +117,8 @@ pub fn run(config: &Config) -> Result<Report> {
     let coordinator_script = p2tr_single(&Keypair::from_rng(&mut rng));
     let schedule = FeeSchedule::default();
     let rate = ledger.fee_rate()?;
-    let tree_params = TreeParams { radix: config.radix, max_depth: config.max_depth };
+    let tree_params = config.tree;
+    tree_params.validate()?;
 
     // Deposits: every user funds its static address from the faucet, one block.
     let start = Instant::now();

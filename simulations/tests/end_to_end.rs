@@ -4,14 +4,14 @@
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use cohort_common::params::TreeParams;
 use cohort_sim::run::{run, Config};
 
 fn config(radix: u8, exits: usize) -> Config {
     Config {
         // 30 users, every third asks for an extra leaf: 40 leaves.
         users: 30,
-        radix,
-        max_depth: 8,
+        tree: TreeParams { radix, max_depth: 8 },
         seed: u64::from(radix),
         max_batch_weight: 400_000,
         exits,

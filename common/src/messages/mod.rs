@@ -27,7 +27,7 @@ pub use batch::{
     SignedTree, TreeLeaf, TreeSigs,
 };
 pub use chain::{ServerInfo, SideRequest, SideResponse, UtxoInfo};
-pub use params_check::ParamsError;
+pub use params_check::{ParamsError, ShapeError};
 pub use round::{
     ownership_message, DepositRegistration, LeafRequest, RefusalReason, Refused, Register,
     RegisterBody, Registered, RemainderRequest, RoundAnnounce, RoundParams,

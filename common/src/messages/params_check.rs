@@ -27,6 +27,12 @@ pub enum ParamsError {
         /// Largest allowed value.
         max: u64,
     },
+}
+
+/// A registration's shape outside what its round takes: the one count both sides make
+/// ([`RoundParams::check_registration_shape`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
     /// More leaves in one registration (the remainder included) than the round takes.
     #[error("{count} leaves (the remainder included) exceed the round's maximum of {max}")]
     TooManyLeaves {
@@ -46,6 +52,21 @@ pub enum ParamsError {
     /// A registration with no deposit.
     #[error("no deposit to register")]
     NoDeposits,
+}
+
+impl From<ShapeError> for super::RefusalReason {
+    fn from(e: ShapeError) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match e {
+            ShapeError::TooManyLeaves { count: n, max } => {
+                Self::TooManyLeaves { count: count(n), max: max.into() }
+            }
+            ShapeError::TooManyDeposits { count: n, max } => {
+                Self::TooManyDeposits { count: count(n), max: max.into() }
+            }
+            ShapeError::NoDeposits => Self::NoDeposits,
+        }
+    }
 }
 
 fn in_range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), ParamsError> {
@@ -109,18 +130,18 @@ impl RoundParams {
         &self,
         deposits: usize,
         fixed_leaves: usize,
-    ) -> Result<(), ParamsError> {
+    ) -> Result<(), ShapeError> {
         if deposits == 0 {
-            return Err(ParamsError::NoDeposits);
+            return Err(ShapeError::NoDeposits);
         }
         let max = self.max_deposits_per_registration;
         if deposits > usize::from(max) {
-            return Err(ParamsError::TooManyDeposits { count: deposits, max });
+            return Err(ShapeError::TooManyDeposits { count: deposits, max });
         }
         let max = self.max_leaves_per_registration;
         let count = fixed_leaves.saturating_add(1);
         if count > usize::from(max) {
-            return Err(ParamsError::TooManyLeaves { count, max });
+            return Err(ShapeError::TooManyLeaves { count, max });
         }
         Ok(())
     }
@@ -198,12 +219,12 @@ mod tests {
         p.check_registration_shape(1, 1).unwrap();
         assert_eq!(
             p.check_registration_shape(1, 2),
-            Err(ParamsError::TooManyLeaves { count: 3, max: 2 })
+            Err(ShapeError::TooManyLeaves { count: 3, max: 2 })
         );
-        assert_eq!(p.check_registration_shape(0, 0), Err(ParamsError::NoDeposits));
+        assert_eq!(p.check_registration_shape(0, 0), Err(ShapeError::NoDeposits));
         assert_eq!(
             p.check_registration_shape(17, 0),
-            Err(ParamsError::TooManyDeposits { count: 17, max: 16 })
+            Err(ShapeError::TooManyDeposits { count: 17, max: 16 })
         );
     }
 

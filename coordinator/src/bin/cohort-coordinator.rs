@@ -229,9 +229,7 @@ fn service_config(file: &FileConfig, key: &Keypair) -> Result<ServiceConfig> {
     engine.phase_timeout = Duration::from_secs(file.phase_timeout_secs);
     engine.max_attempts = file.max_attempts;
     engine.ban_duration = Duration::from_secs(file.ban_secs);
-    if !cohort_common::params::RADIX_RANGE.contains(&file.radix) {
-        bail!("radix {} is outside 2..=16", file.radix);
-    }
+    engine.validate(key.public).context("invalid config")?;
     Ok(ServiceConfig {
         listen: file.listen,
         engine,

@@ -33,7 +33,7 @@ mod register;
 mod slots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bitcoin::{OutPoint, Txid};
 use rand::{CryptoRng, RngCore};
@@ -43,8 +43,8 @@ use cohort_common::batch::{group_batches, BatchLimits, NonceSeed};
 use cohort_common::fees::FeeError;
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    AbortReason, Reason, RefusalReason, Refused, RoundAnnounce, RoundParams, ToCoordinator,
-    ToParticipant,
+    AbortReason, ParamsError, Reason, RefusalReason, Refused, RoundAnnounce, RoundParams,
+    ToCoordinator, ToParticipant,
 };
 
 pub use attempt::{Attempt, AttemptId, AttemptSecrets, BuildError, ContributionError, Member};
@@ -131,15 +131,20 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// An engine with the coordinator's long-term key `C`, drawing its randomness from
-    /// the operating system.
-    pub fn new(key: Keypair, config: CoordinatorConfig) -> Self {
+    /// the operating system; `config` must pass [`CoordinatorConfig::validate`].
+    pub fn new(key: Keypair, config: CoordinatorConfig) -> Result<Self, ParamsError> {
         Self::with_rng(key, config, Box::new(rand::rngs::OsRng))
     }
 
     /// An engine drawing every batch key, nonce seed and challenge from `rng` (seeded in
     /// simulations and tests, so a run repeats exactly).
-    pub fn with_rng(key: Keypair, config: CoordinatorConfig, rng: EngineRng) -> Self {
-        Coordinator {
+    pub fn with_rng(
+        key: Keypair,
+        config: CoordinatorConfig,
+        rng: EngineRng,
+    ) -> Result<Self, ParamsError> {
+        config.validate(key.public)?;
+        Ok(Coordinator {
             key,
             config,
             rng: RandomSource(rng),
@@ -151,7 +156,7 @@ impl Coordinator {
             sends: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        })
     }
 
     /// The coordinator's long-term public key.
@@ -207,22 +212,7 @@ impl Coordinator {
         let mut challenge = [0u8; 32];
         self.rng.0.fill_bytes(&mut challenge);
         let c = &self.config;
-        let params = RoundParams {
-            round,
-            tree: c.tree,
-            fees: c.fees,
-            coordinator_key: self.key.public,
-            exit_csv: c.exit_csv,
-            max_deposit_csv: c.max_deposit_csv,
-            min_confs: c.min_confs,
-            safety_margin: c.safety_margin,
-            max_leaves_per_registration: c.max_leaves_per_registration,
-            max_deposits_per_registration: c.max_deposits_per_registration,
-            max_batch_weight: c.max_batch_weight,
-            registration_closes_ms: millis(c.registration_window),
-            phase_timeout_ms: millis(c.phase_timeout),
-            max_attempts: c.max_attempts,
-        };
+        let params = c.round_params(round, self.key.public);
         self.round = Some(Round {
             params: params.clone(),
             challenge,
@@ -588,8 +578,4 @@ fn build_one(
             result => return Built { batch: b, members: ids, dropped, result },
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

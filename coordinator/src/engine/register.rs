@@ -138,22 +138,8 @@ pub fn check(
         return Err(RefusalReason::WrongRound { expected: params.round, got: body.round });
     }
     let deposits = body.deposits.len();
-    if deposits == 0 {
-        return Err(RefusalReason::NoDeposits);
-    }
-    if deposits > usize::from(params.max_deposits_per_registration) {
-        return Err(RefusalReason::TooManyDeposits {
-            count: count(deposits),
-            max: u32::from(params.max_deposits_per_registration),
-        });
-    }
+    params.check_registration_shape(deposits, body.leaves.len())?;
     let leaves = body.leaves.len() + 1;
-    if leaves > usize::from(params.max_leaves_per_registration) {
-        return Err(RefusalReason::TooManyLeaves {
-            count: count(leaves),
-            max: u32::from(params.max_leaves_per_registration),
-        });
-    }
     if reg.ownership_sigs.len() != deposits {
         return Err(RefusalReason::SignatureCount {
             deposits: count(deposits),

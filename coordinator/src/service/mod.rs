@@ -51,6 +51,9 @@ pub enum ServiceError {
     /// The engine thread could not be started.
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
+    /// A round parameter is outside its range.
+    #[error("config: {0}")]
+    Params(#[from] cohort_common::messages::ParamsError),
 }
 
 /// Where the chain comes from.
@@ -147,7 +150,7 @@ impl CoordinatorService {
         store: Arc<dyn CoordinatorStore>,
         chain: ChainBackend,
     ) -> Result<CoordinatorService, ServiceError> {
-        let mut engine = Coordinator::new(key, config.engine.clone());
+        let mut engine = Coordinator::new(key, config.engine.clone())?;
         let recovery = recover(store.as_ref(), &mut engine, Instant::now())?;
         if !recovery.aborted.is_empty() || recovery.last_round.is_some() {
             tracing::info!(

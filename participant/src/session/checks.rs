@@ -25,7 +25,7 @@ use cohort_common::standard::{
 use cohort_common::tree::{Child, Scope, Tree, TreeError, TreePlan, TreeShape};
 
 use super::caches::{DecodedBody, SharedCaches};
-use super::register::{Secrets, MAX_ACCEPTED_DEPTH};
+use super::register::Secrets;
 use super::SessionConfig;
 
 /// Limits a participant sets on the batches it signs: bounded work (leaves, depth)
@@ -47,7 +47,7 @@ impl Default for ProposalLimits {
     fn default() -> Self {
         ProposalLimits {
             max_batch_leaves: 1 << 16,
-            max_depth: MAX_ACCEPTED_DEPTH,
+            max_depth: cohort_common::params::MAX_DEPTH_LIMIT,
             exit_fee_rate: FeeRate::from_sat_per_kwu(500),
             max_exit_cost_percent: 50,
         }

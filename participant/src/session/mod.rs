@@ -52,7 +52,7 @@ use cohort_common::scripts::DepositScript;
 
 pub use caches::{DecodedBody, SharedCaches, BODY_DECODE_LIMIT};
 pub use checks::{ProposalError, ProposalLimits};
-pub use register::{ParamsError, MAX_ACCEPTED_DEPTH};
+pub use register::ParamsError;
 pub use signing::{DepositSigningError, PathError, SignedTreeError};
 
 use phases::{Ctx, Outbox, State, Step};

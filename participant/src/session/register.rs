@@ -7,18 +7,15 @@
 use bitcoin::secp256k1::{Message, SECP256K1};
 use cohort_common::keys::Keypair;
 use cohort_common::messages::{
-    DepositRegistration, LeafNonces, LeafRequest, MessageError, Register, RegisterBody,
-    RemainderRequest, Renonce, RoundAnnounce,
+    DepositRegistration, LeafNonces, LeafRequest, MessageError, ParamsError as RoundParamsError,
+    Register, RegisterBody, RemainderRequest, Renonce, RoundAnnounce, ShapeError,
 };
 use cohort_common::musig::{Point, PubNonce, SecNonce};
-use cohort_common::params::{MAX_DEPOSIT_CSV, RADIX_RANGE};
+use cohort_common::params::MAX_DEPOSIT_CSV;
 use musig2::SecNonceBuilder;
 use rand::RngCore;
 
 use super::{Randomness, SessionConfig};
-
-/// Largest `max_depth` a participant accepts (nonces per leaf it must draw).
-pub const MAX_ACCEPTED_DEPTH: u8 = 16;
 
 /// Why a round announcement (or the session's own configuration) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,12 +28,14 @@ pub enum ParamsError {
         /// Round of its parameters.
         params: u64,
     },
-    /// The radix is outside 2..=16.
-    #[error("radix {0} is outside 2..=16")]
-    BadRadix(u8),
-    /// `max_depth` is zero or above [`MAX_ACCEPTED_DEPTH`].
-    #[error("max_depth {0} is outside 1..=16")]
-    BadMaxDepth(u8),
+    /// A round parameter is outside the range the protocol accepts (the same check the
+    /// coordinator's own configuration passed).
+    #[error("round parameters: {0}")]
+    Round(#[from] RoundParamsError),
+    /// The session's deposits or leaves do not fit the round (counted as the coordinator
+    /// counts them: the remainder is a leaf).
+    #[error("registration: {0}")]
+    Shape(#[from] ShapeError),
     /// The coordinator key differs from the one in a deposit's script.
     #[error("deposit {deposit}: its script's coordinator key is not the announced one")]
     CoordinatorKey {
@@ -51,28 +50,6 @@ pub enum ParamsError {
         /// Its timeout.
         csv: u16,
         /// The maximum accepted.
-        max: u16,
-    },
-    /// The exit timeout is zero or above the protocol's maximum.
-    #[error("exit csv {0} is outside 1..=28800")]
-    ExitCsv(u16),
-    /// The session has no deposit to register.
-    #[error("no deposit to register")]
-    NoDeposits,
-    /// More deposits than the round accepts.
-    #[error("{count} deposits exceed the round's maximum of {max}")]
-    TooManyDeposits {
-        /// Deposits configured.
-        count: usize,
-        /// The round's maximum.
-        max: u16,
-    },
-    /// More fixed leaves than the round accepts.
-    #[error("{count} leaves exceed the round's maximum of {max}")]
-    TooManyLeaves {
-        /// Leaves configured.
-        count: usize,
-        /// The round's maximum.
         max: u16,
     },
     /// A deposit's key, script and output do not belong together.
@@ -98,30 +75,8 @@ pub(super) fn check_announce(
     if p.round != announce.round {
         return Err(ParamsError::RoundMismatch { announced: announce.round, params: p.round });
     }
-    if !RADIX_RANGE.contains(&p.tree.radix) {
-        return Err(ParamsError::BadRadix(p.tree.radix));
-    }
-    if p.tree.max_depth == 0 || p.tree.max_depth > MAX_ACCEPTED_DEPTH {
-        return Err(ParamsError::BadMaxDepth(p.tree.max_depth));
-    }
-    if p.exit_csv == 0 || p.exit_csv > MAX_DEPOSIT_CSV {
-        return Err(ParamsError::ExitCsv(p.exit_csv));
-    }
-    if config.deposits.is_empty() {
-        return Err(ParamsError::NoDeposits);
-    }
-    if config.deposits.len() > usize::from(p.max_deposits_per_registration) {
-        return Err(ParamsError::TooManyDeposits {
-            count: config.deposits.len(),
-            max: p.max_deposits_per_registration,
-        });
-    }
-    if config.leaves.len() > usize::from(p.max_leaves_per_registration) {
-        return Err(ParamsError::TooManyLeaves {
-            count: config.leaves.len(),
-            max: p.max_leaves_per_registration,
-        });
-    }
+    p.validate()?;
+    p.check_registration_shape(config.deposits.len(), config.leaves.len())?;
     let max_csv = p.max_deposit_csv.min(MAX_DEPOSIT_CSV);
     for (deposit, d) in config.deposits.iter().enumerate() {
         if d.script.coordinator() != p.coordinator_key {
@@ -327,5 +282,63 @@ mod tests {
             Secrets::fresh(&config(), 4, &mut Randomness::os()),
         );
         assert_ne!(public(&o1), public(&o2), "the OS source never repeats");
+    }
+
+    #[test]
+    fn an_announce_outside_the_protocol_ranges_is_refused_and_the_remainder_is_a_leaf() {
+        use super::super::OwnedDeposit;
+        use cohort_common::messages::RoundParams;
+        use cohort_common::params::{FeeSchedule, TreeParams, DEFAULT_EXIT_CSV};
+        use cohort_common::scripts::DepositScript;
+
+        let coordinator = Keypair::random();
+        let user = Keypair::random();
+        let script = DepositScript::new(user.public, coordinator.public, 1_000).unwrap();
+        let txout = bitcoin::TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: script.script_pubkey(),
+        };
+        let deposit =
+            OwnedDeposit { outpoint: bitcoin::OutPoint::null(), txout, script, key: user };
+        let leaf = cohort_common::params::LeafOutput {
+            script_pubkey: ScriptBuf::new(),
+            amount: Amount::from_sat(50_000),
+        };
+        let config = SessionConfig { deposits: vec![deposit], leaves: vec![leaf], ..config() };
+        let announce = |tree, max_leaves| RoundAnnounce {
+            round: 1,
+            attempt: 1,
+            params: RoundParams {
+                round: 1,
+                tree,
+                fees: FeeSchedule::default(),
+                coordinator_key: coordinator.public,
+                exit_csv: DEFAULT_EXIT_CSV,
+                max_deposit_csv: MAX_DEPOSIT_CSV,
+                min_confs: 1,
+                safety_margin: 10,
+                max_leaves_per_registration: max_leaves,
+                max_deposits_per_registration: 1,
+                max_batch_weight: 400_000,
+                registration_closes_ms: 1_000,
+                phase_timeout_ms: 1_000,
+                max_attempts: 3,
+            },
+            challenge: [0; 32],
+        };
+        let good = TreeParams { radix: 4, max_depth: 4 };
+        assert_eq!(check_announce(&announce(good, 2), &config), Ok(()));
+        let wide = TreeParams { radix: 17, max_depth: 4 };
+        let out_of_range =
+            RoundParamsError::OutOfRange { name: "radix", value: 17, min: 2, max: 16 };
+        assert_eq!(
+            check_announce(&announce(wide, 2), &config),
+            Err(ParamsError::Round(out_of_range))
+        );
+        // One leaf and the remainder are two, as the coordinator counts them.
+        assert_eq!(
+            check_announce(&announce(good, 1), &config),
+            Err(ParamsError::Shape(ShapeError::TooManyLeaves { count: 2, max: 1 }))
+        );
     }
 }

@@ -175,7 +175,7 @@ impl Kit {
             max_leaves_per_registration: 4,
             max_deposits_per_registration: 4,
             max_batch_weight: 400_000,
-            registration_closes_ms: 0,
+            registration_closes_ms: 1,
             phase_timeout_ms: 1_000,
             max_attempts: 3,
         };
@@ -225,20 +225,8 @@ impl Kit {
 
     /// The engine's configuration from [`Kit::params`].
     fn engine_config(&self) -> CoordinatorConfig {
-        let p = &self.params;
-        let mut c = CoordinatorConfig::new(self.coordinator_script.clone());
-        c.tree = p.tree;
-        c.fees = p.fees;
-        c.exit_csv = p.exit_csv;
-        c.max_deposit_csv = p.max_deposit_csv;
-        c.min_confs = p.min_confs;
-        c.safety_margin = p.safety_margin;
-        c.max_leaves_per_registration = p.max_leaves_per_registration;
-        c.max_deposits_per_registration = p.max_deposits_per_registration;
-        c.max_batch_weight = p.max_batch_weight;
-        c.registration_window = Duration::from_millis(p.registration_closes_ms);
-        c.phase_timeout = Duration::from_millis(p.phase_timeout_ms);
-        c.max_attempts = p.max_attempts;
+        let mut c =
+            CoordinatorConfig::from_round_params(&self.params, self.coordinator_script.clone());
         c.max_registrations = self.parties.len();
         c
     }
@@ -330,7 +318,8 @@ impl Kit {
     /// The engine then closes registration and proposes; its proposals stay held.
     pub fn register_all(&mut self) {
         let rng = Box::new(rand::rngs::StdRng::seed_from_u64(self.params.round));
-        let mut engine = Coordinator::with_rng(self.coordinator.clone(), self.engine_config(), rng);
+        let mut engine = Coordinator::with_rng(self.coordinator.clone(), self.engine_config(), rng)
+            .expect("the kit's parameters are valid");
         engine.set_next_round(self.params.round);
         for i in 0..self.parties.len() {
             engine.peer_connected(self.now, i as u64);
