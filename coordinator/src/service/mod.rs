@@ -13,8 +13,12 @@
 //! answered on tokio's blocking pool by [`SideRequests`], outside the engine.
 //!
 //! Restart: before the first round, [`recover`] aborts the batch attempts the store holds
-//! unfinished (nothing was broadcast for them, so every deposit is still the owner's),
-//! continues the round numbering and restores the bans in force.
+//! unfinished without a complete funding transaction (nothing of theirs can be on the
+//! network, so every deposit is still the owner's), continues the round numbering and
+//! restores the bans in force. An attempt stored complete (`Broadcasting`: the crash came
+//! between the store write and the chain's answer) is never aborted: the driver broadcasts
+//! it again at every confirmation poll until the chain knows it, then records it
+//! finalized (and confirmed).
 
 mod persist;
 mod side;
@@ -26,7 +30,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cohort_common::chain::Chain;
+use cohort_common::chain::{Chain, ChainError};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{ServerInfo, SideRequest, SideResponse};
@@ -34,7 +38,7 @@ use cohort_common::params::PROTOCOL_VERSION;
 use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
 
 use crate::engine::{Coordinator, CoordinatorConfig, Event, Inbound, PersistError};
-use crate::store::{CoordinatorStore, StoreError};
+use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError};
 
 pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
 pub use side::{SideRequests, MAX_MINE_PER_REQUEST};
@@ -155,6 +159,7 @@ impl CoordinatorService {
         if !recovery.aborted.is_empty() || recovery.last_round.is_some() {
             tracing::info!(
                 aborted = recovery.aborted.len(),
+                rebroadcast = recovery.rebroadcast.len(),
                 last_round = ?recovery.last_round,
                 bans = recovery.bans,
                 "recovered from the store"
@@ -180,6 +185,7 @@ impl CoordinatorService {
             confirmation_poll: config.confirmation_poll,
             next_round_at: Some(Instant::now()),
             next_poll_at: Instant::now(),
+            rebroadcast: recovery.rebroadcast.clone(),
         };
         let engine = std::thread::Builder::new()
             .name("cohort-engine".into())
@@ -241,6 +247,8 @@ struct Driver {
     /// When the next round starts (`None` while one runs).
     next_round_at: Option<Instant>,
     next_poll_at: Instant,
+    /// Complete funding transactions found unfinished at start-up, until the chain knows them.
+    rebroadcast: Vec<BatchRecord>,
 }
 
 impl Driver {
@@ -258,6 +266,7 @@ impl Driver {
                 self.pump(now);
             }
             if self.next_poll_at <= now {
+                self.resume_broadcasts();
                 self.poll_confirmations(now);
                 self.next_poll_at = now + self.confirmation_poll;
             }
@@ -327,16 +336,40 @@ impl Driver {
 
     fn on_engine_event(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Broadcast { round, batch, tx, .. } => {
-                let result = self.chain.broadcast(&tx).map_err(|e| e.to_string());
+            Event::Broadcast { round, batch, attempt, tx } => {
+                let txid = tx.compute_txid();
+                let result = match self.chain.broadcast(&tx) {
+                    Ok(txid) => Ok(txid),
+                    // The chain has it already (accepted before an answer was lost).
+                    Err(_) if matches!(self.chain.confirmations(&txid), Ok(Some(_))) => Ok(txid),
+                    Err(e) => Err(e),
+                };
                 match &result {
                     Ok(txid) => {
                         tracing::info!(round, batch, %txid, "funding transaction broadcast")
                     }
-                    Err(e) => tracing::warn!(round, batch, error = %e, "funding broadcast refused"),
+                    Err(e) => tracing::warn!(round, batch, error = %e, "funding broadcast failed"),
                 }
                 let ok = result.is_ok();
-                self.engine.broadcast_result(now, batch, result);
+                let refused = matches!(result, Err(ChainError::Rejected(_)));
+                self.engine.broadcast_result(now, batch, result.map_err(|e| e.to_string()));
+                if refused {
+                    let why = "funding transaction refused by the chain";
+                    if let Err(e) = self.persister.broadcast_refused(round, batch, attempt, why) {
+                        tracing::error!(round, batch, attempt, error = %e, "cannot record a refused broadcast");
+                    }
+                } else if !ok {
+                    // Outcome unknown (the backend failed): the transaction may be on the
+                    // network. The batch is over for the engine, but the stored attempt
+                    // stays `Broadcasting` and is broadcast again at every poll.
+                    self.rebroadcast.push(BatchRecord {
+                        round,
+                        batch,
+                        attempt,
+                        funding_tx: *tx,
+                        status: BatchStatus::Broadcasting,
+                    });
+                }
                 if ok {
                     if let Some(ledger) = &self.ledger {
                         ledger.mine(1);
@@ -362,6 +395,48 @@ impl Driver {
                 tracing::info!(round, batch, height, "batch confirmed");
             }
             _ => {}
+        }
+    }
+
+    /// Broadcasts again each funding transaction found complete at start-up, and records
+    /// it finalized once the chain has it (in its mempool), confirmed once in a block. One the chain
+    /// refuses stays on the list: it may be known to the chain later (a node catching
+    /// up), and its deposits cannot be handed to another batch meanwhile.
+    fn resume_broadcasts(&mut self) {
+        let pending = std::mem::take(&mut self.rebroadcast);
+        for b in pending {
+            let txid = b.funding_tx.compute_txid();
+            let (round, batch, attempt) = (b.round, b.batch, b.attempt);
+            let known = match self.chain.confirmations(&txid) {
+                Ok(Some(confs)) => Ok(confs),
+                Ok(None) => self.chain.broadcast(&b.funding_tx).map(|_| 0),
+                Err(e) => Err(e),
+            };
+            let confs = match known {
+                Ok(confs) => confs,
+                Err(e) => {
+                    tracing::warn!(round, batch, attempt, %txid, error = %e, "stored funding transaction not on the chain yet");
+                    self.rebroadcast.push(b);
+                    continue;
+                }
+            };
+            let height = match confs {
+                0 => None,
+                c => self.chain.tip_height().ok().map(|tip| tip.saturating_sub(c - 1)),
+            };
+            match self.persister.resumed_batch_known(&b, txid, height) {
+                Ok(()) => {
+                    tracing::info!(round, batch, attempt, %txid, ?height, "stored funding transaction is on the chain");
+                    if height.is_none() {
+                        // Finalized; kept until its confirmation is recorded too.
+                        self.rebroadcast.push(b);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(round, batch, attempt, error = %e, "cannot record a resumed batch");
+                    self.rebroadcast.push(b);
+                }
+            }
         }
     }
 

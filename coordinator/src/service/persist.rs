@@ -26,15 +26,20 @@ pub fn now_ms() -> u64 {
 pub struct Recovery {
     /// Batch attempts marked aborted, as `(round, batch, attempt)`.
     pub aborted: Vec<(u64, u32, u32)>,
+    /// Batch attempts whose complete funding transaction was stored and maybe broadcast
+    /// ([`BatchStatus::Broadcasting`]): never aborted, broadcast again until the chain
+    /// knows them.
+    pub rebroadcast: Vec<BatchRecord>,
     /// The round numbering continues after this one.
     pub last_round: Option<u64>,
     /// Bans restored into the engine.
     pub bans: usize,
 }
 
-/// Prepares a fresh engine from the store: aborts the unfinished batch attempts (their
-/// deposits were never spent: nothing is broadcast before every deposit signature),
-/// continues the round numbering, and restores the bans in force.
+/// Prepares a fresh engine from the store: aborts the unfinished batch attempts that
+/// never had a complete funding transaction (nothing of theirs can be on the network),
+/// hands back the ones that did ([`Recovery::rebroadcast`]: their deposits may already
+/// be spent), continues the round numbering, and restores the bans in force.
 pub fn recover(
     store: &dyn CoordinatorStore,
     engine: &mut Coordinator,
@@ -42,6 +47,10 @@ pub fn recover(
 ) -> Result<Recovery, StoreError> {
     let mut recovery = Recovery::default();
     for b in store.unfinished_batches()? {
+        if b.status == BatchStatus::Broadcasting {
+            recovery.rebroadcast.push(b);
+            continue;
+        }
         let status = BatchStatus::Aborted { reason: RESTART_REASON.to_owned() };
         store.set_batch_status(b.round, b.batch, b.attempt, &status)?;
         recovery.aborted.push((b.round, b.batch, b.attempt));
@@ -130,7 +139,7 @@ impl Persister {
                     batch: *batch,
                     attempt: *attempt,
                     funding_tx: funding_tx.as_ref().clone(),
-                    status: BatchStatus::TreeSigned,
+                    status: BatchStatus::Broadcasting,
                 })?;
                 s.put_signed_tree(*round, *batch, *attempt, nodes)
             }
@@ -138,7 +147,7 @@ impl Persister {
                 s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)
             }
             Event::AttemptAborted { round, batch, attempt, reason } => {
-                self.abort_attempt(*round, *batch, *attempt, &format!("{reason:?}"))
+                self.abort_attempt(*round, *batch, *attempt, &format!("{reason:?}"), false)
             }
             Event::Banned { outpoint, until } => {
                 let left = until.saturating_duration_since(now).as_millis() as u64;
@@ -158,6 +167,40 @@ impl Persister {
         }
     }
 
+    /// Records that a batch attempt found unfinished at start-up
+    /// ([`Recovery::rebroadcast`]) is known to the chain as `txid`, and confirmed at
+    /// `height` if it is: the attempt is finalized and its members completed.
+    pub fn resumed_batch_known(
+        &self,
+        batch: &BatchRecord,
+        txid: bitcoin::Txid,
+        height: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let s = &self.store;
+        s.set_batch_status(
+            batch.round,
+            batch.batch,
+            batch.attempt,
+            &BatchStatus::Finalized { txid },
+        )?;
+        let members: Vec<u64> = s
+            .registrations_of_round(batch.round)?
+            .iter()
+            .filter(|r| r.status == RegistrationStatus::InBatch(batch.batch))
+            .map(|r| r.registration)
+            .collect();
+        self.set_statuses(batch.round, &members, RegistrationStatus::Completed)?;
+        if let Some(height) = height {
+            s.set_batch_status(
+                batch.round,
+                batch.batch,
+                batch.attempt,
+                &BatchStatus::Confirmed { height },
+            )?;
+        }
+        Ok(())
+    }
+
     fn set_statuses(
         &self,
         round: u64,
@@ -167,20 +210,37 @@ impl Persister {
         members.iter().try_for_each(|m| self.store.set_registration_status(round, *m, status))
     }
 
-    /// Marks an attempt aborted unless it already finished.
-    fn abort_attempt(
+    /// Records that the chain refused the complete funding transaction of an attempt for
+    /// good (a [`Chain::broadcast`](cohort_common::chain::Chain::broadcast) rejection,
+    /// not an outage): the attempt is aborted although it was
+    /// [`Broadcasting`](BatchStatus::Broadcasting).
+    pub fn broadcast_refused(
         &self,
         round: u64,
         batch: u32,
         attempt: u32,
         why: &str,
     ) -> Result<(), StoreError> {
-        let finished = self
-            .store
-            .batches_of_round(round)?
-            .iter()
-            .any(|b| b.batch == batch && b.attempt == attempt && b.status.is_finished());
-        if finished {
+        self.abort_attempt(round, batch, attempt, why, true)
+    }
+
+    /// Marks an attempt aborted unless it already finished, or unless its complete funding
+    /// transaction is stored (`Broadcasting`: it may be on the network) and `refused` does
+    /// not say the chain refused it.
+    fn abort_attempt(
+        &self,
+        round: u64,
+        batch: u32,
+        attempt: u32,
+        why: &str,
+        refused: bool,
+    ) -> Result<(), StoreError> {
+        let keep = self.store.batches_of_round(round)?.iter().any(|b| {
+            b.batch == batch
+                && b.attempt == attempt
+                && (b.status.is_finished() || (b.status == BatchStatus::Broadcasting && !refused))
+        });
+        if keep {
             return Ok(());
         }
         let status = BatchStatus::Aborted { reason: why.to_owned() };

@@ -85,6 +85,10 @@ pub enum BatchStatus {
     Signing,
     /// The tree is signed; collecting deposit signatures.
     TreeSigned,
+    /// The funding transaction is complete and stored with its signed tree, and may be on
+    /// the network: this attempt can no longer be given up. A restarted coordinator
+    /// broadcasts it again until the chain knows it.
+    Broadcasting,
     /// The funding transaction is fully signed and broadcast.
     Finalized {
         /// The funding transaction's id.

@@ -154,6 +154,7 @@ fn batch_status_to_sql(status: &BatchStatus) -> (&'static str, Value) {
     match status {
         BatchStatus::Signing => ("signing", Value::Null),
         BatchStatus::TreeSigned => ("tree_signed", Value::Null),
+        BatchStatus::Broadcasting => ("broadcasting", Value::Null),
         BatchStatus::Finalized { txid } => ("finalized", Value::Blob(txid.to_byte_array().into())),
         BatchStatus::Confirmed { height } => ("confirmed", Value::Integer((*height).into())),
         BatchStatus::Aborted { reason } => ("aborted", Value::Text(reason.clone())),
@@ -164,6 +165,7 @@ fn batch_status_from_sql(kind: &str, arg: Value) -> Result<BatchStatus, StoreErr
     Ok(match (kind, arg) {
         ("signing", Value::Null) => BatchStatus::Signing,
         ("tree_signed", Value::Null) => BatchStatus::TreeSigned,
+        ("broadcasting", Value::Null) => BatchStatus::Broadcasting,
         ("finalized", Value::Blob(b)) => {
             BatchStatus::Finalized { txid: txid_from(&b, "finalized batch txid")? }
         }
