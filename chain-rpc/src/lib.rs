@@ -24,12 +24,14 @@
 //! - [`client`]: one JSON-RPC call with retries ([`RpcClient`]).
 //! - [`backend`]: [`BitcoindChain`], the `Chain` implementation.
 //! - [`error`]: why a call failed, [`RpcError`].
+//! - [`regtest`]: a throwaway `bitcoind -regtest` node for tests and local trials.
 
 pub mod backend;
 pub mod client;
 pub mod config;
 pub mod error;
 mod mempool;
+pub mod regtest;
 mod watch;
 mod wire;
 

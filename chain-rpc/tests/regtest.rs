@@ -8,133 +8,34 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bitcoin::absolute::LockTime;
-use bitcoin::key::TapTweak as _;
-use bitcoin::secp256k1::{Message, SECP256K1};
 use bitcoin::transaction::Version;
-use bitcoin::{Address, Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+use bitcoin::{Amount, Network, OutPoint, ScriptBuf, Transaction, TxOut};
+use cohort_chain_rpc::regtest::{self, find_bitcoind, free_port, RegtestNode};
 use cohort_chain_rpc::{BitcoindChain, BitcoindConfig, RetryPolicy, RpcAuth, RpcError};
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::exit::{cpfp_child, p2tr_single, FeeInput};
 use cohort_common::keys::{to_scalar, Keypair};
 use cohort_common::musig::{self, Contribution};
 use cohort_common::params::{LeafOutput, TreeParams};
-use cohort_common::scripts::{key_spend_sighash, key_spend_witness};
 use cohort_common::tree::{Tree, TreeLeaf};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use serde_json::json;
 
-/// The `bitcoind` to run, or `None` (after saying so) when the tests should skip.
+/// The `bitcoind` to run, or `None` when the tests should skip.
 fn bitcoind() -> Option<PathBuf> {
-    let found = match std::env::var_os("COHORT_BITCOIND") {
-        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|d| d.join("bitcoind")).find(|p| p.is_file())
-        }),
-    };
-    if found.is_none() {
-        let why = "no bitcoind: set COHORT_BITCOIND or put bitcoind on PATH (scripts/bitcoind.sh builds one)";
-        assert!(std::env::var_os("CI").is_none(), "CI is set and {why}");
-        eprintln!("skipping: {why}");
-    }
-    found
+    find_bitcoind()
 }
 
-/// A `bitcoind -regtest` process with its own ports and data directory.
-struct Node {
-    bin: PathBuf,
-    datadir: PathBuf,
-    rpc_port: u16,
-    child: Option<Child>,
-}
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-impl Node {
-    fn start(bin: &Path) -> Node {
-        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let datadir =
-            std::env::temp_dir().join(format!("cohort-chain-rpc-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&datadir);
-        std::fs::create_dir_all(&datadir).unwrap();
-        let mut node = Node { bin: bin.to_path_buf(), datadir, rpc_port: free_port(), child: None };
-        node.spawn();
-        node
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
-            .arg("-regtest")
-            .arg(format!("-datadir={}", self.datadir.display()))
-            .arg(format!("-rpcport={}", self.rpc_port))
-            .args(["-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-server=1", "-listen=0"])
-            .args(["-connect=0", "-dnsseed=0", "-fixedseeds=0", "-discover=0", "-natpmp=0"])
-            .args(["-printtoconsole=0", "-txindex=0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn config(&self, network: Network) -> BitcoindConfig {
-        let auth = RpcAuth::cookie_in(&self.datadir, Network::Regtest);
-        let mut config =
-            BitcoindConfig::new(format!("http://127.0.0.1:{}", self.rpc_port), auth, network);
-        // Start-up on a busy machine takes a while.
-        config.retry.give_up_after = Duration::from_secs(120);
-        config
-    }
-
-    fn chain(&self) -> BitcoindChain {
-        BitcoindChain::connect(self.config(Network::Regtest)).unwrap()
-    }
-
-    /// Asks the node to stop and waits for the process to end.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let chain = BitcoindChain::unchecked(self.config(Network::Regtest));
-        let _ = chain.rpc().call::<serde_json::Value>("stop", &[]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.datadir);
-    }
-}
+/// A throwaway regtest node.
+type Node = RegtestNode;
 
 fn mine(chain: &BitcoindChain, blocks: u32, script: &ScriptBuf) {
-    let address = Address::from_script(script, Network::Regtest).unwrap();
-    let params = [json!(blocks), json!(address.to_string())];
-    let _: Vec<bitcoin::BlockHash> = chain.rpc().call("generatetoaddress", &params).unwrap();
+    regtest::mine(chain, blocks, script).unwrap();
 }
 
 fn key(rng: &mut StdRng) -> Keypair {
@@ -143,24 +44,7 @@ fn key(rng: &mut StdRng) -> Keypair {
 
 /// A version-2 transaction spending `inputs` (key-path outputs of `signer`) to `outputs`.
 fn spend(inputs: &[(OutPoint, TxOut)], outputs: Vec<TxOut>, signer: &Keypair) -> Transaction {
-    let mut tx = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: inputs
-            .iter()
-            .map(|(o, _)| TxIn { previous_output: *o, sequence: Sequence::MAX, ..TxIn::default() })
-            .collect(),
-        output: outputs,
-    };
-    let prevouts: Vec<TxOut> = inputs.iter().map(|(_, t)| t.clone()).collect();
-    let keypair = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &signer.secret);
-    let tweaked = keypair.tap_tweak(SECP256K1, None).to_keypair();
-    for i in 0..inputs.len() {
-        let sighash = key_spend_sighash(&tx, i, &prevouts).unwrap();
-        let sig = SECP256K1.sign_schnorr(&Message::from_digest(sighash), &tweaked);
-        tx.input[i].witness = key_spend_witness(&sig);
-    }
-    tx
+    regtest::spend(inputs, outputs, signer).unwrap()
 }
 
 /// The confirmed coinbase outputs paying `script`, lowest height first.
@@ -174,8 +58,8 @@ fn coinbases(chain: &BitcoindChain, script: &ScriptBuf) -> Vec<(OutPoint, Utxo)>
 fn finds_utxos_broadcasts_and_sees_confirmations() {
     let Some(bin) = bitcoind() else { return };
     let started = Instant::now();
-    let node = Node::start(&bin);
-    let chain = node.chain();
+    let node = Node::start(&bin).unwrap();
+    let chain = node.chain().unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let (a, b) = (key(&mut rng), key(&mut rng));
     let (script_a, script_b) = (p2tr_single(&a), p2tr_single(&b));
@@ -271,8 +155,8 @@ fn sign_node(
 fn truc_zero_fee_node_and_p2a_cpfp_child_as_a_package() {
     let Some(bin) = bitcoind() else { return };
     let started = Instant::now();
-    let node = Node::start(&bin);
-    let chain = node.chain();
+    let node = Node::start(&bin).unwrap();
+    let chain = node.chain().unwrap();
     let mut rng = StdRng::seed_from_u64(2);
     let (funder, fee_key) = (key(&mut rng), key(&mut rng));
     let (c1, c2, batch) = (key(&mut rng), key(&mut rng), key(&mut rng));
@@ -335,7 +219,7 @@ fn truc_zero_fee_node_and_p2a_cpfp_child_as_a_package() {
 #[test]
 fn refuses_a_node_on_another_network() {
     let Some(bin) = bitcoind() else { return };
-    let node = Node::start(&bin);
+    let node = Node::start(&bin).unwrap();
     let err = BitcoindChain::connect(node.config(Network::Signet)).unwrap_err();
     assert_eq!(err, RpcError::WrongNetwork { expected: Network::Signet, node: "regtest".into() });
 }
@@ -344,15 +228,15 @@ fn refuses_a_node_on_another_network() {
 fn survives_a_bitcoind_restart() {
     let Some(bin) = bitcoind() else { return };
     let started = Instant::now();
-    let mut node = Node::start(&bin);
-    let chain = Arc::new(node.chain());
+    let mut node = Node::start(&bin).unwrap();
+    let chain = Arc::new(node.chain().unwrap());
     let mut rng = StdRng::seed_from_u64(3);
     mine(&chain, 5, &p2tr_single(&key(&mut rng)));
     node.stop();
     // Down: the call retries until the node is back (with a new cookie).
     let restarter = thread::spawn(move || {
         thread::sleep(Duration::from_secs(2));
-        node.spawn();
+        node.spawn().unwrap();
         node
     });
     assert_eq!(chain.tip_height().unwrap(), 5);
@@ -363,7 +247,7 @@ fn survives_a_bitcoind_restart() {
 
 #[test]
 fn a_node_that_is_down_is_reported_unreachable() {
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let url = format!("http://127.0.0.1:{}", free_port().unwrap());
     let auth = RpcAuth::UserPass { user: "u".into(), password: "p".into() };
     let mut config = BitcoindConfig::new(url, auth, Network::Regtest);
     config.retry = RetryPolicy {
