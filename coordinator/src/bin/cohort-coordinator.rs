@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, FeeRate, ScriptBuf};
 use clap::{Parser, Subcommand};
+use cohort_chain_rpc::config::default_rpc_port;
+use cohort_chain_rpc::{BitcoindChain, BitcoindConfig, RpcAuth};
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
@@ -39,15 +41,36 @@ enum Command {
         /// Data directory: identity, key and store (overrides the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Run the embedded regtest ledger and serve the dev chain endpoint.
+        /// Run the embedded regtest ledger and serve the dev chain endpoint (the same as
+        /// `--chain dev`).
         #[arg(long)]
         dev: bool,
+        /// Chain backend: `dev` (embedded regtest ledger) or `bitcoind` (a Bitcoin Core
+        /// node over JSON-RPC; see `bitcoind_*` and `network` in `init-config`).
+        #[arg(long, value_enum)]
+        chain: Option<ChainKind>,
+        /// The network of addresses and of the node (overrides the file).
+        #[arg(long)]
+        network: Option<bitcoin::Network>,
+        /// bitcoind's JSON-RPC URL (overrides the file).
+        #[arg(long)]
+        bitcoind_url: Option<String>,
         /// Print the start-up line as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print a commented default configuration.
     InitConfig,
+}
+
+/// Where the chain comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum ChainKind {
+    /// The embedded regtest ledger, served to participants as the dev chain endpoint.
+    Dev,
+    /// A Bitcoin Core node over JSON-RPC.
+    Bitcoind,
 }
 
 /// The configuration file.
@@ -57,6 +80,15 @@ struct FileConfig {
     listen: SocketAddr,
     data_dir: PathBuf,
     dev: bool,
+    chain: Option<ChainKind>,
+    network: bitcoin::Network,
+    /// Empty: `http://127.0.0.1:<the network's default RPC port>`.
+    bitcoind_url: String,
+    /// Empty: the cookie in `~/.bitcoin` (or `bitcoind_datadir`), unless a user is set.
+    bitcoind_cookie: String,
+    bitcoind_datadir: String,
+    bitcoind_user: String,
+    bitcoind_password: String,
     round_interval_secs: u64,
     registration_window_secs: u64,
     phase_timeout_secs: u64,
@@ -96,6 +128,13 @@ impl Default for FileConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             data_dir: PathBuf::from("cohort-coordinator-data"),
             dev: false,
+            chain: None,
+            network: bitcoin::Network::Regtest,
+            bitcoind_url: String::new(),
+            bitcoind_cookie: String::new(),
+            bitcoind_datadir: String::new(),
+            bitcoind_user: String::new(),
+            bitcoind_password: String::new(),
             round_interval_secs: 30,
             registration_window_secs: engine.registration_window.as_secs(),
             phase_timeout_secs: engine.phase_timeout.as_secs(),
@@ -134,7 +173,17 @@ const COMMENTS: &[(&str, &str)] = &[
         "data_dir",
         "identity (tls-cert.der, tls-key.der), key C (coordinator.key), coordinator.sqlite",
     ),
-    ("dev", "embedded regtest ledger + dev chain endpoint (the only chain backend so far)"),
+    ("dev", "embedded regtest ledger + dev chain endpoint (the same as chain = \"dev\")"),
+    ("chain", "\"dev\" (embedded regtest ledger) or \"bitcoind\" (Bitcoin Core over JSON-RPC)"),
+    ("network", "bitcoin, testnet4, signet or regtest: addresses, URIs and the node's chain"),
+    ("bitcoind_url", "chain = bitcoind: RPC URL; empty = 127.0.0.1 on the network's default port"),
+    (
+        "bitcoind_cookie",
+        "chain = bitcoind: cookie file; empty = <bitcoind_datadir>/<network>/.cookie",
+    ),
+    ("bitcoind_datadir", "chain = bitcoind: the node's data directory; empty = ~/.bitcoin"),
+    ("bitcoind_user", "chain = bitcoind: RPC user (with bitcoind_password) instead of the cookie"),
+    ("bitcoind_password", "chain = bitcoind: RPC password"),
     ("round_interval_secs", "pause between the end of a round and the start of the next"),
     ("registration_window_secs", "how long registration stays open"),
     ("phase_timeout_secs", "deadline of each signing phase"),
@@ -245,24 +294,104 @@ fn service_config(file: &FileConfig, key: &Keypair) -> Result<ServiceConfig> {
             socket_buffer: file.socket_buffer,
         },
         confirmation_poll: Duration::from_secs(1),
-        network: bitcoin::Network::Regtest,
+        network: file.network,
         deposit_csv: file.deposit_csv,
     })
 }
 
-async fn run(mut file: FileConfig, json: bool) -> Result<()> {
-    if !file.dev {
-        bail!("only the embedded dev chain exists so far: run with --dev (or dev = true)");
+/// The chain backend the file asks for. Refuses a setting that would do nothing: a
+/// `bitcoind_*` setting with the dev chain, or the dev chain on another network.
+fn chain_kind(file: &FileConfig) -> Result<ChainKind> {
+    let kind = match (file.dev, file.chain) {
+        (true, Some(ChainKind::Bitcoind)) => {
+            bail!("dev = true and chain = \"bitcoind\" contradict each other")
+        }
+        (true, _) | (false, Some(ChainKind::Dev)) => ChainKind::Dev,
+        (false, Some(ChainKind::Bitcoind)) => ChainKind::Bitcoind,
+        (false, None) => {
+            bail!("no chain backend: run with --dev (embedded regtest ledger) or --chain bitcoind")
+        }
+    };
+    if kind == ChainKind::Dev {
+        if file.network != bitcoin::Network::Regtest {
+            bail!(
+                "the dev chain is regtest: network = {} needs chain = \"bitcoind\"",
+                file.network
+            );
+        }
+        let set = [
+            ("bitcoind_url", &file.bitcoind_url),
+            ("bitcoind_cookie", &file.bitcoind_cookie),
+            ("bitcoind_datadir", &file.bitcoind_datadir),
+            ("bitcoind_user", &file.bitcoind_user),
+            ("bitcoind_password", &file.bitcoind_password),
+        ];
+        if let Some((name, _)) = set.iter().find(|(_, v)| !v.is_empty()) {
+            bail!("{name} is set but the chain is the dev ledger: it would do nothing");
+        }
     }
+    Ok(kind)
+}
+
+/// The bitcoind client configuration the file describes.
+fn bitcoind_config(file: &FileConfig) -> Result<BitcoindConfig> {
+    let network = file.network;
+    let url = if file.bitcoind_url.is_empty() {
+        format!("http://127.0.0.1:{}", default_rpc_port(network))
+    } else {
+        file.bitcoind_url.clone()
+    };
+    let auth = match (file.bitcoind_user.is_empty(), file.bitcoind_password.is_empty()) {
+        (false, false) => {
+            if !file.bitcoind_cookie.is_empty() {
+                bail!("bitcoind_cookie and bitcoind_user are both set: choose one");
+            }
+            RpcAuth::UserPass {
+                user: file.bitcoind_user.clone(),
+                password: file.bitcoind_password.clone(),
+            }
+        }
+        (true, true) if !file.bitcoind_cookie.is_empty() => {
+            RpcAuth::Cookie(PathBuf::from(&file.bitcoind_cookie))
+        }
+        (true, true) => {
+            let datadir = if file.bitcoind_datadir.is_empty() {
+                let home =
+                    std::env::var_os("HOME").context("HOME is not set: set bitcoind_datadir")?;
+                PathBuf::from(home).join(".bitcoin")
+            } else {
+                PathBuf::from(&file.bitcoind_datadir)
+            };
+            RpcAuth::cookie_in(&datadir, network)
+        }
+        _ => bail!("bitcoind_user and bitcoind_password go together"),
+    };
+    Ok(BitcoindConfig::new(url, auth, network))
+}
+
+async fn run(mut file: FileConfig, json: bool) -> Result<()> {
+    let kind = chain_kind(&file)?;
     std::fs::create_dir_all(&file.data_dir)
         .with_context(|| format!("creating {}", file.data_dir.display()))?;
     let identity = Identity::load_or_create(&file.data_dir)?;
     let key = load_or_create_key(&file.data_dir)?;
     let config = service_config(&file, &key)?;
     let store = Arc::new(SqliteStore::open(file.data_dir.join("coordinator.sqlite"))?);
-    let ledger = Arc::new(Ledger::new());
-    let service =
-        CoordinatorService::start(config, &identity, key, store, ChainBackend::Dev(ledger))?;
+    let chain = match kind {
+        ChainKind::Dev => ChainBackend::Dev(Arc::new(Ledger::new())),
+        ChainKind::Bitcoind => {
+            let rpc = bitcoind_config(&file)?;
+            let url = rpc.url.clone();
+            // Checks the network, sync state and version; blocking, so off the runtime.
+            let node = tokio::task::spawn_blocking(move || BitcoindChain::connect(rpc))
+                .await
+                .context("connecting to bitcoind")?
+                .with_context(|| format!("bitcoind at {url}"))?;
+            tracing::info!(%url, network = %file.network, "chain: bitcoind");
+            ChainBackend::External(Arc::new(node))
+        }
+    };
+    let service = CoordinatorService::start(config, &identity, key, store, chain)?;
     let addr = service.local_addr()?;
     file.listen = addr;
     let host =
@@ -271,7 +400,12 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::json!({ "uri": uri.to_string(), "listen": addr.to_string(), "dev": file.dev })
+            serde_json::json!({
+                "uri": uri.to_string(),
+                "listen": addr.to_string(),
+                "chain": kind,
+                "network": file.network.to_string(),
+            })
         );
     } else {
         println!("coordinator listening: {uri}");
@@ -297,7 +431,7 @@ fn main() -> Result<()> {
             print!("{}", commented_default()?);
             Ok(())
         }
-        Command::Run { config, listen, data_dir, dev, json } => {
+        Command::Run { config, listen, data_dir, dev, chain, network, bitcoind_url, json } => {
             let mut file = match config {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -313,6 +447,15 @@ fn main() -> Result<()> {
                 file.data_dir = dir;
             }
             file.dev |= dev;
+            if chain.is_some() {
+                file.chain = chain;
+            }
+            if let Some(network) = network {
+                file.network = network;
+            }
+            if let Some(url) = bitcoind_url {
+                file.bitcoind_url = url;
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(run(file, json))
         }
