@@ -89,8 +89,9 @@ fn finds_utxos_broadcasts_and_sees_confirmations() {
     );
     assert_eq!(chain.script_utxos(&script_a).unwrap().len(), 100, "the mempool spend is left out");
 
-    // A conflicting spend is refused by the node.
-    let other = TxOut { value: pay.value - Amount::from_sat(500), script_pubkey: script_a.clone() };
+    // A conflicting spend paying less fee is refused by the node (one paying more would
+    // replace it: Core relays full-RBF replacements).
+    let other = TxOut { value: pay.value + Amount::from_sat(500), script_pubkey: script_a.clone() };
     let conflict = spend(&[(coinbase, utxo.txout.clone())], vec![other], &a);
     assert!(matches!(chain.broadcast(&conflict), Err(ChainError::Rejected(_))));
 
