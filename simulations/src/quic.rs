@@ -282,7 +282,7 @@ fn store_funding(store: &dyn CoordinatorStore) -> Result<Vec<bitcoin::Transactio
         .collect())
 }
 
-/// CPU time the ledger's libbitcoinconsensus checks of these transactions take, measured
+/// CPU time the ledger's libbitcoinkernel checks of these transactions take, measured
 /// again here (the service ran them on its engine thread, mixed with its own work).
 fn consensus_cost(ledger: &Ledger, txs: &[bitcoin::Transaction]) -> Duration {
     let before = crate::memnet::process_cpu();

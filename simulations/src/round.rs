@@ -244,7 +244,7 @@ impl std::fmt::Display for RoundReport {
             writeln!(
                 f,
                 "coordinator CPU    {:.2} s (service threads: engine, its rayon pool, QUIC runtime; \
-                 of which ~{:.2} s the embedded ledger's libbitcoinconsensus checks)",
+                 of which ~{:.2} s the embedded ledger's libbitcoinkernel checks)",
                 self.coordinator_cpu_ms as f64 / 1e3,
                 self.ledger_cpu_ms as f64 / 1e3
             )?;
@@ -268,7 +268,7 @@ impl std::fmt::Display for RoundReport {
             writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
             writeln!(
                 f,
-                "ledger CPU         {:.2} s (libbitcoinconsensus on the funding txs)",
+                "ledger CPU         {:.2} s (libbitcoinkernel script checks of the funding txs)",
                 self.ledger_cpu_ms as f64 / 1e3
             )?;
             writeln!(
