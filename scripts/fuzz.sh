@@ -9,6 +9,7 @@
 # cargo-fuzz from crates.io when it is missing. Environment:
 #   FUZZ_TARGETS  space-separated targets to run (default: every file in fuzz/fuzz_targets)
 #   FUZZ_WORK     where new corpus entries and crash artifacts go (default: fuzz/work)
+#   FUZZ_NO_BUILD     set to 1 to run the binaries already built (skips `cargo fuzz build`)
 #   CARGO_TARGET_DIR  honoured as usual (default: fuzz/target)
 # The committed seeds (fuzz/corpus/<target>) and crash regressions (fuzz/regressions/<target>)
 # are read, never written. Run it under `nice` on a shared machine.
@@ -39,12 +40,17 @@ else
     done
 fi
 
-echo "== building ${#targets[@]} fuzz targets"
-build_start=$(date +%s)
-for target in "${targets[@]}"; do
-    cargo fuzz build -O "$target"
-done
-echo "== built in $(($(date +%s) - build_start))s"
+if [ "${FUZZ_NO_BUILD:-0}" != 1 ]; then
+    echo "== building ${#targets[@]} fuzz targets"
+    build_start=$(date +%s)
+    for target in "${targets[@]}"; do
+        cargo fuzz build -O "$target"
+    done
+    echo "== built in $(($(date +%s) - build_start))s"
+fi
+# Where `cargo fuzz build -O` puts the binaries.
+host="$(rustc -vV | sed -n 's/^host: //p')"
+bin_dir="${CARGO_TARGET_DIR:-$root/fuzz/target}/$host/release"
 
 failed=()
 summary=()
@@ -61,7 +67,7 @@ for target in "${targets[@]}"; do
     start=$(date +%s)
     # One process (libFuzzer's default without -jobs/-workers); new inputs go to $corpus only.
     set +e
-    cargo fuzz run -O "$target" "${inputs[@]}" -- \
+    "$bin_dir/$target" "${inputs[@]}" \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
     rc=$?

@@ -2,7 +2,7 @@
 //! `Proposal`'s `Encoded` bytes with [`DecodedBody::decode`] (`participant::session`).
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
-//! limit, framing), and that the participant's own decoding agrees with it: same result,
+//! framing), and that the participant's own decoding agrees with it: same result,
 //! the funding txid computed from the decoded transaction, the leaves moved out intact,
 //! and a tree shape exactly when the body's leaf count and tree parameters allow one.
 

@@ -2,8 +2,8 @@
 //! client that completed the QUIC handshake may send (`transport::server`).
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks: decoding stays within the decode
-//! limit's heap, decode → encode → decode round-trips to the same value, the limit never
-//! refuses an input that fits it, and the body survives framing.
+//! limit's heap, decode → encode → decode round-trips to the same value, and the body
+//! survives framing.
 
 #![no_main]
 

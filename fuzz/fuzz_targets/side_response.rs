@@ -2,7 +2,7 @@
 //! by a participant (`transport::client`), so a hostile coordinator controls every byte.
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
-//! limit, framing) and that a `FeeRate` answer converts to a fee rate.
+//! framing) and that a `FeeRate` answer converts to a fee rate.
 
 #![no_main]
 

@@ -2,8 +2,8 @@
 //! coordinator after its first (`transport::server`), so any peer controls every byte.
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks: decoding stays within the decode
-//! limit's heap, decode → encode → decode round-trips to the same value, the limit never
-//! refuses an input that fits it, and the body survives framing. A decoded `Register` also
+//! limit's heap, decode → encode → decode round-trips to the same value, and the body
+//! survives framing. A decoded `Register` also
 //! hashes (its digest is what the ownership signatures sign).
 
 #![no_main]

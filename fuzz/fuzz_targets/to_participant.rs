@@ -2,7 +2,7 @@
 //! (`transport::framed`), so a hostile coordinator controls every byte.
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
-//! limit, framing). A decoded `Proposal`'s shared body is then decoded the way the
+//! framing). A decoded `Proposal`'s shared body is then decoded the way the
 //! participant does ([`DecodedBody::decode`]), which must not panic either.
 
 #![no_main]
