@@ -599,6 +599,11 @@ mod tests {
         // answered with a bare SQLite error, and init_seed claimed a seed existed.
         corrupt("DELETE FROM meta", &|s| s.seed().map(drop));
         corrupt("DELETE FROM meta", &|s| s.init_seed([1; 32]));
+        // Found by the participant_store fuzz target: text that is not UTF-8.
+        corrupt("UPDATE settings SET value = CAST(x'ff' AS TEXT)", &|s| {
+            s.setting("coordinator").map(drop)
+        });
+        corrupt("UPDATE history SET kind = CAST(x'c5f6' AS TEXT)", &|s| s.history(5).map(drop));
         // next_key_index opens its own transaction: keep the row aside and put it back.
         store
             .lock()
