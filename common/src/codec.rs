@@ -12,7 +12,10 @@
 //! fails with [`CodecError::LimitExceeded`] instead of allocating. The limit is a
 //! compile-time parameter in bincode, so [`decode`] rounds the caller's limit up to the
 //! next power of two (at least 4 KiB, at most [`MAX_DECODE_LIMIT`]); an input longer than
-//! the requested limit is refused outright. Sequences are not claimed up front: serde
+//! the requested limit is refused outright. The limit is also capped at 16 times the
+//! input's length (bincode counts up to 16 bytes per input byte, a primitive's full
+//! width), so a short body cannot make the decoder reserve up to the caller's limit.
+//! Sequences are not claimed up front: serde
 //! preallocates at most 1 MiB per sequence from a length prefix and then has to read
 //! every element, so a lying sequence length only ends the decode early.
 //! Trailing bytes after the value are an error.
@@ -38,6 +41,10 @@ pub const MAX_DECODE_LIMIT: usize = 1 << 30;
 
 /// Smallest limit bucket; smaller limits are rounded up to it.
 const MIN_DECODE_BUCKET_LOG2: u32 = 12;
+
+/// Most bytes bincode counts against the limit per input byte: it counts a primitive's
+/// full width (up to 16 bytes for a `u128`) even when its varint takes one byte.
+const MAX_CLAIM_PER_INPUT_BYTE: usize = 16;
 
 /// Errors encoding or decoding bodies and frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +133,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
     if bytes.len() > limit {
         return Err(CodecError::BodyTooLarge { len: bytes.len(), limit });
     }
+    // A valid body never claims more than its own bytes can account for, so a short body
+    // gets a small budget: a length prefix in it cannot reserve up to `limit`.
     let log2 = limit
+        .min(bytes.len().saturating_mul(MAX_CLAIM_PER_INPUT_BYTE))
         .min(MAX_DECODE_LIMIT)
         .checked_next_power_of_two()
         .map_or(30, |p| p.trailing_zeros())
@@ -491,6 +501,23 @@ mod tests {
         // A sequence is not claimed up front (serde caps its preallocation): it simply
         // runs out of input.
         assert!(matches!(decode::<Vec<u8>>(&bytes, 4096), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn short_body_cannot_reserve_the_whole_limit() {
+        // Found by the to_coordinator fuzz target: 13 bytes (a Register whose first leaf's
+        // cosigner claims 8,388,550 bytes) made the decoder allocate 8 MiB under the 8 MiB
+        // frame limit before finding the input too short. Now the budget follows the input.
+        let input = [1, 4, 0, 3, 0xfb, 0, 0, 0, 0xfc, 0xc6, 0xff, 0x7f, 0];
+        let limit = crate::params::DEFAULT_MAX_FRAME as usize;
+        assert_eq!(
+            decode::<crate::messages::ToCoordinator>(&input, limit),
+            Err(CodecError::LimitExceeded { limit: 4096 })
+        );
+        // A valid body of one-byte varints, each counted as 8 bytes, still fits its budget.
+        let body = vec![5u64; 3000];
+        let bytes = encode(&body).unwrap();
+        assert_eq!(decode::<Vec<u64>>(&bytes, limit).unwrap(), body);
     }
 
     #[test]

@@ -78,13 +78,12 @@ impl From<crate::sqlite::OpenError> for StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
-            // A column holding the wrong type or an out-of-range integer means the file
-            // was not written by us.
+            // A column holding the wrong type, an out-of-range integer or text that is not
+            // UTF-8 means the file was not written by us.
             rusqlite::Error::InvalidColumnType(..)
             | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => {
-                StoreError::Corrupt { what: e.to_string() }
-            }
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt { what: e.to_string() },
             other => StoreError::Sqlite(other.to_string()),
         }
     }
@@ -123,6 +122,17 @@ mod tests {
             check_int("x", MAX_STORED_INT + 1),
             Err(StoreError::OutOfRange { what: "x", .. })
         ));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn text_that_is_not_utf8_is_corrupt() {
+        // Found by both store fuzz targets: such text read as a `String` was a bare
+        // SQLite error instead of a damaged-file report.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let read = conn.query_row("SELECT CAST(x'ff' AS TEXT)", [], |r| r.get::<_, String>(0));
+        let err = StoreError::from(read.unwrap_err());
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     }
 
     #[test]

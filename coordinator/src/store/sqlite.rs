@@ -722,5 +722,10 @@ mod tests {
         check("UPDATE batches SET tree_nodes = 5", &tree);
         check("UPDATE tree_nodes SET node = 7 WHERE node = 3", &tree);
         check("UPDATE bans SET until_ms = 'soon'", &|s| s.bans(0).map(drop));
+        // Found by the coordinator_store fuzz target: text that is not UTF-8.
+        check("UPDATE registrations SET status = CAST(x'ff' AS TEXT)", &|s| {
+            s.registrations_of_round(8).map(drop)
+        });
+        check("UPDATE bans SET reason = CAST(x'ff' AS TEXT)", &|s| s.bans(0).map(drop));
     }
 }

@@ -190,6 +190,18 @@ fn path_from_row(row: &Row<'_>) -> Result<ExitPathRecord, StoreError> {
     })
 }
 
+/// Reads `column` of the one `meta` row; the row is made by the first migration and never
+/// deleted, so its absence means the file was edited: [`StoreError::Corrupt`].
+fn meta_row<T>(
+    conn: &Connection,
+    column: &str,
+    read: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    conn.query_row(&format!("SELECT {column} FROM meta WHERE id = 0"), [], read)
+        .optional()?
+        .ok_or_else(|| corrupt("the meta row holding the seed and key counter is missing"))
+}
+
 fn no_path(funding_txid: &Txid, leaf: u32) -> StoreError {
     StoreError::NotFound { what: format!("exit path of leaf {leaf} in batch {funding_txid}") }
 }
@@ -211,18 +223,19 @@ impl SqliteStore {
 
 impl ParticipantStore for SqliteStore {
     fn init_seed(&self, seed: [u8; 32]) -> Result<(), StoreError> {
-        let changed = self
-            .lock()
-            .execute("UPDATE meta SET seed = ?1 WHERE id = 0 AND seed IS NULL", params![seed])?;
+        let conn = self.lock();
+        let changed =
+            conn.execute("UPDATE meta SET seed = ?1 WHERE id = 0 AND seed IS NULL", params![seed])?;
         if changed == 0 {
+            // Either a seed is there, or the row that holds it is gone.
+            meta_row(&conn, "seed", |r| r.get::<_, Option<Vec<u8>>>(0))?;
             return Err(StoreError::SeedExists);
         }
         Ok(())
     }
 
     fn seed(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        let seed: Option<Vec<u8>> =
-            self.lock().query_row("SELECT seed FROM meta WHERE id = 0", [], |r| r.get(0))?;
+        let seed: Option<Vec<u8>> = meta_row(&self.lock(), "seed", |r| r.get(0))?;
         seed.map(|s| {
             <[u8; 32]>::try_from(s.as_slice())
                 .map_err(|_| corrupt(format!("seed: {} bytes, not 32", s.len())))
@@ -233,8 +246,7 @@ impl ParticipantStore for SqliteStore {
     fn next_key_index(&self) -> Result<u32, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let index: u32 =
-            tx.query_row("SELECT next_key_index FROM meta WHERE id = 0", [], |r| r.get(0))?;
+        let index: u32 = meta_row(&tx, "next_key_index", |r| r.get(0))?;
         let next = index.checked_add(1).ok_or(StoreError::KeyIndexExhausted(index))?;
         tx.execute("UPDATE meta SET next_key_index = ?1 WHERE id = 0", params![next])?;
         tx.commit()?;
@@ -583,6 +595,23 @@ mod tests {
         assert!(matches!(store.next_key_index(), Err(StoreError::Corrupt { .. })));
         store.lock().execute_batch("UPDATE meta SET next_key_index = 2").unwrap();
         corrupt("UPDATE history SET round = -1", &|s| s.history(5).map(drop));
+        // Found by the participant_store fuzz target: without its meta row the store
+        // answered with a bare SQLite error, and init_seed claimed a seed existed.
+        corrupt("DELETE FROM meta", &|s| s.seed().map(drop));
+        corrupt("DELETE FROM meta", &|s| s.init_seed([1; 32]));
+        // Found by the participant_store fuzz target: text that is not UTF-8.
+        corrupt("UPDATE settings SET value = CAST(x'ff' AS TEXT)", &|s| {
+            s.setting("coordinator").map(drop)
+        });
+        corrupt("UPDATE history SET kind = CAST(x'c5f6' AS TEXT)", &|s| s.history(5).map(drop));
+        // next_key_index opens its own transaction: keep the row aside and put it back.
+        store
+            .lock()
+            .execute_batch("CREATE TEMP TABLE kept AS SELECT * FROM meta; DELETE FROM meta")
+            .unwrap();
+        let result = store.next_key_index();
+        store.lock().execute_batch("INSERT INTO meta SELECT * FROM kept; DROP TABLE kept").unwrap();
+        assert!(matches!(result, Err(StoreError::Corrupt { .. })), "{result:?}");
         // Nothing was left damaged.
         contract::assert_populated(&store);
     }

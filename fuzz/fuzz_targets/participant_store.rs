@@ -1,0 +1,207 @@
+//! Fuzzes the participant's SQLite store decoders (private helpers in
+//! `participant/src/store/sqlite.rs`) through its public API, and the wallet loaded from
+//! it: a real store file is filled with a seed, deposits in every status, exit paths,
+//! history and the wallet's coordinator setting; each input is a list of [`Damage`]s
+//! written into its columns through a second connection; then every read method runs.
+//!
+//! Asserts: no read panics; a read fails only with `StoreError::Corrupt` (or the error its
+//! contract names: `NotFound` for a missing exit path, `KeyIndexExhausted`); loading the
+//! wallet fails only with a store or setting error; every deposit and exit path that reads
+//! back is written again through the store and reads back equal.
+
+#![no_main]
+
+use std::sync::{Mutex, OnceLock};
+
+use cohort_common::bitcoin::{Amount, Network, TxOut};
+use cohort_fuzz::damage::{self, Damage, Schema, Snapshot, Table};
+use cohort_fuzz::samples::{key, outpoint, p2tr, tx, txid};
+use cohort_participant::store::{
+    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, SqliteStore,
+    StoreError, MAX_HISTORY_READ,
+};
+use cohort_participant::wallet::{CoordinatorInfo, Wallet, WalletError};
+use libfuzzer_sys::fuzz_target;
+use rusqlite::Connection;
+
+/// The participant store's tables (`MIGRATIONS` in its `sqlite.rs`).
+const SCHEMA: Schema = &[
+    Table { name: "meta", columns: &["id", "seed", "next_key_index"], key: &["id"] },
+    Table {
+        name: "deposits",
+        columns: &[
+            "txid",
+            "vout",
+            "amount_sat",
+            "script_pubkey",
+            "key_index",
+            "deposit_csv",
+            "status",
+            "status_arg",
+        ],
+        key: &["txid", "vout"],
+    },
+    Table {
+        name: "exit_paths",
+        columns: &[
+            "funding_txid",
+            "leaf",
+            "round",
+            "batch",
+            "leaf_amount_sat",
+            "leaf_script_pubkey",
+            "node",
+            "vout",
+            "path",
+            "leaf_key_index",
+            "exit_csv",
+            "exited",
+        ],
+        key: &["funding_txid", "leaf"],
+    },
+    Table { name: "history", columns: &["id", "at_ms", "round", "kind", "detail"], key: &["id"] },
+    Table { name: "settings", columns: &["key", "value"], key: &["key"] },
+];
+
+/// The store, a second connection to its file, and its valid rows.
+struct Fixture {
+    store: SqliteStore,
+    raw: Connection,
+    valid: Snapshot,
+}
+
+fn deposit(n: u8, status: DepositStatus) -> DepositRecord {
+    DepositRecord {
+        outpoint: outpoint(n),
+        txout: TxOut { value: Amount::from_sat(100_000 * u64::from(n)), script_pubkey: p2tr(n) },
+        key_index: u32::from(n),
+        deposit_csv: 1_008,
+        status,
+    }
+}
+
+fn exit_path(n: u8, leaf: u32) -> ExitPathRecord {
+    ExitPathRecord {
+        funding_txid: txid(n),
+        round: 8,
+        batch: 0,
+        leaf,
+        leaf_output: TxOut { value: Amount::from_sat(20_000), script_pubkey: p2tr(n) },
+        node: 2,
+        vout: 1,
+        path: vec![tx(n, 2), tx(n + 1, 2)],
+        leaf_key_index: Some(3),
+        exit_csv: Some(144),
+    }
+}
+
+fn populate(store: &SqliteStore) -> Result<(), WalletError> {
+    let coordinator = CoordinatorInfo {
+        uri: format!("cohort://{}@127.0.0.1:4433", "ab".repeat(32)),
+        key: key(1).public,
+        network: Network::Regtest,
+        deposit_csv: 1_008,
+        exit_csv: 144,
+        dev: true,
+    };
+    Wallet::create_with_seed(store, [7; 32], coordinator)?;
+    store.next_key_index()?;
+    let statuses = [
+        DepositStatus::Unspent,
+        DepositStatus::Registered { round: 8 },
+        DepositStatus::InBatch { funding_txid: txid(50) },
+        DepositStatus::Spent,
+        DepositStatus::Reclaimed { txid: txid(51) },
+    ];
+    for (n, status) in (1..).zip(statuses) {
+        store.put_deposit(&deposit(n, status))?;
+    }
+    store.store_exit_paths(&[exit_path(50, 0), exit_path(50, 1), exit_path(60, 0)])?;
+    store.mark_exited(&txid(50), 1)?;
+    for (at_ms, round) in [(1_000, Some(8)), (2_000, None)] {
+        let event = HistoryEvent { at_ms, round, kind: "registered".into(), detail: "ok".into() };
+        store.append_history(&event)?;
+    }
+    Ok(())
+}
+
+fn fixture() -> &'static Mutex<Fixture> {
+    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let path = cohort_fuzz::scratch_file("participant-store");
+        let store = SqliteStore::open(&path).expect("a new store opens");
+        populate(&store).expect("a new store takes valid records");
+        let raw = Connection::open(&path).expect("a second connection opens");
+        raw.pragma_update(None, "synchronous", "OFF").expect("pragma");
+        let valid = Snapshot::take(&raw, SCHEMA).expect("the valid rows read back");
+        Mutex::new(Fixture { store, raw, valid })
+    })
+}
+
+/// A read's value, or `None` when it reported the file as corrupt; any other error fails.
+fn clean<T>(read: Result<T, StoreError>, what: &str) -> Option<T> {
+    match read {
+        Ok(value) => Some(value),
+        Err(StoreError::Corrupt { .. }) => None,
+        Err(other) => panic!("{what} on a damaged store failed with {other:?}, not as corrupt"),
+    }
+}
+
+fn rewrite_deposit(store: &SqliteStore, d: &DepositRecord) {
+    store.put_deposit(d).expect("a deposit read back writes again");
+    let again = store.deposit(&d.outpoint).expect("a rewritten deposit reads");
+    assert_eq!(again.as_ref(), Some(d), "deposit changed on its way through the store");
+}
+
+fn rewrite_path(store: &SqliteStore, p: &ExitPathRecord) {
+    let exited = store.is_exited(&p.funding_txid, p.leaf).ok();
+    store.store_exit_paths(std::slice::from_ref(p)).expect("a path read back writes again");
+    let again = store.exit_path(&p.funding_txid, p.leaf).expect("a rewritten path reads");
+    assert_eq!(again.as_ref(), Some(p), "exit path changed on its way through the store");
+    if let Some(exited) = exited {
+        assert_eq!(store.is_exited(&p.funding_txid, p.leaf).ok(), Some(exited), "lost its mark");
+    }
+}
+
+fn read_everything(store: &SqliteStore) {
+    let _ = clean(store.seed(), "seed");
+    for n in 1..=5 {
+        if let Some(Some(d)) = clean(store.deposit(&outpoint(n)), "deposit") {
+            rewrite_deposit(store, &d);
+        }
+    }
+    for d in clean(store.deposits(), "deposits").unwrap_or_default() {
+        rewrite_deposit(store, &d);
+    }
+    let _ = clean(store.pending_exit_paths(), "pending_exit_paths");
+    for p in clean(store.exit_paths(), "exit_paths").unwrap_or_default() {
+        rewrite_path(store, &p);
+    }
+    for (n, leaf) in [(50, 0), (50, 1), (60, 0)] {
+        match store.is_exited(&txid(n), leaf) {
+            Ok(_) | Err(StoreError::Corrupt { .. } | StoreError::NotFound { .. }) => {}
+            Err(other) => panic!("is_exited failed with {other:?}"),
+        }
+        let _ = clean(store.exit_path(&txid(n), leaf), "exit_path");
+    }
+    let _ = clean(store.history(MAX_HISTORY_READ), "history");
+    let _ = clean(store.setting(cohort_participant::wallet::COORDINATOR_SETTING), "setting");
+    match Wallet::load(store) {
+        Ok(_)
+        | Err(WalletError::NoSeed | WalletError::NoCoordinator | WalletError::BadSetting(_))
+        | Err(WalletError::Store(StoreError::Corrupt { .. })) => {}
+        Err(other) => panic!("loading the wallet failed with {other:?}"),
+    }
+    match store.next_key_index() {
+        Ok(_) | Err(StoreError::Corrupt { .. } | StoreError::KeyIndexExhausted(_)) => {}
+        Err(other) => panic!("next_key_index failed with {other:?}"),
+    }
+}
+
+fuzz_target!(|damages: Vec<Damage>| {
+    let mut fixture = fixture().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Fixture { store, raw, valid } = &mut *fixture;
+    valid.restore(raw).expect("the valid rows go back");
+    damage::apply(raw, SCHEMA, &damages).expect("the damage commits");
+    read_everything(store);
+});

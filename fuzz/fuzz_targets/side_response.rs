@@ -1,0 +1,16 @@
+//! Fuzzes `codec::decode::<SideResponse>`: the coordinator's answer on a side stream, read
+//! by a participant (`transport::client`), so a hostile coordinator controls every byte.
+//!
+//! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
+//! framing) and that a `FeeRate` answer converts to a fee rate.
+
+#![no_main]
+
+use cohort_common::messages::SideResponse;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(response) = cohort_fuzz::check_codec::<SideResponse>(data) {
+        assert_eq!(response.fee_rate().is_some(), matches!(response, SideResponse::FeeRate(_)));
+    }
+});
