@@ -404,7 +404,7 @@ impl Driver {
     /// up), and its deposits cannot be handed to another batch meanwhile.
     fn resume_broadcasts(&mut self) {
         let pending = std::mem::take(&mut self.rebroadcast);
-        for b in pending {
+        for mut b in pending {
             let txid = b.funding_tx.compute_txid();
             let (round, batch, attempt) = (b.round, b.batch, b.attempt);
             let known = match self.chain.confirmations(&txid) {
@@ -424,13 +424,25 @@ impl Driver {
                 0 => None,
                 c => self.chain.tip_height().ok().map(|tip| tip.saturating_sub(c - 1)),
             };
-            match self.persister.resumed_batch_known(&b, txid, height) {
+            // Finalized once (members completed with it), confirmed once; kept on the
+            // list until both are recorded.
+            if b.status == BatchStatus::Broadcasting {
+                if let Err(e) = self.persister.resumed_batch_finalized(&b, txid) {
+                    tracing::error!(round, batch, attempt, error = %e, "cannot record a resumed batch");
+                    self.rebroadcast.push(b);
+                    continue;
+                }
+                tracing::info!(round, batch, attempt, %txid, "stored funding transaction is on the chain");
+                b.status = BatchStatus::Finalized { txid };
+            }
+            let Some(height) = height else {
+                self.rebroadcast.push(b);
+                continue;
+            };
+            let status = BatchStatus::Confirmed { height };
+            match self.persister.store().set_batch_status(round, batch, attempt, &status) {
                 Ok(()) => {
-                    tracing::info!(round, batch, attempt, %txid, ?height, "stored funding transaction is on the chain");
-                    if height.is_none() {
-                        // Finalized; kept until its confirmation is recorded too.
-                        self.rebroadcast.push(b);
-                    }
+                    tracing::info!(round, batch, attempt, %txid, height, "resumed batch confirmed")
                 }
                 Err(e) => {
                     tracing::error!(round, batch, attempt, error = %e, "cannot record a resumed batch");

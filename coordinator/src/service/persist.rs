@@ -168,37 +168,23 @@ impl Persister {
     }
 
     /// Records that a batch attempt found unfinished at start-up
-    /// ([`Recovery::rebroadcast`]) is known to the chain as `txid`, and confirmed at
-    /// `height` if it is: the attempt is finalized and its members completed.
-    pub fn resumed_batch_known(
+    /// ([`Recovery::rebroadcast`]) is known to the chain as `txid`: the attempt is
+    /// finalized and its members completed.
+    pub fn resumed_batch_finalized(
         &self,
         batch: &BatchRecord,
         txid: bitcoin::Txid,
-        height: Option<u32>,
     ) -> Result<(), StoreError> {
         let s = &self.store;
-        s.set_batch_status(
-            batch.round,
-            batch.batch,
-            batch.attempt,
-            &BatchStatus::Finalized { txid },
-        )?;
+        let status = BatchStatus::Finalized { txid };
+        s.set_batch_status(batch.round, batch.batch, batch.attempt, &status)?;
         let members: Vec<u64> = s
             .registrations_of_round(batch.round)?
             .iter()
             .filter(|r| r.status == RegistrationStatus::InBatch(batch.batch))
             .map(|r| r.registration)
             .collect();
-        self.set_statuses(batch.round, &members, RegistrationStatus::Completed)?;
-        if let Some(height) = height {
-            s.set_batch_status(
-                batch.round,
-                batch.batch,
-                batch.attempt,
-                &BatchStatus::Confirmed { height },
-            )?;
-        }
-        Ok(())
+        self.set_statuses(batch.round, &members, RegistrationStatus::Completed)
     }
 
     fn set_statuses(
