@@ -14,6 +14,8 @@
 //! - [`fees`]: funding-transaction weight, fee shares, the funding transaction.
 //! - [`exit`]: CPFP children for node transactions and script-path reclaims.
 //! - [`codec`]: frames and the bincode body codec (the only module naming bincode).
+//! - [`bounded`]: consensus decoding of untrusted transactions, every count checked
+//!   against the bytes behind it before anything is allocated for it.
 //! - [`messages`]: every protocol message.
 //! - [`chain`]: the chain-access trait.
 //! - [`consensus`]: Bitcoin Core (libbitcoinkernel) script checks of whole transactions.
@@ -25,6 +27,7 @@
 //!   directory for their tests.
 
 pub mod batch;
+pub mod bounded;
 pub mod chain;
 pub mod codec;
 pub mod consensus;

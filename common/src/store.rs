@@ -108,7 +108,7 @@ pub fn txid_from(bytes: &[u8], what: &str) -> Result<Txid, StoreError> {
 
 /// Decodes a stored consensus-encoded transaction; `what` names it in the error.
 pub fn tx_from(bytes: &[u8], what: impl FnOnce() -> String) -> Result<Transaction, StoreError> {
-    bitcoin::consensus::deserialize(bytes).map_err(|e| corrupt(format!("{}: {e}", what())))
+    crate::bounded::decode(bytes).map_err(|e| corrupt(format!("{}: {e}", what())))
 }
 
 #[cfg(test)]

@@ -199,28 +199,28 @@ pub mod consensus_bytes {
     use std::fmt;
     use std::marker::PhantomData;
 
-    use bitcoin::consensus::encode::{
-        deserialize as consensus_deserialize, serialize as consensus_serialize,
-    };
-    use bitcoin::consensus::{Decodable, Encodable};
+    use bitcoin::consensus::encode::serialize as consensus_serialize;
+    use bitcoin::consensus::Encodable;
     use serde::{Deserializer, Serializer};
+
+    use crate::bounded::{self, Bounded};
 
     /// Serializes `value` as the byte string of its consensus encoding.
     pub fn serialize<T: Encodable, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&consensus_serialize(value))
     }
 
-    /// Deserializes a byte string holding exactly one consensus-encoded value.
-    pub fn deserialize<'de, T: Decodable, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    /// Deserializes a byte string holding exactly one consensus-encoded value, every count
+    /// in it checked against the bytes behind it first ([`bounded::decode`]).
+    pub fn deserialize<'de, T: Bounded, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         struct Visitor<T>(PhantomData<T>);
-        impl<T: Decodable> serde::de::Visitor<'_> for Visitor<T> {
+        impl<T: Bounded> serde::de::Visitor<'_> for Visitor<T> {
             type Value = T;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a consensus-encoded value as a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<T, E> {
-                consensus_deserialize(v)
-                    .map_err(|e| E::custom(format!("invalid consensus encoding: {e}")))
+                bounded::decode(v).map_err(E::custom)
             }
         }
         d.deserialize_bytes(Visitor(PhantomData))
@@ -259,5 +259,14 @@ mod tests {
         e.input(&[2u8; 32]);
         let expected = sha256::Hash::from_engine(e).to_byte_array();
         assert_eq!(tagged_hash(OWNERSHIP_TAG, &[&[1u8; 32], &[2u8; 32]]), expected);
+    }
+
+    #[test]
+    fn a_transaction_claiming_more_than_its_bytes_is_refused_inside_a_body() {
+        // Found by the `proposal_body` fuzz target: a 238-byte body whose funding
+        // transaction made rust-bitcoin's decoder hold 23 MiB. The count walk refuses it.
+        let bytes = include_bytes!("../../../fuzz/regressions/proposal_body/238-bytes-held-23mib");
+        let err = crate::codec::decode::<ProposalBody>(bytes, 1 << 23).unwrap_err();
+        assert!(err.to_string().contains("claims"), "{err}");
     }
 }
