@@ -209,6 +209,32 @@ fn bad_registrations_get_their_reasons() {
 }
 
 #[test]
+fn amounts_outside_the_money_range_are_refused_at_registration() {
+    let mut w = world();
+    // Two deposits of 20 M BTC each: each is in range, together they are not. A funding
+    // transaction holding them is invalid, found only at broadcast after every signature.
+    let twenty_million = 20_000_000 * 100_000_000;
+    let (mut body, user, _) = registration(&mut w, twenty_million, 14_400);
+    let script = DepositScript::new(user.public, w.coordinator.public, 14_400).unwrap();
+    let outpoint = w.ledger.faucet(&script.script_pubkey(), Amount::from_sat(twenty_million));
+    let mut second = body.deposits[0].clone();
+    second.outpoint = outpoint.unwrap();
+    second.nonce = new_secnonce(&user.point, None, None).public_nonce();
+    body.deposits.push(second);
+    let msg = Message::from_digest(body.ownership_message(&w.challenge).unwrap());
+    let kp = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &user.secret);
+    let sig = SECP256K1.sign_schnorr(&msg, &kp);
+    let reg = Register { body, ownership_sigs: vec![sig, sig] };
+    assert_eq!(submit(&mut w, 40, reg), Err(RefusalReason::OutsideMoneyRange { deposits: true }));
+
+    // A leaf above 21 M BTC, paid (on paper) by a small deposit.
+    let r = submit_changed(&mut w, 41, |b| {
+        b.leaves[0].output.amount = Amount::MAX_MONEY + Amount::from_sat(1);
+    });
+    assert_eq!(r, Err(RefusalReason::OutsideMoneyRange { deposits: false }));
+}
+
+#[test]
 fn spent_and_unconfirmed_deposits_are_refused() {
     let mut w = world();
     // Spent: the deposit's outpoint was consumed (here: by a reclaim after its csv).

@@ -253,6 +253,12 @@ pub enum RefusalReason {
     RegistrationClosed,
     /// Anything else.
     Other(Reason),
+    /// The deposits or the leaves sum above 21,000,000 BTC (or one is above it). Last, so
+    /// that adding it kept every earlier variant's wire index.
+    OutsideMoneyRange {
+        /// `true` for the deposits, `false` for the leaves.
+        deposits: bool,
+    },
 }
 
 impl fmt::Display for RefusalReason {
@@ -308,6 +314,12 @@ impl fmt::Display for RefusalReason {
                 write!(f, "round {got} is not the open round {expected}")
             }
             RegistrationClosed => write!(f, "registration is closed"),
+            OutsideMoneyRange { deposits: true } => {
+                write!(f, "the deposits sum above 21,000,000 BTC")
+            }
+            OutsideMoneyRange { deposits: false } => {
+                write!(f, "the leaves sum above 21,000,000 BTC")
+            }
             Other(reason) => write!(f, "{reason}"),
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use bitcoin::secp256k1::{Message, SECP256K1};
-use bitcoin::{Amount, OutPoint, TxOut};
+use bitcoin::{OutPoint, TxOut};
 use cohort_common::batch::BatchMember;
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::fees::{service_fee, KEY_PATH_INPUT_WEIGHT};
@@ -15,6 +15,7 @@ use cohort_common::messages::{
 };
 use cohort_common::musig::Point;
 use cohort_common::scripts::DepositScript;
+use cohort_common::standard::money_sum;
 
 use super::{Coordinator, Event, Member, PeerId, Registration, RoundPhase};
 
@@ -223,8 +224,12 @@ pub fn check(
         txouts.push(utxo.txout);
     }
 
+    // No amount the chain or the peer names is trusted to stay in the money range: a
+    // funding transaction holding more than 21 M BTC is invalid, and it would be found
+    // only at broadcast, after every member signed.
+    let deposited = money_sum(txouts.iter().map(|o| o.value))
+        .map_err(|_| RefusalReason::OutsideMoneyRange { deposits: true })?;
     // A lower bound of the fee: its own inputs and the service fee.
-    let deposited: Amount = txouts.iter().map(|o| o.value).sum();
     let inputs_weight = bitcoin::Weight::from_wu(deposits as u64 * KEY_PATH_INPUT_WEIGHT);
     let required = params
         .fees
@@ -236,11 +241,8 @@ pub fn check(
     if body.max_fee < required {
         return Err(RefusalReason::FeeTooLow { max_fee: body.max_fee, required });
     }
-    let requested = body
-        .leaves
-        .iter()
-        .try_fold(Amount::ZERO, |acc, l| acc.checked_add(l.output.amount))
-        .ok_or(RefusalReason::Other(reason("amount overflow")))?;
+    let requested = money_sum(body.leaves.iter().map(|l| l.output.amount))
+        .map_err(|_| RefusalReason::OutsideMoneyRange { deposits: false })?;
     let needed = requested
         .checked_add(required)
         .and_then(|a| a.checked_add(body.remainder.script_pubkey.minimal_non_dust()))
