@@ -56,6 +56,10 @@ pub enum StoreError {
     /// Every key index has been handed out (participant stores).
     #[error("key index counter exhausted at {0}")]
     KeyIndexExhausted(u32),
+    /// The caller asked to store a value the schema cannot hold (for example an empty
+    /// list where one entry is the least).
+    #[error("cannot store {0}")]
+    Invalid(&'static str),
 }
 
 #[cfg(feature = "sqlite")]

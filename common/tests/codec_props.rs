@@ -210,6 +210,7 @@ fn abort_reason() -> impl Strategy<Value = AbortReason> {
         Just(AbortReason::MaxAttempts),
         Just(AbortReason::Shutdown),
         reason().prop_map(AbortReason::Other),
+        reason().prop_map(AbortReason::BroadcastFailed),
     ]
 }
 

@@ -10,12 +10,13 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cohort_common::chain::{Chain, ChainError, Utxo};
+use cohort_common::chain::{Chain, ChainError, RejectReason, Utxo};
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::RefusalReason;
 use cohort_coordinator::service::{now_ms, ChainBackend, RESTART_REASON};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, RegistrationStatus, SqliteStore};
 use cohort_participant::driver::Outcome;
+use cohort_participant::store::DepositStatus;
 use cohort_transport::{Client, Limits};
 use tokio::sync::mpsc;
 
@@ -33,7 +34,10 @@ async fn round_completes_and_survives_a_restart() {
         match next_report(&mut rx).await {
             Report::Done(Ok(Outcome::Confirmed { .. })) => confirmed += 1,
             Report::Done(other) => panic!("participant ended with {other:?}"),
-            Report::Persisting { .. } | Report::Registered | Report::Proposed => {}
+            Report::Persisting { .. }
+            | Report::Registered
+            | Report::Proposed
+            | Report::Deposits(_) => {}
         }
     }
     for d in &deposits {
@@ -77,6 +81,7 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
             Report::Persisting { .. }
             | Report::Registered
             | Report::Proposed
+            | Report::Deposits(_)
             | Report::Done(Err(_)) => {}
             Report::Done(other) => panic!("participant ended with {other:?}"),
         }
@@ -113,7 +118,12 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
     let client = Client::connect(&uri, &Limits::default()).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(drive(client, session_config(deposits[0].clone()), Mode::Honest, tx));
-    match next_report(&mut rx).await {
+    let mut report = next_report(&mut rx).await;
+    if let Report::Deposits(statuses) = report {
+        assert_eq!(statuses, vec![DepositStatus::Unspent], "released after the refusal");
+        report = next_report(&mut rx).await;
+    }
+    match report {
         Report::Done(Ok(Outcome::Refused { reason })) => {
             assert_eq!(reason, RefusalReason::Banned(banned).to_string());
         }
@@ -188,39 +198,88 @@ async fn killed_after_proposals_aborts_the_attempt() {
     let _ = std::fs::remove_dir_all(&fx.dir);
 }
 
-/// The fixture's ledger behind a node that is down whenever a transaction is broadcast
-/// (every read still answers).
-struct DownAtBroadcast(Arc<Ledger>);
+/// The fixture's ledger behind a node that answers every broadcast with `error` (every
+/// read still answers).
+struct FailsAtBroadcast {
+    ledger: Arc<Ledger>,
+    error: ChainError,
+}
 
-impl Chain for DownAtBroadcast {
+impl FailsAtBroadcast {
+    /// A node that is down whenever a transaction is broadcast.
+    fn down(ledger: Arc<Ledger>) -> Self {
+        FailsAtBroadcast { ledger, error: ChainError::Backend("connection refused".into()) }
+    }
+}
+
+impl Chain for FailsAtBroadcast {
     fn tip_height(&self) -> Result<u32, ChainError> {
-        self.0.tip_height()
+        self.ledger.tip_height()
     }
     fn utxo(&self, outpoint: &bitcoin::OutPoint) -> Result<Option<Utxo>, ChainError> {
-        self.0.utxo(outpoint)
+        self.ledger.utxo(outpoint)
     }
     fn script_utxos(
         &self,
         script: &bitcoin::Script,
     ) -> Result<Vec<(bitcoin::OutPoint, Utxo)>, ChainError> {
-        self.0.script_utxos(script)
+        self.ledger.script_utxos(script)
     }
     fn broadcast(&self, _tx: &bitcoin::Transaction) -> Result<bitcoin::Txid, ChainError> {
-        Err(ChainError::Backend("connection refused".into()))
+        Err(self.error.clone())
     }
     fn broadcast_package(
         &self,
         _parent: &bitcoin::Transaction,
         _child: &bitcoin::Transaction,
     ) -> Result<(bitcoin::Txid, bitcoin::Txid), ChainError> {
-        Err(ChainError::Backend("connection refused".into()))
+        Err(self.error.clone())
     }
     fn fee_rate(&self) -> Result<bitcoin::FeeRate, ChainError> {
-        self.0.fee_rate()
+        self.ledger.fee_rate()
     }
     fn confirmations(&self, txid: &bitcoin::Txid) -> Result<Option<u32>, ChainError> {
-        self.0.confirmations(txid)
+        self.ledger.confirmations(txid)
     }
+}
+
+/// The chain refuses the complete funding transaction: every participant has signed its
+/// deposits into it, so each is told that the batch is dropped (it used to wait out its
+/// deadline and fail as timed out), ends `Failed` with its deposits signed, and keeps the funding txid with its
+/// deposits: that transaction stays valid, and its exit paths stay on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_funding_transaction_the_chain_refuses_ends_every_session_at_once() {
+    let fx = Fixture::new("refused");
+    let refusing = FailsAtBroadcast {
+        ledger: fx.ledger.clone(),
+        error: ChainError::Rejected(RejectReason::Node { reason: "bad-txns-test".into() }),
+    };
+    let (service, store, uri) = fx.start_on(ChainBackend::External(Arc::new(refusing)));
+    let (deposits, mut rx) = participants(&fx, &uri, &[Mode::Honest; N]).await;
+    let (mut ended, mut statuses) = (0, Vec::new());
+    while ended < N {
+        match next_report(&mut rx).await {
+            Report::Done(Ok(Outcome::Failed { reason, deposits_signed: true })) => {
+                assert!(reason.contains("broadcast failed"), "{reason}");
+                ended += 1;
+            }
+            Report::Done(other) => panic!("participant ended with {other:?}"),
+            Report::Deposits(s) => statuses.extend(s),
+            Report::Persisting { .. } | Report::Registered | Report::Proposed => {}
+        }
+    }
+    let stored = store.batches_of_round(1).unwrap().pop().unwrap();
+    assert!(matches!(stored.status, BatchStatus::Aborted { .. }), "{:?}", stored.status);
+    let txid = stored.funding_tx.compute_txid();
+    assert_eq!(statuses.len(), N);
+    for status in statuses {
+        assert_eq!(status, DepositStatus::InBatch { funding_txids: vec![txid] });
+    }
+    for d in &deposits {
+        assert!(fx.ledger.utxo(&d.outpoint).unwrap().is_some(), "the deposit is still unspent");
+    }
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
 }
 
 /// The node is down when the complete funding transaction is broadcast, and the
@@ -231,7 +290,7 @@ impl Chain for DownAtBroadcast {
 async fn a_broadcast_with_no_answer_is_resumed_after_a_restart() {
     let fx = Fixture::new("rebroadcast");
     let (service, store, uri) =
-        fx.start_on(ChainBackend::External(Arc::new(DownAtBroadcast(fx.ledger.clone()))));
+        fx.start_on(ChainBackend::External(Arc::new(FailsAtBroadcast::down(fx.ledger.clone()))));
     let (deposits, mut rx) = participants(&fx, &uri, &[Mode::Honest; N]).await;
     let mut ended = 0;
     while ended < N {

@@ -109,7 +109,8 @@ fn populate(store: &SqliteStore) -> Result<(), WalletError> {
     let statuses = [
         DepositStatus::Unspent,
         DepositStatus::Registered { round: 8 },
-        DepositStatus::InBatch { funding_txid: txid(50) },
+        DepositStatus::InBatch { funding_txids: vec![txid(50), txid(51)] },
+        DepositStatus::Batched { funding_txid: txid(52) },
         DepositStatus::Spent,
         DepositStatus::Reclaimed { txid: txid(51) },
     ];

@@ -376,6 +376,26 @@ pub enum ReclaimItem {
     },
 }
 
+/// The status of a stored deposit the chain no longer shows unspent. A deposit signed into
+/// batches is `Batched` once one of its funding transactions confirmed, and keeps its list
+/// while one waits in the mempool; otherwise the chain says it is spent, by something
+/// this wallet has no record of.
+pub async fn status_when_gone<C: SideChannel>(
+    chain: &RemoteChain<'_, C>,
+    status: &DepositStatus,
+) -> Result<DepositStatus, DriverError> {
+    if let DepositStatus::InBatch { funding_txids } = status {
+        for &funding_txid in funding_txids {
+            match chain.confirmations(funding_txid).await? {
+                Some(0) => return Ok(status.clone()),
+                Some(_) => return Ok(DepositStatus::Batched { funding_txid }),
+                None => {}
+            }
+        }
+    }
+    Ok(DepositStatus::Spent)
+}
+
 /// Spends every unspent static deposit through its timeout path; with `mine` (dev chain)
 /// mines until the last of them is spendable first.
 pub async fn reclaim_deposits<C: SideChannel>(
@@ -389,7 +409,13 @@ pub async fn reclaim_deposits<C: SideChannel>(
     let mut live = Vec::new();
     let mut items = Vec::new();
     for d in store.deposits()? {
-        if !matches!(d.status, DepositStatus::Unspent | DepositStatus::Registered { .. }) {
+        // A deposit signed into batches none of which confirmed can still be taken back.
+        if !matches!(
+            d.status,
+            DepositStatus::Unspent
+                | DepositStatus::Registered { .. }
+                | DepositStatus::InBatch { .. }
+        ) {
             continue;
         }
         let script = DepositScript::new(key.public, wallet.coordinator().key, d.deposit_csv)?;
@@ -401,7 +427,10 @@ pub async fn reclaim_deposits<C: SideChannel>(
         }
         match chain.utxo(d.outpoint).await? {
             None => {
-                store.set_deposit_status(&d.outpoint, &DepositStatus::Spent)?;
+                let status = status_when_gone(&chain, &d.status).await?;
+                if status != d.status {
+                    store.set_deposit_status(&d.outpoint, &status)?;
+                }
                 items.push(ReclaimItem::Gone { outpoint: d.outpoint });
             }
             Some(UtxoInfo { height: None, .. }) => {

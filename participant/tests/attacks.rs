@@ -380,25 +380,26 @@ fn a_leaf_above_the_money_supply_is_refused() {
 }
 
 #[test]
-fn own_deposits_summing_past_the_money_supply_are_refused() {
-    // Issue 8, item 9: dev-faucet deposits summing past 21 M BTC. Two deposits of half
-    // the supply plus 200 sats each; the leaves stay (just) in range after the fee.
+fn declared_prevouts_summing_past_the_money_supply_are_refused() {
+    // Issue 8, item 9: dev-faucet deposits summing past 21 M BTC were signed and then
+    // refused at broadcast. An honest engine now refuses them at registration
+    // (`coordinator/tests/registration.rs`); a malicious coordinator can still propose a
+    // funding transaction whose declared prevouts sum past the supply, here with one extra
+    // input declared to hold all 21 M BTC next to the participant's own deposit.
     let mut kit = Kit::new(1, None);
-    kit.params.fees.service_ppm = 0;
-    kit.reconfigure(0, |config, ledger| {
-        let first = config.deposits[0].clone();
-        let half = Amount::from_sat(Amount::MAX_MONEY.to_sat() / 2 + 200);
-        config.deposits = (0..2)
-            .map(|_| {
-                let outpoint = ledger.faucet(&first.txout.script_pubkey, half).unwrap();
-                let txout = TxOut { value: half, script_pubkey: first.txout.script_pubkey.clone() };
-                OwnedDeposit { outpoint, txout, ..first.clone() }
-            })
-            .collect();
-    });
     kit.register_all();
     let batch = kit.build_batch(1);
-    kit.propose(&batch);
+    let mut body = batch.body.clone();
+    body.funding_tx.input.push(TxIn {
+        previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: 0 },
+        script_sig: ScriptBuf::new(),
+        sequence: FUNDING_SEQUENCE,
+        witness: Witness::new(),
+    });
+    body.funding_prevouts
+        .push(TxOut { value: Amount::MAX_MONEY, script_pubkey: p2tr_single(&Keypair::random()) });
+    let encoded = Encoded::new(&body).unwrap();
+    kit.deliver(0, ToParticipant::Proposal(Kit::proposal(&batch, 0, &encoded)));
     assert_eq!(
         kit.refusal(),
         ProposalError::Funding(FundingRuleError::PrevoutMoneyRange(MoneyRangeError::Sum))

@@ -151,7 +151,7 @@ async fn three_wallets_join_a_round_and_one_exits() {
     assert!(!path.exited);
     let Outcome::Confirmed { funding_txid: Some(funding), .. } = ra.outcome else { unreachable!() };
     assert!(
-        matches!(status.deposits[0].status, DepositStatus::InBatch { funding_txid } if funding_txid == funding)
+        matches!(status.deposits[0].status, DepositStatus::Batched { funding_txid } if funding_txid == funding)
     );
 
     // Unknown leaves are refused by name.

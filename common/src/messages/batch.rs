@@ -159,6 +159,21 @@ pub enum AbortReason {
     Shutdown,
     /// Anything else.
     Other(Reason),
+    /// The chain refused the funding transaction, or the coordinator could not hand it to
+    /// the chain; the batch is dropped. Every deposit signature already given stays valid
+    /// for that transaction, so its exit paths must be kept. Last, so that adding it kept
+    /// every earlier variant's wire index.
+    BroadcastFailed(Reason),
+}
+
+impl AbortReason {
+    /// Whether the batch is over for every member (no later attempt follows).
+    pub fn drops_batch(&self) -> bool {
+        matches!(
+            self,
+            AbortReason::MaxAttempts | AbortReason::Shutdown | AbortReason::BroadcastFailed(_)
+        )
+    }
 }
 
 impl fmt::Display for AbortReason {
@@ -173,6 +188,7 @@ impl fmt::Display for AbortReason {
             AbortReason::MaxAttempts => f.write_str("the batch ran out of attempts"),
             AbortReason::Shutdown => f.write_str("the coordinator is shutting down"),
             AbortReason::Other(reason) => write!(f, "{reason}"),
+            AbortReason::BroadcastFailed(reason) => write!(f, "broadcast failed: {reason}"),
         }
     }
 }

@@ -348,7 +348,7 @@ impl BatchPhase {
                 Outcome::Nothing
             }
             Err(e) => {
-                let reason = AbortReason::Other(Reason::new(format!("broadcast failed: {e}")));
+                let reason = AbortReason::BroadcastFailed(Reason::new(e));
                 *self = ctx.fail(&p.members, p.id.number, true, reason);
                 Outcome::Ended
             }

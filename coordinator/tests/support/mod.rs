@@ -107,6 +107,9 @@ pub enum Report {
     Persisting {
         attempt: u32,
     },
+    /// Where the participant's stored deposits stand once its driver ended (sent just
+    /// before `Done`).
+    Deposits(Vec<DepositStatus>),
     /// How the driver ended (its error as text).
     Done(Result<Outcome, String>),
 }
@@ -176,7 +179,8 @@ pub async fn drive(
         };
         store.put_deposit(&deposit).unwrap();
     }
-    let driver = Driver::with_setup(store, DriverSetup::new(config, 0, DEFAULT_EXIT_CSV));
+    let outpoints: Vec<_> = config.deposits.iter().map(|d| d.outpoint).collect();
+    let driver = Driver::with_setup(store.clone(), DriverSetup::new(config, 0, DEFAULT_EXIT_CSV));
     let observed = reports.clone();
     let mut attempt = 0;
     let observer = move |step: &Progress| {
@@ -210,6 +214,8 @@ pub async fn drive(
         Mode::QuitAfterProposal => client.close("leaving"),
         Mode::Honest | Mode::StallAtProposal => {}
     }
+    let statuses = outpoints.iter().map(|o| store.deposit(o).unwrap().unwrap().status).collect();
+    let _ = reports.send(Report::Deposits(statuses));
     let _ = reports.send(Report::Done(result.map_err(|e| e.to_string())));
 }
 

@@ -14,7 +14,9 @@ use cohort_common::messages::{SideRequest, SideResponse};
 use cohort_transport::{Client, CoordinatorUri, Limits};
 
 use crate::driver::{spawn_reader, Driver, DriverError, Progress};
-use crate::exit::{exit_leaf, reclaim_deposits, ExitReport, ExitToolError, RemoteChain};
+use crate::exit::{
+    exit_leaf, reclaim_deposits, status_when_gone, ExitReport, ExitToolError, RemoteChain,
+};
 use crate::store::{DepositRecord, DepositStatus, ParticipantStore, SqliteStore, StoreError};
 use crate::wallet::{CoordinatorInfo, Wallet, WalletError};
 
@@ -193,10 +195,15 @@ async fn refresh_deposits(
     }
     for d in store.deposits()? {
         let on_chain = utxos.iter().any(|u| u.outpoint == d.outpoint);
-        if !on_chain
-            && matches!(d.status, DepositStatus::Unspent | DepositStatus::Registered { .. })
-        {
-            store.set_deposit_status(&d.outpoint, &DepositStatus::Spent)?;
+        let settled = matches!(
+            d.status,
+            DepositStatus::Batched { .. } | DepositStatus::Spent | DepositStatus::Reclaimed { .. }
+        );
+        if !on_chain && !settled {
+            let status = status_when_gone(&chain, &d.status).await?;
+            if status != d.status {
+                store.set_deposit_status(&d.outpoint, &status)?;
+            }
         }
     }
     let heights = utxos.iter().map(|u| (u.outpoint, u.height)).collect();
@@ -250,7 +257,9 @@ pub async fn join(
         let (records, _, heights) = refresh_deposits(store.as_ref(), &wallet, &client).await?;
         let offered: Vec<DepositRecord> = records
             .into_iter()
-            .filter(|d| d.status == DepositStatus::Unspent)
+            // Signed into batches none of which reached the chain (the deposit is still
+            // unspent): offered again; every earlier funding txid keeps its exit paths.
+            .filter(|d| matches!(d.status, DepositStatus::Unspent | DepositStatus::InBatch { .. }))
             .filter(|d| heights.iter().any(|(o, h)| *o == d.outpoint && h.is_some()))
             .collect();
         let max_fee = max_fee.unwrap_or(Amount::from_sat(DEFAULT_MAX_FEE_SAT));

@@ -90,7 +90,15 @@ fn status_text(s: &DepositStatus) -> String {
     match s {
         DepositStatus::Unspent => "unspent".into(),
         DepositStatus::Registered { round } => format!("registered in round {round}"),
-        DepositStatus::InBatch { funding_txid } => format!("in batch {funding_txid}"),
+        DepositStatus::InBatch { funding_txids } => match &funding_txids[..] {
+            [one] => format!("signed into batch {one}, not confirmed"),
+            many => format!(
+                "signed into {} batch attempts ({}), none confirmed",
+                many.len(),
+                many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        DepositStatus::Batched { funding_txid } => format!("batched in {funding_txid}"),
         DepositStatus::Spent => "spent".into(),
         DepositStatus::Reclaimed { txid } => format!("reclaimed by {txid}"),
     }

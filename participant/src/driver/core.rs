@@ -337,7 +337,7 @@ impl DriverCore {
         let (progress, record, note) = match event {
             Event::Registered { round, registration } => {
                 self.round = Some(round);
-                self.set_statuses(&DepositStatus::Registered { round })?;
+                self.mark_registered(round)?;
                 let deposits = self.deposits.len();
                 (Progress::Registered { round, registration, deposits }, Record::History, "")
             }
@@ -360,7 +360,7 @@ impl DriverCore {
             Event::DepositSigsSent { batch, attempt } => {
                 self.deposits_signed = true;
                 if let Some(funding_txid) = self.funding_txid {
-                    self.set_statuses(&DepositStatus::InBatch { funding_txid })?;
+                    self.add_funding_txid(funding_txid)?;
                 }
                 (Progress::DepositsSigned { batch, attempt }, Record::History, "")
             }
@@ -369,20 +369,29 @@ impl DriverCore {
                 (Progress::Aborted { batch, attempt, reason, excluded }, Record::History, "")
             }
             Event::Finalized { txid, .. } => {
-                let note = match self.funding_txid {
-                    Some(ours) if ours == txid => String::new(),
-                    Some(ours) => format!(" (differs from the checked {ours})"),
-                    None => " (no exit paths stored!)".into(),
+                // The coordinator's word is not taken: a txid other than the one this
+                // wallet checked and signed is an alarm, recorded and shown. The exit
+                // paths on disk are for the signed one, whatever was broadcast.
+                let alarm = match self.funding_txid {
+                    Some(ours) if ours == txid => None,
+                    Some(ours) => Some(format!(
+                        "the coordinator names {txid} as the funding transaction, but this \
+                         wallet signed {ours}; the exit paths are for {ours}"
+                    )),
+                    None => Some(format!(
+                        "the coordinator names {txid} as the funding transaction, but this \
+                         wallet signed no funding transaction in this session"
+                    )),
                 };
-                return self.step(
-                    now,
-                    &Progress::Finalized { txid },
-                    Record::History,
-                    &note,
-                    observer,
-                );
+                if let Some(what) = alarm {
+                    self.step(now, &Progress::Alarm { what }, Record::History, "", observer)?;
+                }
+                (Progress::Finalized { txid }, Record::History, "")
             }
             Event::Confirmed { height, .. } => {
+                if let Some(funding_txid) = self.funding_txid {
+                    self.set_statuses(&DepositStatus::Batched { funding_txid })?;
+                }
                 self.outcome = Some(Outcome::Confirmed { funding_txid: self.funding_txid, height });
                 (Progress::Confirmed { height }, Record::History, "")
             }
@@ -454,6 +463,37 @@ impl DriverCore {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(DriverError::Stopped(self.session.phase())),
         }
+    }
+
+    /// Adds `funding_txid` to every deposit's list of funding transactions it was signed
+    /// into, keeping the earlier ones: any of them may still confirm.
+    fn add_funding_txid(&self, funding_txid: Txid) -> Result<(), StoreError> {
+        for outpoint in &self.deposits {
+            let mut funding_txids = match self.store.deposit(outpoint)?.map(|d| d.status) {
+                Some(DepositStatus::InBatch { funding_txids }) => funding_txids,
+                _ => Vec::new(),
+            };
+            if !funding_txids.contains(&funding_txid) {
+                funding_txids.push(funding_txid);
+            }
+            self.store.set_deposit_status(outpoint, &DepositStatus::InBatch { funding_txids })?;
+        }
+        Ok(())
+    }
+
+    /// Marks the deposits registered in `round`, except those already signed into a
+    /// batch: their list of funding transactions must survive a new round.
+    fn mark_registered(&self, round: u64) -> Result<(), StoreError> {
+        for outpoint in &self.deposits {
+            let signed = matches!(
+                self.store.deposit(outpoint)?.map(|d| d.status),
+                Some(DepositStatus::InBatch { .. })
+            );
+            if !signed {
+                self.store.set_deposit_status(outpoint, &DepositStatus::Registered { round })?;
+            }
+        }
+        Ok(())
     }
 
     fn set_statuses(&self, status: &DepositStatus) -> Result<(), StoreError> {

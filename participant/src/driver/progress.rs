@@ -46,6 +46,9 @@ pub enum StepName {
     Exited,
     /// A deposit was taken back through its timeout path (by `cohort reclaim`).
     Reclaimed,
+    /// The coordinator said something this wallet's own records contradict (recorded, shown,
+    /// never acted on).
+    Alarm,
 }
 
 impl StepName {
@@ -67,6 +70,7 @@ impl StepName {
             StepName::ExitBroadcast => "exit_broadcast",
             StepName::Exited => "exited",
             StepName::Reclaimed => "reclaimed",
+            StepName::Alarm => "alarm",
         }
     }
 
@@ -184,6 +188,11 @@ pub enum Progress {
         /// Why.
         reason: String,
     },
+    /// The coordinator's word contradicts what this wallet signed.
+    Alarm {
+        /// What was claimed against what is known.
+        what: String,
+    },
 }
 
 impl Progress {
@@ -202,6 +211,7 @@ impl Progress {
             Progress::Confirmed { .. } => StepName::Confirmed,
             Progress::Refused { .. } => StepName::Refused,
             Progress::Failed { .. } => StepName::Failed,
+            Progress::Alarm { .. } => StepName::Alarm,
         }
     }
 
@@ -230,6 +240,7 @@ impl Progress {
             Progress::Finalized { txid } => format!("funding tx {txid}"),
             Progress::Confirmed { height } => format!("at height {height}"),
             Progress::Refused { reason } | Progress::Failed { reason } => reason.clone(),
+            Progress::Alarm { what } => what.clone(),
         }
     }
 }
@@ -294,6 +305,7 @@ mod tests {
             StepName::ExitBroadcast,
             StepName::Exited,
             StepName::Reclaimed,
+            StepName::Alarm,
         ];
         for step in all {
             // The JSON tag, the history kind and the printed words are one name.

@@ -10,8 +10,7 @@ use std::collections::VecDeque;
 
 use bitcoin::Txid;
 use cohort_common::messages::{
-    Abort, AbortReason, Cancel, Proposal, Reason, RoundAnnounce, RoundParams, SignedTree,
-    ToCoordinator,
+    Abort, Cancel, Proposal, Reason, RoundAnnounce, RoundParams, SignedTree, ToCoordinator,
 };
 
 use super::caches::SharedCaches;
@@ -378,7 +377,7 @@ pub(super) fn on_abort(state: State, abort: &Abort, ctx: &mut Ctx<'_>) -> Step {
     if excluded {
         return Step::Acted(ctx.fail(SessionError::Excluded { batch, attempt }, false));
     }
-    if matches!(abort.reason, AbortReason::MaxAttempts | AbortReason::Shutdown) {
+    if abort.reason.drops_batch() {
         let reason = abort.reason.clone();
         return Step::Acted(ctx.fail(SessionError::BatchDropped { batch, reason }, false));
     }

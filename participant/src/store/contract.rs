@@ -147,7 +147,9 @@ fn deposit_statuses_round_trip(s: &impl ParticipantStore) {
     s.put_deposit(&d).unwrap();
     for status in [
         DepositStatus::Registered { round: 12 },
-        DepositStatus::InBatch { funding_txid: txid(40) },
+        DepositStatus::InBatch { funding_txids: vec![txid(40)] },
+        DepositStatus::InBatch { funding_txids: vec![txid(40), txid(42), txid(43)] },
+        DepositStatus::Batched { funding_txid: txid(42) },
         DepositStatus::Reclaimed { txid: txid(41) },
         DepositStatus::Spent,
         DepositStatus::Unspent,
@@ -155,6 +157,11 @@ fn deposit_statuses_round_trip(s: &impl ParticipantStore) {
         s.set_deposit_status(&d.outpoint, &status).unwrap();
         assert_eq!(s.deposit(&d.outpoint).unwrap().unwrap().status, status);
     }
+    assert!(matches!(
+        s.set_deposit_status(&d.outpoint, &DepositStatus::InBatch { funding_txids: vec![] }),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.deposit(&d.outpoint).unwrap().unwrap().status, DepositStatus::Unspent);
     let missing = OutPoint { txid: txid(2), vout: 1 };
     assert!(matches!(
         s.set_deposit_status(&missing, &DepositStatus::Spent),
@@ -265,7 +272,7 @@ pub(crate) fn populate(s: &impl ParticipantStore) {
     assert_eq!(s.next_key_index().unwrap(), 0);
     assert_eq!(s.next_key_index().unwrap(), 1);
     let mut d = deposit(60, 2);
-    d.status = DepositStatus::InBatch { funding_txid: txid(61) };
+    d.status = DepositStatus::InBatch { funding_txids: vec![txid(61), txid(62)] };
     s.put_deposit(&d).unwrap();
     s.store_exit_paths(&[exit_path(61, 0, 3), exit_path(61, 1, 3)]).unwrap();
     s.mark_exited(&txid(61), 1).unwrap();
@@ -278,7 +285,7 @@ pub(crate) fn populate(s: &impl ParticipantStore) {
 pub(crate) fn assert_populated(s: &impl ParticipantStore) {
     assert_eq!(s.seed().unwrap(), Some([42; 32]));
     let mut d = deposit(60, 2);
-    d.status = DepositStatus::InBatch { funding_txid: txid(61) };
+    d.status = DepositStatus::InBatch { funding_txids: vec![txid(61), txid(62)] };
     assert_eq!(s.deposits().unwrap(), vec![d]);
     assert_eq!(s.exit_paths().unwrap(), vec![exit_path(61, 0, 3), exit_path(61, 1, 3)]);
     assert_eq!(s.pending_exit_paths().unwrap(), vec![exit_path(61, 0, 3)]);

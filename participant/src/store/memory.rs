@@ -43,10 +43,19 @@ impl MemoryStore {
 
 fn check_deposit(d: &DepositRecord) -> Result<(), StoreError> {
     check_int("deposit amount", d.txout.value.to_sat())?;
-    if let DepositStatus::Registered { round } = d.status {
-        check_int("deposit round", round)?;
+    check_status(&d.status)
+}
+
+/// What SQLite's encoding refuses: a round above the storable maximum, a batch status
+/// without a funding txid.
+fn check_status(status: &DepositStatus) -> Result<(), StoreError> {
+    match status {
+        DepositStatus::Registered { round } => check_int("deposit round", *round).map(drop),
+        DepositStatus::InBatch { funding_txids } if funding_txids.is_empty() => {
+            Err(StoreError::Invalid("a deposit in a batch with no funding txid"))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn no_path(funding_txid: &Txid, leaf: u32) -> StoreError {
@@ -93,9 +102,7 @@ impl ParticipantStore for MemoryStore {
         outpoint: &OutPoint,
         status: &DepositStatus,
     ) -> Result<(), StoreError> {
-        if let DepositStatus::Registered { round } = status {
-            check_int("deposit round", *round)?;
-        }
+        check_status(status)?;
         let mut inner = self.lock();
         let deposit = inner
             .deposits

@@ -35,9 +35,16 @@ pub enum DepositStatus {
         /// The round.
         round: u64,
     },
-    /// Spent by a batch's funding transaction (signed, maybe not yet confirmed).
+    /// Signed into the funding transaction of one or more batch attempts, each with its
+    /// exit paths stored, and not seen spent on the chain yet. Only one of them can
+    /// confirm; until one does, the deposit can still be reclaimed or offered again.
     InBatch {
-        /// The funding transaction.
+        /// Every funding transaction it was signed into, oldest first (at least one).
+        funding_txids: Vec<Txid>,
+    },
+    /// Spent on the chain by the funding transaction of a batch it was signed into.
+    Batched {
+        /// That funding transaction.
         funding_txid: Txid,
     },
     /// Spent by something else (another wallet, a conflicting batch).

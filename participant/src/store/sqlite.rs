@@ -119,8 +119,17 @@ fn status_to_sql(status: &DepositStatus) -> Result<(&'static str, Value), StoreE
         DepositStatus::Registered { round } => {
             ("registered", Value::Integer(check_int("deposit round", *round)?))
         }
-        DepositStatus::InBatch { funding_txid } => {
-            ("in_batch", Value::Blob(funding_txid.to_byte_array().to_vec()))
+        DepositStatus::InBatch { funding_txids } => {
+            if funding_txids.is_empty() {
+                return Err(StoreError::Invalid("a deposit in a batch with no funding txid"));
+            }
+            (
+                "in_batch",
+                Value::Blob(funding_txids.iter().flat_map(|t| t.to_byte_array()).collect()),
+            )
+        }
+        DepositStatus::Batched { funding_txid } => {
+            ("batched", Value::Blob(funding_txid.to_byte_array().to_vec()))
         }
         DepositStatus::Spent => ("spent", Value::Null),
         DepositStatus::Reclaimed { txid } => {
@@ -136,8 +145,15 @@ fn status_from_sql(kind: &str, arg: Value) -> Result<DepositStatus, StoreError> 
         ("registered", Value::Integer(round)) => DepositStatus::Registered {
             round: u64::try_from(round).map_err(|_| corrupt(format!("{what}: round {round}")))?,
         },
-        ("in_batch", Value::Blob(b)) => {
-            DepositStatus::InBatch { funding_txid: txid_from(&b, what)? }
+        // One or more txids, 32 bytes each (a single one before a deposit could be signed
+        // into several attempts).
+        ("in_batch", Value::Blob(b)) if !b.is_empty() && b.len() % 32 == 0 => {
+            let funding_txids =
+                b.chunks_exact(32).map(|t| txid_from(t, what)).collect::<Result<_, _>>()?;
+            DepositStatus::InBatch { funding_txids }
+        }
+        ("batched", Value::Blob(b)) => {
+            DepositStatus::Batched { funding_txid: txid_from(&b, what)? }
         }
         ("spent", Value::Null) => DepositStatus::Spent,
         ("reclaimed", Value::Blob(b)) => DepositStatus::Reclaimed { txid: txid_from(&b, what)? },
