@@ -121,6 +121,12 @@ async fn three_wallets_join_a_round_and_one_exits() {
         cli::status(&Context::new(dev.dir.join("empty"))),
         Err(CliError::Wallet(WalletError::NoSeed))
     ));
+    assert!(!dev.dir.join("empty").exists(), "status created a wallet");
+    // One command at a time per wallet: a second join is refused by name, not by SQLite.
+    let held = a.lock().unwrap();
+    let busy = join_until(&a, |_| false).await;
+    assert!(matches!(busy, Err(CliError::Busy { .. })), "{busy:?}");
+    drop(held);
 
     let never = |_: &Progress| false;
     let (ra, rb, rc) =
@@ -236,4 +242,17 @@ async fn killed_after_finalized_exits_from_a_fresh_process() {
     let report = cli::exit(&restarted, "1").await.unwrap();
     assert!(report.exited && report.reclaim_txid.is_some(), "{report:?}");
     dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_is_not_there_is_reported_within_the_connect_timeout() {
+    // A port nobody listens on: QUIC hears nothing back, so only the timeout can tell.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("cohort-cli-absent-{}", std::process::id()));
+    let uri = format!("cohort://{}@127.0.0.1:{port}", "ab".repeat(32));
+    let err = cli::init(&Context::new(&dir), &uri).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("is the coordinator running"), "{text}");
+    assert!(text.contains(&format!("{} s", cli::CONNECT_TIMEOUT.as_secs())), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

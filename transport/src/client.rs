@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cohort_common::messages::{Hello, SideRequest, SideResponse, ToCoordinator, ToParticipant};
 use cohort_common::params::PROTOCOL_VERSION;
@@ -12,9 +11,6 @@ use crate::endpoint::{endpoint, transport_config};
 use crate::framed::{FramedRecv, FramedSend};
 use crate::tls::{client_crypto, SERVER_NAME};
 use crate::{close_code, CoordinatorUri, Limits, TransportError};
-
-/// How long connecting (resolution and handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A connection to a coordinator.
 #[derive(Debug)]
@@ -60,9 +56,13 @@ impl Client {
         let connecting = endpoint
             .connect_with(config, target, SERVER_NAME)
             .map_err(|e| TransportError::Stream(format!("cannot connect to {target}: {e}")))?;
-        let result = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| TransportError::Timeout(format!("connecting to {target}")))?;
+        let wait = limits.connect_timeout;
+        let result = tokio::time::timeout(wait, connecting).await.map_err(|_| {
+            TransportError::Timeout(format!(
+                "no handshake with {target} within {} s: is the coordinator running there?",
+                wait.as_secs_f64()
+            ))
+        })?;
         let connection = match result {
             Ok(connection) => connection,
             Err(e) => {

@@ -84,6 +84,9 @@ pub struct Limits {
     pub keep_alive: Duration,
     /// Send and receive buffer size requested for the UDP socket.
     pub socket_buffer: usize,
+    /// How long a client waits for the handshake to finish. QUIC hears nothing back from
+    /// a closed port, so this is also how long it takes to learn that nobody listens.
+    pub connect_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -97,6 +100,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(45),
             keep_alive: Duration::from_secs(5),
             socket_buffer: 8 * 1024 * 1024,
+            // Generous for a simulator's thousands of handshakes at once; the `cohort`
+            // commands use a shorter one.
+            connect_timeout: Duration::from_secs(20),
         }
     }
 }

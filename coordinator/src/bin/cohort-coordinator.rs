@@ -292,6 +292,8 @@ fn service_config(file: &FileConfig, key: &Keypair) -> Result<ServiceConfig> {
             idle_timeout: Duration::from_secs(file.idle_timeout_secs),
             keep_alive: Duration::from_secs(file.keep_alive_secs),
             socket_buffer: file.socket_buffer,
+            // Only clients wait for handshakes; a coordinator never connects out.
+            ..Limits::default()
         },
         confirmation_poll: Duration::from_secs(1),
         network: file.network,

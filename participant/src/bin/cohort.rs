@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use bitcoin::Amount;
 use clap::{Parser, Subcommand};
 use cohort_participant::cli::{self, Context};
+use cohort_participant::driver::Outcome;
 use serde::Serialize;
 
 /// Cohort participant: batch your deposits with others through a coordinator, and leave
 /// on your own whenever you want.
 #[derive(Debug, Parser)]
-#[command(name = "cohort", version)]
+#[command(name = "cohort", version, after_help = EXIT_CODES)]
 struct Args {
     /// Where the wallet lives.
     #[arg(long, global = true, default_value = "./cohort-data")]
@@ -22,6 +23,21 @@ struct Args {
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the exit status means, for scripts.
+const EXIT_CODES: &str = "Exit status: 0 done (for `join`: the batch confirmed); 1 error; \
+2 `join` was refused by the coordinator (nothing signed); 3 `join` ended without a \
+confirmed batch (the round failed or the coordinator left; `cohort deposits` shows where \
+each deposit stands).";
+
+/// `join`'s exit status when it ended without a confirmed batch (see [`EXIT_CODES`]).
+fn join_status(outcome: &Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Confirmed { .. } => ExitCode::SUCCESS,
+        Outcome::Refused { .. } => ExitCode::from(2),
+        Outcome::Failed { .. } | Outcome::Disconnected { .. } => ExitCode::from(3),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +110,7 @@ fn print<T: Serialize + std::fmt::Display>(json: bool, report: &T) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-async fn run(args: Args) -> Result<(), cli::CliError> {
+async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
     let ctx = Context::new(&args.data_dir);
     let json = args.json;
     match args.command {
@@ -114,6 +130,7 @@ async fn run(args: Args) -> Result<(), cli::CliError> {
                 })
                 .await?;
             print(json, &report);
+            return Ok(join_status(&report.outcome));
         }
         Command::Status => print(json, &cli::status(&ctx)?),
         Command::Exit { leaf } => print(json, &cli::exit(&ctx, &leaf).await?),
@@ -123,7 +140,7 @@ async fn run(args: Args) -> Result<(), cli::CliError> {
         }
         Command::Dev(Dev::Mine { n }) => print(json, &cli::dev_mine(&ctx, n).await?),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -145,7 +162,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if json {
                 print(false, &serde_json::json!({ "error": e.to_string() }));
@@ -154,5 +171,21 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tells_scripts_how_it_ended() {
+        let confirmed = Outcome::Confirmed { funding_txid: None, height: 1 };
+        let refused = Outcome::Refused { reason: "x".into() };
+        let failed = Outcome::Failed { reason: "x".into(), deposits_signed: true };
+        assert_eq!(join_status(&confirmed), ExitCode::SUCCESS);
+        assert_eq!(join_status(&refused), ExitCode::from(2));
+        assert_eq!(join_status(&failed), ExitCode::from(3));
+        assert!(EXIT_CODES.contains("2 `join` was refused"));
     }
 }

@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bitcoin::{Amount, OutPoint, Txid};
 use cohort_common::messages::{SideRequest, SideResponse};
@@ -27,6 +28,9 @@ pub use report::{
 
 /// The store file inside a data directory.
 pub const STORE_FILE: &str = "wallet.sqlite";
+
+/// The lock file inside a data directory (see [`Context::lock`]).
+pub const LOCK_FILE: &str = "wallet.lock";
 
 /// Default `--max-fee`, in sat.
 pub const DEFAULT_MAX_FEE_SAT: u64 = 50_000;
@@ -65,6 +69,15 @@ pub enum CliError {
         expected: String,
         /// The key it announced.
         got: String,
+    },
+    /// Another command holds the wallet.
+    #[error(
+        "the wallet in {data_dir} is in use by another cohort command (a join still running?); \
+         `cohort status` reads it without waiting"
+    )]
+    Busy {
+        /// The data directory.
+        data_dir: String,
     },
     /// The command needs a `--dev` coordinator.
     #[error("the coordinator does not run a dev chain (start it with --dev)")]
@@ -108,11 +121,55 @@ impl Context {
         Ok(Arc::new(SqliteStore::open(self.data_dir.join(STORE_FILE))?))
     }
 
+    /// Opens an existing wallet (never creates one: a command other than `init` on an
+    /// empty directory says so and leaves nothing behind).
     fn wallet(&self) -> Result<(Arc<SqliteStore>, Wallet), CliError> {
+        if !self.data_dir.join(STORE_FILE).is_file() {
+            return Err(WalletError::NoSeed.into());
+        }
         let store = self.store()?;
         let wallet = Wallet::load(store.as_ref())?;
         Ok((store, wallet))
     }
+
+    /// Takes the wallet's lock: one command that writes the wallet or talks for it runs at
+    /// a time (two `join`s on one wallet would register the same deposits twice).
+    /// Released when the guard drops, or by the system when the process dies.
+    pub fn lock(&self) -> Result<WalletLock, CliError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| CliError::DataDir {
+            path: self.data_dir.display().to_string(),
+            source,
+        })?;
+        let path = self.data_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| CliError::DataDir { path: path.display().to_string(), source })?;
+        match file.try_lock() {
+            Ok(()) => Ok(WalletLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(CliError::Busy { data_dir: self.data_dir.display().to_string() })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                Err(CliError::DataDir { path: path.display().to_string(), source })
+            }
+        }
+    }
+
+    /// The lock, then the wallet.
+    fn locked_wallet(&self) -> Result<(WalletLock, Arc<SqliteStore>, Wallet), CliError> {
+        let lock = self.lock()?;
+        let (store, wallet) = self.wallet()?;
+        Ok((lock, store, wallet))
+    }
+}
+
+/// Holds a wallet's lock (see [`Context::lock`]).
+#[derive(Debug)]
+pub struct WalletLock {
+    _file: std::fs::File,
 }
 
 /// Parses a `cohort://<pin>@host:port` URI.
@@ -121,8 +178,13 @@ pub fn parse_uri(uri: &str) -> Result<CoordinatorUri, CliError> {
         .map_err(|e| CliError::BadUri { uri: uri.to_owned(), why: e.to_string() })
 }
 
+/// How long a command waits for the coordinator's handshake before saying it is down: a
+/// handshake on any working path takes well under a second.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn connect(uri: &str) -> Result<Client, CliError> {
-    Ok(Client::connect(&parse_uri(uri)?, &Limits::default()).await?)
+    let limits = Limits { connect_timeout: CONNECT_TIMEOUT, ..Limits::default() };
+    Ok(Client::connect(&parse_uri(uri)?, &limits).await?)
 }
 
 async fn server_info(client: &Client) -> Result<cohort_common::messages::ServerInfo, CliError> {
@@ -138,11 +200,12 @@ async fn server_info(client: &Client) -> Result<cohort_common::messages::ServerI
 /// `cohort init --coordinator URI`: a new wallet remembering that coordinator.
 pub async fn init(ctx: &Context, uri: &str) -> Result<InitReport, CliError> {
     let parsed = parse_uri(uri)?;
+    let _lock = ctx.lock()?;
     let store = ctx.store()?;
     if store.seed()?.is_some() {
         return Err(WalletError::Exists.into());
     }
-    let client = Client::connect(&parsed, &Limits::default()).await?;
+    let client = connect(uri).await?;
     let info = server_info(&client).await;
     client.close("done");
     let info = CoordinatorInfo::from_server(&parsed.to_string(), &info?);
@@ -216,7 +279,7 @@ fn confirmations(tip: u32, height: Option<u32>) -> u32 {
 
 /// `cohort deposits`: the address's deposits as the chain and the store see them.
 pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
-    let (store, wallet) = ctx.wallet()?;
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
     let client = connect(&wallet.coordinator().uri).await?;
     let result = refresh_deposits(store.as_ref(), &wallet, &client).await;
     client.close("done");
@@ -240,7 +303,7 @@ pub async fn join(
     max_fee: Option<Amount>,
     mut observer: impl FnMut(&Progress) -> ControlFlow<()> + Send,
 ) -> Result<JoinReport, CliError> {
-    let (store, wallet) = ctx.wallet()?;
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
     let uri = uri.unwrap_or(&wallet.coordinator().uri).to_owned();
     let client = connect(&uri).await?;
     let result = async {
@@ -327,7 +390,7 @@ pub fn resolve_leaf(store: &dyn ParticipantStore, arg: &str) -> Result<(Txid, u3
 /// `cohort exit LEAF`: publishes the leaf's exit path and reclaims the leaf (on a dev
 /// coordinator it mines every block it needs).
 pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
-    let (store, wallet) = ctx.wallet()?;
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
     let (funding_txid, leaf) = resolve_leaf(store.as_ref(), leaf)?;
     let client = connect(&wallet.coordinator().uri).await?;
     let mine = wallet.coordinator().dev;
@@ -338,7 +401,7 @@ pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
 
 /// `cohort reclaim [--mine]`: spends every unspent deposit through its timeout path.
 pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliError> {
-    let (store, wallet) = ctx.wallet()?;
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
     if mine && !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
@@ -350,7 +413,7 @@ pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliErro
 
 /// `cohort dev fund AMOUNT`: a confirmed faucet output to the own deposit address.
 pub async fn dev_fund(ctx: &Context, amount: Amount) -> Result<FundReport, CliError> {
-    let (store, wallet) = ctx.wallet()?;
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
     if !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
