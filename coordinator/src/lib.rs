@@ -2,11 +2,14 @@
 //!
 //! # Layout
 //!
+//! - [`config_file`]: the configuration file: keys, defaults, environment overrides,
+//!   the range check of every key, and the service configuration it builds.
 //! - [`engine`]: the sans-IO round engine (registration, batches, signing, aborts).
 //! - [`store`]: persistent state (rounds, registrations, batches, signed trees, bans).
 //! - [`service`]: the engine driven over QUIC on its own thread, with persistence and
 //!   restart recovery.
 
+pub mod config_file;
 pub mod engine;
 pub mod service;
 pub mod store;
