@@ -76,11 +76,23 @@ pub enum ChainError {
     /// The transaction (or package) was refused; nothing was added to the mempool.
     #[error("transaction rejected: {0}")]
     Rejected(RejectReason),
-    /// A faucet request asked for more than can exist.
-    #[error("faucet request of {requested} exceeds the 21 million bitcoin supply")]
+    /// A faucet request asked for more than can exist: the faucet's payouts so far plus
+    /// this request would pass the 21 million bitcoin supply.
+    #[error("faucet payouts would reach {requested}, past the 21 million bitcoin supply")]
     FaucetAmount {
-        /// Total asked for (saturating).
+        /// Everything paid out so far plus this request (saturating).
         requested: Amount,
+    },
+    /// A faucet output below its script's dust limit: it would not relay, nor be
+    /// worth spending.
+    #[error("faucet output {index} of {amount} is below its script's dust limit of {dust}")]
+    FaucetDust {
+        /// Its position in the request.
+        index: usize,
+        /// The amount asked for.
+        amount: Amount,
+        /// The smallest amount that script takes.
+        dust: Amount,
     },
     /// The backend failed (RPC, I/O, protocol); the operation may be retried.
     #[error("chain backend failed: {0}")]

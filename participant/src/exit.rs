@@ -8,7 +8,7 @@
 
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use cohort_common::exit::{cpfp_child, reclaim_tx, ExitError, FeeInput};
-use cohort_common::messages::{SideRequest, SideResponse, UtxoInfo};
+use cohort_common::messages::{SideRequest, SideResponse, UtxoInfo, MAX_MINE_PER_REQUEST};
 use cohort_common::scripts::{DepositScript, ScriptError};
 use serde::Serialize;
 
@@ -147,11 +147,20 @@ impl<'a, C: SideChannel> RemoteChain<'a, C> {
         }
     }
 
-    /// Dev chain: mines `n` blocks; the new tip height.
+    /// Dev chain: mines `n` blocks, at most [`MAX_MINE_PER_REQUEST`] per request; the new
+    /// tip height.
     pub async fn mine(&self, n: u32) -> Result<u32, DriverError> {
-        match self.side.side(SideRequest::Mine(n)).await? {
-            SideResponse::Height(h) => Ok(h),
-            other => Err(unexpected("mine", other)),
+        let mut left = n;
+        loop {
+            let now = left.min(MAX_MINE_PER_REQUEST);
+            let height = match self.side.side(SideRequest::Mine(now)).await? {
+                SideResponse::Height(h) => h,
+                other => return Err(unexpected("mine", other)),
+            };
+            left -= now;
+            if left == 0 {
+                return Ok(height);
+            }
         }
     }
 

@@ -105,10 +105,22 @@ impl Ledger {
                 return Err(ChainError::FaucetAmount { requested: total });
             }
         }
+        for (index, (script, amount)) in outputs.iter().enumerate() {
+            let dust = script.minimal_non_dust();
+            if *amount < dust {
+                return Err(ChainError::FaucetDust { index, amount: *amount, dust });
+            }
+        }
         if outputs.is_empty() {
             return Ok(Vec::new());
         }
         let mut s = self.write();
+        // Like the real chain's, the dev chain's supply ends at 21 M BTC.
+        let minted = s.minted.checked_add(total).unwrap_or(Amount::MAX);
+        if minted > Amount::MAX_MONEY {
+            return Err(ChainError::FaucetAmount { requested: minted });
+        }
+        s.minted = minted;
         let height = s.mine_one();
         Ok(s.add_faucet(outputs, height, FAUCET_OUTPUTS_PER_TX))
     }

@@ -66,6 +66,8 @@ pub(super) struct State {
     pub mempool: Vec<Txid>,
     /// Counter that makes every faucet transaction unique.
     pub faucet_nonce: u64,
+    /// Everything the faucet has paid out (at most 21 M BTC).
+    pub minted: Amount,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
             by_script: HashMap::new(),
             mempool: Vec::new(),
             faucet_nonce: 0,
+            minted: Amount::ZERO,
         }
     }
 

@@ -424,6 +424,27 @@ fn faucet_many_funds_ten_thousand_scripts_in_one_block() {
 }
 
 #[test]
+fn the_faucet_pays_no_dust_and_never_past_the_supply() {
+    let ledger = Ledger::new();
+    let script = ScriptBuf::new_p2a();
+    let p2tr = crate::exit::p2tr_single(&crate::keys::Keypair::random());
+    for amount in [0, 1, 329] {
+        assert!(matches!(
+            ledger.faucet(&p2tr, sats(amount)),
+            Err(ChainError::FaucetDust { index: 0, dust, .. }) if dust == sats(330)
+        ));
+    }
+    assert!(ledger.faucet(&p2tr, sats(330)).is_ok());
+    assert!(matches!(ledger.faucet(&script, sats(239)), Err(ChainError::FaucetDust { .. })));
+    // Twice 20 M BTC: each request is in range, together they are not.
+    let twenty_million = sats(20_000_000 * 100_000_000);
+    assert!(ledger.faucet(&p2tr, twenty_million).is_ok());
+    let tip = ledger.tip_height().unwrap();
+    assert!(matches!(ledger.faucet(&p2tr, twenty_million), Err(ChainError::FaucetAmount { .. })));
+    assert_eq!(ledger.tip_height().unwrap(), tip, "a refused request mines nothing");
+}
+
+#[test]
 fn fee_rate_is_configurable_and_arc_dyn_chain_works() {
     let ledger = std::sync::Arc::new(Ledger::new());
     let chain: std::sync::Arc<dyn Chain> = ledger.clone();

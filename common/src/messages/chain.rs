@@ -40,6 +40,10 @@ pub struct UtxoInfo {
     pub height: Option<u32>,
 }
 
+/// Most blocks one [`SideRequest::Mine`] may ask for; a client mining more splits its
+/// request.
+pub const MAX_MINE_PER_REQUEST: u32 = 1_000;
+
 /// A side request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SideRequest {
@@ -64,7 +68,7 @@ pub enum SideRequest {
     FeeRate,
     /// Dev chain: a confirmed output of `amount` for `script` from the regtest faucet.
     Faucet(ScriptBuf, #[serde(with = "bitcoin::amount::serde::as_sat")] Amount),
-    /// Dev chain: mine blocks.
+    /// Dev chain: mine blocks (at most [`MAX_MINE_PER_REQUEST`]).
     Mine(u32),
 }
 

@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use cohort_common::chain::Chain;
 use cohort_common::ledger::Ledger;
+pub use cohort_common::messages::MAX_MINE_PER_REQUEST;
 use cohort_common::messages::{Reason, ServerInfo, SideRequest, SideResponse, UtxoInfo};
-
-/// Most blocks one `Mine` request may ask for.
-pub const MAX_MINE_PER_REQUEST: u32 = 1_000;
 
 /// Answers side requests.
 #[derive(Debug, Clone)]

@@ -86,9 +86,10 @@ enum Dev {
         /// Amount in sat.
         amount_sat: u64,
     },
-    /// Mine N blocks.
+    /// Mine N blocks (1 to 100,000; sent 1,000 per request).
     Mine {
         /// How many.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=100_000))]
         n: u32,
     },
 }
