@@ -94,6 +94,7 @@ pub struct FileConfig {
     pub registration_window_secs: u64,
     pub phase_timeout_secs: u64,
     pub ban_secs: u64,
+    pub max_ban_secs: u64,
     pub max_attempts: u8,
     pub max_registrations: usize,
     pub radix: u8,
@@ -140,6 +141,7 @@ impl Default for FileConfig {
             registration_window_secs: engine.registration_window.as_secs(),
             phase_timeout_secs: engine.phase_timeout.as_secs(),
             ban_secs: engine.ban_duration.as_secs(),
+            max_ban_secs: engine.max_ban_duration.as_secs(),
             max_attempts: engine.max_attempts,
             max_registrations: engine.max_registrations,
             radix: engine.tree.radix,
@@ -189,7 +191,11 @@ pub const COMMENTS: &[(&str, &str)] = &[
     ("round_interval_secs", "pause between the end of a round and the start of the next"),
     ("registration_window_secs", "how long registration stays open"),
     ("phase_timeout_secs", "deadline of each signing phase"),
-    ("ban_secs", "how long a culprit's deposits stay banned"),
+    (
+        "ban_secs",
+        "how long a culprit's deposits stay banned after a first offence (doubled for each repeat)",
+    ),
+    ("max_ban_secs", "the longest ban a repeat offender gets"),
     ("max_attempts", "attempts per batch before it gives up"),
     ("max_registrations", "registrations that close a round early"),
     ("radix", "tree radix (2..=16)"),
@@ -238,6 +244,7 @@ const RANGES: &[Range] = &[
     },
     Range { key: "phase_timeout_secs", value: |f| f.phase_timeout_secs, min: 1, max: MAX_SECS },
     Range { key: "ban_secs", value: |f| f.ban_secs, min: 0, max: 365 * 86_400 },
+    Range { key: "max_ban_secs", value: |f| f.max_ban_secs, min: 0, max: 365 * 86_400 },
     Range { key: "max_attempts", value: |f| f.max_attempts.into(), min: 1, max: 100 },
     Range {
         key: "max_registrations",
@@ -372,6 +379,15 @@ impl FileConfig {
                 format!("must be below idle_timeout_secs ({})", self.idle_timeout_secs),
             );
         }
+        if self.max_ban_secs < self.ban_secs {
+            return invalid(
+                "max_ban_secs",
+                format!(
+                    "below ban_secs ({}): a repeat offence would be banned for less",
+                    self.ban_secs
+                ),
+            );
+        }
         if self.deposit_csv > self.max_deposit_csv {
             return invalid(
                 "deposit_csv",
@@ -439,6 +455,7 @@ impl FileConfig {
         engine.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         engine.max_attempts = self.max_attempts;
         engine.ban_duration = Duration::from_secs(self.ban_secs);
+        engine.max_ban_duration = Duration::from_secs(self.max_ban_secs);
         // The protocol's own check, as every participant runs it on the announce.
         engine
             .validate(key.public)
@@ -625,6 +642,8 @@ mod tests {
 
     #[test]
     fn keys_that_depend_on_each_other_are_refused_together() {
+        let err = dev(&[("BAN_SECS", "600"), ("MAX_BAN_SECS", "60")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "max_ban_secs", .. }), "{err}");
         let err = dev(&[("KEEP_ALIVE_SECS", "45")]).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { key: "keep_alive_secs", .. }), "{err}");
         let err = dev(&[("DEPOSIT_CSV", "20000"), ("MAX_DEPOSIT_CSV", "10000")]).unwrap_err();

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, TxOut};
+use bitcoin::{Amount, OutPoint, TxOut};
 use rand::SeedableRng;
 
 use cohort_common::chain::Chain;
@@ -207,6 +207,55 @@ fn a_conflicting_resend_excludes_and_bans_its_sender() {
     // The others finish in a second attempt without it.
     assert_eq!(net.count(|e| matches!(e, Event::Proposed { attempt: 2, .. })), 1);
     assert_eq!(net.finalized(), 1);
+}
+
+/// Participant 0 re-sends its first tree signatures with two partials swapped: a
+/// conflicting re-send, which excludes and bans it.
+fn equivocating_first_participant() -> Tamper {
+    Box::new(|i, msg| match &msg {
+        ToCoordinator::TreeSigs(sigs) if i == 0 && sigs.attempt == 1 => {
+            let mut other = sigs.clone();
+            let (a, b) = (other.sigs[0].psig, other.sigs[1].psig);
+            other.sigs[0].psig = b;
+            other.sigs[1].psig = a;
+            vec![ToCoordinator::TreeSigs(sigs.clone()), ToCoordinator::TreeSigs(other)]
+        }
+        _ => vec![msg],
+    })
+}
+
+#[test]
+fn a_repeat_offenders_ban_grows() {
+    // The same seed gives the same deposits, so a history can be restored for the
+    // culprit's deposit before the round in which it offends again.
+    let offend = |history: Option<(OutPoint, u32)>| {
+        let mut net = Net::new(3, 4);
+        if let Some((outpoint, offences)) = history {
+            // Banned before, and the ban has run out: it may register again.
+            net.engine.restore_ban(outpoint, net.now, offences);
+        }
+        net.tamper = equivocating_first_participant();
+        net.run();
+        let bans: Vec<_> = net
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Banned { outpoint, until, offences } => {
+                    Some((*outpoint, *until - net.now, *offences))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        assert_eq!(net.finalized(), 1, "the others still finish");
+        bans[0]
+    };
+    let first = config(&Keypair::random(), 3);
+    let (culprit, length, offences) = offend(None);
+    assert_eq!((length, offences), (first.ban_duration, 1));
+    assert_eq!(offend(Some((culprit, 1))), (culprit, 2 * first.ban_duration, 2));
+    assert_eq!(offend(Some((culprit, 3))), (culprit, 8 * first.ban_duration, 4));
+    assert_eq!(offend(Some((culprit, 60))), (culprit, first.max_ban_duration, 61));
 }
 
 #[test]

@@ -20,7 +20,9 @@ use cohort_common::messages::{
 use cohort_common::musig::new_secnonce;
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
-use cohort_coordinator::engine::{Coordinator, CoordinatorConfig, Inbound};
+use cohort_coordinator::engine::{
+    ChainFacts, Coordinator, CoordinatorConfig, DepositLookup, Inbound,
+};
 
 struct World {
     ledger: Ledger,
@@ -197,7 +199,7 @@ fn bad_registrations_get_their_reasons() {
 
     // A banned deposit.
     let (body, user, outpoint) = registration(&mut w, 100_000, 14_400);
-    w.engine.restore_ban(outpoint, w.now + Duration::from_secs(60));
+    w.engine.restore_ban(outpoint, w.now + Duration::from_secs(60), 1);
     let r = submit_signed(&mut w, 31, &body, &user);
     assert_eq!(r, Err(RefusalReason::Banned(outpoint)));
 
@@ -211,12 +213,14 @@ fn bad_registrations_get_their_reasons() {
 #[test]
 fn amounts_outside_the_money_range_are_refused_at_registration() {
     let mut w = world();
-    // Two deposits of 20 M BTC each: each is in range, together they are not. A funding
-    // transaction holding them is invalid, found only at broadcast after every signature.
-    let twenty_million = 20_000_000 * 100_000_000;
-    let (mut body, user, _) = registration(&mut w, twenty_million, 14_400);
+    // Two deposits whose amounts, as the chain backend reports them, are 20 M BTC each:
+    // each is in range, together they are not. No real chain holds that (the dev ledger's
+    // faucet stops at 21 M BTC too), so the backend's answer is inflated here; a funding
+    // transaction holding them would be found invalid only at broadcast, after every
+    // member signed.
+    let (mut body, user, _) = registration(&mut w, 100_000, 14_400);
     let script = DepositScript::new(user.public, w.coordinator.public, 14_400).unwrap();
-    let outpoint = w.ledger.faucet(&script.script_pubkey(), Amount::from_sat(twenty_million));
+    let outpoint = w.ledger.faucet(&script.script_pubkey(), Amount::from_sat(100_000));
     let mut second = body.deposits[0].clone();
     second.outpoint = outpoint.unwrap();
     second.nonce = new_secnonce(&user.point, None, None).public_nonce();
@@ -225,7 +229,19 @@ fn amounts_outside_the_money_range_are_refused_at_registration() {
     let kp = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &user.secret);
     let sig = SECP256K1.sign_schnorr(&msg, &kp);
     let reg = Register { body, ownership_sigs: vec![sig, sig] };
-    assert_eq!(submit(&mut w, 40, reg), Err(RefusalReason::OutsideMoneyRange { deposits: true }));
+    let max = w.engine.max_deposits_per_registration();
+    let mut facts = ChainFacts::lookup(&w.ledger, &reg, max).unwrap();
+    for lookup in &mut facts.deposits {
+        let DepositLookup::Unspent(utxo) = lookup else { panic!("{lookup:?}") };
+        utxo.txout.value = Amount::from_sat(20_000_000 * 100_000_000);
+    }
+    w.engine.peer_connected(w.now, 40);
+    w.engine.handle_message(w.now, 40, Inbound::Register(Box::new(reg), Ok(facts)));
+    let answer = std::iter::from_fn(|| w.engine.poll_transmit()).find_map(|(to, msg)| match msg {
+        ToParticipant::Refused(r) if to == 40 => Some(r.reason),
+        _ => None,
+    });
+    assert_eq!(answer, Some(RefusalReason::OutsideMoneyRange { deposits: true }));
 
     // A leaf above 21 M BTC, paid (on paper) by a small deposit.
     let r = submit_changed(&mut w, 41, |b| {

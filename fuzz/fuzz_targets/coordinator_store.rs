@@ -105,8 +105,8 @@ fn populate(store: &SqliteStore) -> Result<(), StoreError> {
         store.put_batch(&BatchRecord { round: 8, batch, attempt, funding_tx, status })?;
     }
     store.put_signed_tree(8, 0, 1, &[tx(20, 3), tx(21, 2), tx(22, 1)])?;
-    store.ban(&outpoint(30), 5_000, "invalid partial signature")?;
-    store.ban(&outpoint(31), 9_000, "timeout")?;
+    store.ban(&outpoint(30), 5_000, 1, "invalid partial signature")?;
+    store.ban(&outpoint(31), 9_000, 3, "timeout")?;
     Ok(())
 }
 
@@ -195,7 +195,9 @@ fn read_everything(store: &SqliteStore) {
     }
     if let Some(bans) = clean(store.bans(0), "bans") {
         for ban in &bans {
-            store.ban(&ban.outpoint, ban.until_ms, &ban.reason).expect("a ban read back writes");
+            store
+                .ban(&ban.outpoint, ban.until_ms, ban.offences, &ban.reason)
+                .expect("a ban read back writes");
         }
         let again = clean(store.bans(0), "bans");
         assert_eq!(again.as_ref(), Some(&bans), "bans changed on their way through the store");

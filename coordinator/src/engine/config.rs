@@ -40,8 +40,11 @@ pub struct CoordinatorConfig {
     pub phase_timeout: Duration,
     /// Attempts per batch before it gives up.
     pub max_attempts: u8,
-    /// How long a culprit's deposits stay banned.
+    /// How long a culprit's deposits stay banned after a first offence; each further
+    /// offence of the same deposit doubles it, up to `max_ban_duration`.
     pub ban_duration: Duration,
+    /// The longest ban a repeat offender gets.
+    pub max_ban_duration: Duration,
     /// Where service fees are paid.
     pub payout_script: ScriptBuf,
 }
@@ -63,7 +66,9 @@ impl CoordinatorConfig {
             max_registrations: 100_000,
             phase_timeout: Duration::from_secs(30),
             max_attempts: 3,
-            ban_duration: Duration::from_secs(24 * 3600),
+            // About a few rounds, then 20 min, 40 min, ... up to 30 days.
+            ban_duration: Duration::from_secs(600),
+            max_ban_duration: Duration::from_secs(30 * 24 * 3600),
             payout_script,
         }
     }

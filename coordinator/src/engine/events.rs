@@ -106,6 +106,8 @@ pub enum Event {
         outpoint: OutPoint,
         /// Until when.
         until: Instant,
+        /// Its offences so far, this one included (each doubles the ban).
+        offences: u32,
     },
     /// Store the signed tree and the complete funding transaction of this attempt,
     /// then call `batch_persisted`; nothing is broadcast before.

@@ -2,12 +2,12 @@
 //! cancels and deadlines. The batch decides what an abort means for its phase
 //! (`batch.rs`); the engine excludes the culprits and bans their deposits here.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cohort_common::messages::{AbortReason, Renonce};
 
 use super::batch::Ban;
-use super::{BatchPhase, Coordinator, Event, PeerId, RoundPhase};
+use super::{BanState, BatchPhase, Coordinator, CoordinatorConfig, Event, PeerId, RoundPhase};
 
 impl Coordinator {
     /// Whether `reg`'s batch still needs something from it: false once its deposit
@@ -132,14 +132,15 @@ impl Coordinator {
     /// Marks a registration excluded from batch `b`, bans its deposits if `ban`, and
     /// records both.
     fn exclude(&mut self, now: Instant, b: u32, id: u64, reason: &AbortReason, ban: Ban) {
-        let until = now + self.config.ban_duration;
         let Some(round) = &mut self.round else { return };
         let Some(r) = round.registrations.get_mut(&id) else { return };
         r.active = false;
         if ban == Ban::Yes {
             for (op, _) in &r.member.batch.deposits {
-                self.bans.insert(*op, until);
-                self.events.push_back(Event::Banned { outpoint: *op, until });
+                let offences = self.bans.get(op).map_or(0, |b| b.offences).saturating_add(1);
+                let until = now + ban_length(&self.config, offences);
+                self.bans.insert(*op, BanState { until, offences });
+                self.events.push_back(Event::Banned { outpoint: *op, until, offences });
             }
         }
         self.events.push_back(Event::Excluded {
@@ -149,4 +150,11 @@ impl Coordinator {
             reason: reason.clone(),
         });
     }
+}
+
+/// How long the `offences`-th offence of a deposit is banned: `ban_duration` doubled for
+/// each earlier offence, at most `max_ban_duration`.
+pub(super) fn ban_length(config: &CoordinatorConfig, offences: u32) -> Duration {
+    let doublings = offences.saturating_sub(1).min(31);
+    config.ban_duration.saturating_mul(1 << doublings).min(config.max_ban_duration)
 }

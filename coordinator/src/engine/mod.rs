@@ -112,6 +112,16 @@ struct Built {
     result: Result<Attempt, BuildError>,
 }
 
+/// A deposit's ban: until when, and after how many offences (kept once the ban expires,
+/// so that the next one is longer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BanState {
+    /// Refused while `now < until`.
+    pub until: Instant,
+    /// Offences so far.
+    pub offences: u32,
+}
+
 /// The coordinator's round engine. See the module documentation for the call order.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -122,7 +132,7 @@ pub struct Coordinator {
     next_registration: u64,
     round: Option<Round>,
     peers: HashMap<PeerId, Option<u64>>,
-    bans: HashMap<OutPoint, Instant>,
+    bans: HashMap<OutPoint, BanState>,
     /// Messages by registration, routed to peers after each call.
     sends: Vec<(u64, ToParticipant)>,
     outbox: VecDeque<(PeerId, ToParticipant)>,
@@ -169,14 +179,15 @@ impl Coordinator {
         self.next_round = self.next_round.max(round);
     }
 
-    /// Restores a ban (from storage, at start-up).
-    pub fn restore_ban(&mut self, outpoint: OutPoint, until: Instant) {
-        self.bans.insert(outpoint, until);
+    /// Restores a ban (from storage, at start-up): banned until `until` (which may have
+    /// passed), after `offences` offences so far.
+    pub fn restore_ban(&mut self, outpoint: OutPoint, until: Instant, offences: u32) {
+        self.bans.insert(outpoint, BanState { until, offences });
     }
 
     /// Whether a deposit is banned at `now`.
     pub fn is_banned(&self, outpoint: &OutPoint, now: Instant) -> bool {
-        self.bans.get(outpoint).is_some_and(|until| *until > now)
+        self.bans.get(outpoint).is_some_and(|b| b.until > now)
     }
 
     /// The current round's number, if one is running.

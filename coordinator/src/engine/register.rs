@@ -274,7 +274,7 @@ impl Coordinator {
         facts: Result<ChainFacts, ChainOutage>,
     ) {
         let bans = &self.bans;
-        let banned = |op: &OutPoint| bans.get(op).is_some_and(|until| *until > now);
+        let banned = |op: &OutPoint| bans.get(op).is_some_and(|b| b.until > now);
         let Some(round) = &mut self.round else {
             return self.refuse(peer, RefusalReason::RegistrationClosed);
         };

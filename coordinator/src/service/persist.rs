@@ -63,10 +63,13 @@ pub fn recover(
         recovery.last_round = Some(latest.round);
     }
     let now_ms = now_ms();
-    for ban in store.bans(now_ms)? {
+    // Every stored ban, expired ones too: their offence counts make the next ban longer.
+    for ban in store.bans(0)? {
         let left = Duration::from_millis(ban.until_ms.saturating_sub(now_ms));
-        engine.restore_ban(ban.outpoint, now + left);
-        recovery.bans += 1;
+        engine.restore_ban(ban.outpoint, now + left, ban.offences);
+        if ban.until_ms > now_ms {
+            recovery.bans += 1;
+        }
     }
     Ok(recovery)
 }
@@ -149,9 +152,9 @@ impl Persister {
             Event::AttemptAborted { round, batch, attempt, reason } => {
                 self.abort_attempt(*round, *batch, *attempt, &format!("{reason:?}"), false)
             }
-            Event::Banned { outpoint, until } => {
+            Event::Banned { outpoint, until, offences } => {
                 let left = until.saturating_duration_since(now).as_millis() as u64;
-                s.ban(outpoint, now_ms().saturating_add(left), "excluded from a batch")
+                s.ban(outpoint, now_ms().saturating_add(left), *offences, "excluded from a batch")
             }
             Event::BatchFailed { .. } => Ok(()),
             Event::BatchFinalized { round, batch, attempts, txid, members } => {

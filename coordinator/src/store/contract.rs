@@ -258,32 +258,36 @@ fn signed_trees(s: &impl CoordinatorStore) {
     assert_eq!(s.signed_tree(4, 1).unwrap(), Some(vec![]));
 }
 
-fn ban_record(tag: u8, until_ms: u64, reason: &str) -> BanRecord {
-    BanRecord { outpoint: op(tag, 0), until_ms, reason: reason.into() }
+fn ban_record(tag: u8, until_ms: u64, offences: u32, reason: &str) -> BanRecord {
+    BanRecord { outpoint: op(tag, 0), until_ms, offences, reason: reason.into() }
 }
 
 fn bans_expire_and_only_grow(s: &impl CoordinatorStore) {
     assert!(!s.is_banned(&op(1, 0), 0).unwrap());
-    s.ban(&op(2, 0), 1_000, "no nonce").unwrap();
-    s.ban(&op(1, 0), 2_000, "bad signature").unwrap();
+    s.ban(&op(2, 0), 1_000, 1, "no nonce").unwrap();
+    s.ban(&op(1, 0), 2_000, 1, "bad signature").unwrap();
     assert!(s.is_banned(&op(2, 0), 999).unwrap());
     assert!(!s.is_banned(&op(2, 0), 1_000).unwrap());
     assert!(!s.is_banned(&op(2, 1), 500).unwrap());
     assert_eq!(
         s.bans(500).unwrap(),
-        vec![ban_record(1, 2_000, "bad signature"), ban_record(2, 1_000, "no nonce"),]
+        vec![ban_record(1, 2_000, 1, "bad signature"), ban_record(2, 1_000, 1, "no nonce"),]
     );
-    assert_eq!(s.bans(1_500).unwrap(), vec![ban_record(1, 2_000, "bad signature")]);
+    assert_eq!(s.bans(1_500).unwrap(), vec![ban_record(1, 2_000, 1, "bad signature")]);
 
     // A shorter ban does not shorten; a longer one extends and says why.
-    s.ban(&op(1, 0), 1_200, "late").unwrap();
+    // Offence counts only grow, whichever ban is longer.
+    s.ban(&op(1, 0), 1_200, 3, "late").unwrap();
     assert!(s.is_banned(&op(1, 0), 1_900).unwrap());
-    s.ban(&op(2, 0), 3_000, "again").unwrap();
-    assert_eq!(s.bans(2_500).unwrap(), vec![ban_record(2, 3_000, "again")]);
+    assert_eq!(s.bans(1_500).unwrap(), vec![ban_record(1, 2_000, 3, "bad signature")]);
+    s.ban(&op(2, 0), 3_000, 2, "again").unwrap();
+    assert_eq!(s.bans(2_500).unwrap(), vec![ban_record(2, 3_000, 2, "again")]);
+    s.ban(&op(2, 0), 3_000, 1, "stale").unwrap();
+    assert_eq!(s.bans(2_500).unwrap(), vec![ban_record(2, 3_000, 2, "again")]);
 
     assert_eq!(s.purge_expired_bans(2_500).unwrap(), 1);
     assert_eq!(s.purge_expired_bans(2_500).unwrap(), 0);
-    assert_eq!(s.bans(0).unwrap(), vec![ban_record(2, 3_000, "again")]);
+    assert_eq!(s.bans(0).unwrap(), vec![ban_record(2, 3_000, 2, "again")]);
 }
 
 fn out_of_range_integers_refused(s: &impl CoordinatorStore) {
@@ -297,7 +301,7 @@ fn out_of_range_integers_refused(s: &impl CoordinatorStore) {
     assert!(matches!(s.put_round(&late), Err(StoreError::OutOfRange { .. })));
     assert_eq!(s.latest_round().unwrap(), None);
     assert!(matches!(s.round(u64::MAX), Err(StoreError::OutOfRange { .. })));
-    assert!(matches!(s.ban(&op(1, 0), u64::MAX, "forever"), Err(StoreError::OutOfRange { .. })));
+    assert!(matches!(s.ban(&op(1, 0), u64::MAX, 1, "forever"), Err(StoreError::OutOfRange { .. })));
     assert!(matches!(s.is_banned(&op(1, 0), u64::MAX), Err(StoreError::OutOfRange { .. })));
     s.put_round(&round(1)).unwrap();
     assert!(matches!(
@@ -316,7 +320,7 @@ pub(crate) fn populate(s: &impl CoordinatorStore) {
     s.put_batch(&batch(8, 0, 0)).unwrap();
     s.put_signed_tree(8, 0, 0, &tree(30, 4)).unwrap();
     s.set_batch_status(8, 0, 0, &BatchStatus::TreeSigned).unwrap();
-    s.ban(&op(5, 5), 10_000, "equivocated").unwrap();
+    s.ban(&op(5, 5), 10_000, 4, "equivocated").unwrap();
 }
 
 /// Checks what [`populate`] wrote.
@@ -334,6 +338,11 @@ pub(crate) fn assert_populated(s: &impl CoordinatorStore) {
     assert!(s.is_banned(&op(5, 5), 9_999).unwrap());
     assert_eq!(
         s.bans(0).unwrap(),
-        vec![BanRecord { outpoint: op(5, 5), until_ms: 10_000, reason: "equivocated".into() }]
+        vec![BanRecord {
+            outpoint: op(5, 5),
+            until_ms: 10_000,
+            offences: 4,
+            reason: "equivocated".into()
+        }]
     );
 }

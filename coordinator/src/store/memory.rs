@@ -198,15 +198,26 @@ impl CoordinatorStore for MemoryStore {
             .find_map(|(_, (_, tree))| tree.clone()))
     }
 
-    fn ban(&self, outpoint: &OutPoint, until_ms: u64, reason: &str) -> Result<(), StoreError> {
+    fn ban(
+        &self,
+        outpoint: &OutPoint,
+        until_ms: u64,
+        offences: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         check_int("ban end", until_ms)?;
         let mut inner = self.lock();
-        if inner.bans.get(outpoint).is_some_and(|b| b.until_ms >= until_ms) {
-            return Ok(());
+        let record = inner.bans.entry(*outpoint).or_insert_with(|| BanRecord {
+            outpoint: *outpoint,
+            until_ms,
+            offences,
+            reason: reason.into(),
+        });
+        if until_ms > record.until_ms {
+            record.until_ms = until_ms;
+            record.reason = reason.into();
         }
-        inner
-            .bans
-            .insert(*outpoint, BanRecord { outpoint: *outpoint, until_ms, reason: reason.into() });
+        record.offences = record.offences.max(offences);
         Ok(())
     }
 

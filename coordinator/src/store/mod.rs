@@ -136,6 +136,8 @@ pub struct BanRecord {
     pub outpoint: OutPoint,
     /// Banned while `now_ms < until_ms`.
     pub until_ms: u64,
+    /// Offences of this deposit so far (each made its ban longer).
+    pub offences: u32,
     /// Why.
     pub reason: String,
 }
@@ -216,13 +218,21 @@ pub trait CoordinatorStore: Send + Sync {
     /// stored.
     fn signed_tree(&self, round: u64, batch: u32) -> Result<Option<Vec<Transaction>>, StoreError>;
 
-    /// Bans a deposit until `until_ms`. An existing longer ban is kept: bans only grow.
-    fn ban(&self, outpoint: &OutPoint, until_ms: u64, reason: &str) -> Result<(), StoreError>;
+    /// Bans a deposit until `until_ms` after `offences` offences. An existing longer ban,
+    /// or a higher count, is kept: bans only grow.
+    fn ban(
+        &self,
+        outpoint: &OutPoint,
+        until_ms: u64,
+        offences: u32,
+        reason: &str,
+    ) -> Result<(), StoreError>;
 
     /// Whether a deposit is banned at `now_ms`.
     fn is_banned(&self, outpoint: &OutPoint, now_ms: u64) -> Result<bool, StoreError>;
 
-    /// The bans in force at `now_ms`, by outpoint.
+    /// The bans in force at `now_ms`, by outpoint (`bans(0)`: every stored ban, expired
+    /// ones included, with their offence counts).
     fn bans(&self, now_ms: u64) -> Result<Vec<BanRecord>, StoreError>;
 
     /// Deletes the bans expired at `now_ms`; returns how many.

@@ -20,7 +20,8 @@ use super::{
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
 /// Append only: a released entry is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE rounds (
     round INTEGER PRIMARY KEY,
     params BLOB NOT NULL,
@@ -75,7 +76,11 @@ CREATE TABLE bans (
     reason TEXT NOT NULL,
     PRIMARY KEY (txid, vout)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+ALTER TABLE bans ADD COLUMN offences INTEGER NOT NULL DEFAULT 1;
+"#,
+];
 
 /// A coordinator store in one SQLite file.
 #[derive(Debug)]
@@ -548,16 +553,27 @@ impl CoordinatorStore for SqliteStore {
         Ok(Some(nodes.into_iter().map(|(_, t)| t).collect()))
     }
 
-    fn ban(&self, outpoint: &OutPoint, until_ms: u64, reason: &str) -> Result<(), StoreError> {
+    fn ban(
+        &self,
+        outpoint: &OutPoint,
+        until_ms: u64,
+        offences: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
-            "INSERT INTO bans (txid, vout, until_ms, reason) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (txid, vout) DO UPDATE SET until_ms = excluded.until_ms, \
-             reason = excluded.reason WHERE excluded.until_ms > bans.until_ms",
+            "INSERT INTO bans (txid, vout, until_ms, reason, offences) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (txid, vout) DO UPDATE SET \
+             until_ms = max(bans.until_ms, excluded.until_ms), \
+             offences = max(bans.offences, excluded.offences), \
+             reason = CASE WHEN excluded.until_ms > bans.until_ms \
+                      THEN excluded.reason ELSE bans.reason END",
             params![
                 outpoint.txid.to_byte_array(),
                 outpoint.vout,
                 check_int("ban end", until_ms)?,
-                reason
+                reason,
+                offences
             ],
         )?;
         Ok(())
@@ -578,13 +594,15 @@ impl CoordinatorStore for SqliteStore {
     fn bans(&self, now_ms: u64) -> Result<Vec<BanRecord>, StoreError> {
         collect(
             &self.lock(),
-            "SELECT txid, vout, until_ms, reason FROM bans WHERE until_ms > ?1 ORDER BY txid, vout",
+            "SELECT txid, vout, until_ms, reason, offences FROM bans WHERE until_ms > ?1 \
+             ORDER BY txid, vout",
             params![check_int("time", now_ms)?],
             |row| {
                 let txid: Vec<u8> = row.get(0)?;
                 Ok(BanRecord {
                     outpoint: OutPoint { txid: txid_from(&txid, "ban txid")?, vout: row.get(1)? },
                     until_ms: get_u64(row, 2, "ban end")?,
+                    offences: row.get(4)?,
                     reason: row.get(3)?,
                 })
             },
