@@ -120,6 +120,8 @@ pub struct FileConfig {
     pub idle_timeout_secs: u64,
     pub keep_alive_secs: u64,
     pub socket_buffer: usize,
+    /// Empty: off. Else the TCP address of `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: String,
 }
 
 impl Default for FileConfig {
@@ -166,6 +168,7 @@ impl Default for FileConfig {
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             keep_alive_secs: limits.keep_alive.as_secs(),
             socket_buffer: limits.socket_buffer,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -220,6 +223,10 @@ pub const COMMENTS: &[(&str, &str)] = &[
     ("idle_timeout_secs", "a silent connection is closed after this"),
     ("keep_alive_secs", "keep-alive interval"),
     ("socket_buffer", "UDP send/receive buffer requested, bytes"),
+    (
+        "metrics_listen",
+        "HTTP /metrics (Prometheus), /healthz, /readyz on this TCP address, e.g. \"127.0.0.1:9464\"; empty = off",
+    ),
 ];
 
 /// One numeric key and its allowed range.
@@ -413,7 +420,19 @@ impl FileConfig {
         if !self.payout_script_hex.is_empty() {
             self.payout_script()?;
         }
+        self.metrics_listen()?;
         self.chain_kind().map(drop)
+    }
+
+    /// The metrics endpoint's address, if on.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_listen.parse().map(Some).map_err(|e| ConfigError::Invalid {
+            key: "metrics_listen",
+            why: format!("{:?} is not an address like 127.0.0.1:9464: {e}", self.metrics_listen),
+        })
     }
 
     fn payout_script(&self) -> Result<Option<ScriptBuf>, ConfigError> {
@@ -479,6 +498,7 @@ impl FileConfig {
             confirmation_poll: Duration::from_secs(1),
             network: self.network,
             deposit_csv: self.deposit_csv,
+            metrics_listen: self.metrics_listen()?,
         })
     }
 
@@ -654,6 +674,8 @@ mod tests {
         assert!(matches!(err, ConfigError::Invalid { key: "payout_script_hex", .. }), "{err}");
         let err = dev(&[("BITCOIND_URL", "http://127.0.0.1:1")]).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { key: "bitcoind_url", .. }), "{err}");
+        let err = dev(&[("METRICS_LISTEN", "localhost")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "metrics_listen", .. }), "{err}");
         let err = dev(&[("NETWORK", "signet")]).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { key: "network", .. }), "{err}");
     }

@@ -330,3 +330,93 @@ async fn a_broadcast_with_no_answer_is_resumed_after_a_restart() {
     service.shutdown("test over").await;
     let _ = std::fs::remove_dir_all(&fx.dir);
 }
+
+/// One HTTP request to the service's metrics endpoint: the status code and the body.
+async fn http(
+    service: &cohort_coordinator::service::CoordinatorService,
+    request: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = service.metrics_addr().expect("the fixture turns the endpoint on");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let code = answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample line (`name{labels} value`), summed over every line whose
+/// name and labels start with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A round with one participant quitting after the tree signatures, scraped over HTTP:
+/// the counts are those of what happened (every registration, two attempts, one
+/// exclusion and ban, one batch finalized then confirmed, one funding broadcast), and
+/// the health endpoints answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_in_a_round_with_a_fault() {
+    let fx = Fixture::new("metrics");
+    let (service, _store, uri) = fx.start();
+    let mut modes = [Mode::Honest; N];
+    modes[0] = Mode::QuitAfterProposal;
+    let (_deposits, mut rx) = participants(&fx, &uri, &modes).await;
+    let mut confirmed = 0;
+    while confirmed < N - 1 {
+        if let Report::Done(Ok(Outcome::Confirmed { .. })) = next_report(&mut rx).await {
+            confirmed += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (code, text) = http(&service, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(code, 200);
+        if sample(&text, "cohort_batches_total{outcome=\"confirmed\"}") >= 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never saw the confirmation:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let n = N as f64;
+    for (prefix, want) in [
+        ("cohort_rounds_total", 1.0),
+        ("cohort_registrations_total", n),
+        ("cohort_attempts_total", 2.0),
+        ("cohort_attempts_aborted_total", 1.0),
+        ("cohort_exclusions_total", 1.0),
+        ("cohort_bans_total", 1.0),
+        ("cohort_batches_total{outcome=\"finalized\"}", 1.0),
+        ("cohort_batches_total{outcome=\"failed\"}", 0.0),
+        ("cohort_funding_broadcasts_total", 1.0),
+        ("cohort_funding_confirmed_total", 1.0),
+        ("cohort_refusals_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, prefix), want, "{prefix} in\n{text}");
+    }
+    assert!(sample(&text, "cohort_service_fees_sat_total") > 0.0, "{text}");
+    assert!(sample(&text, "cohort_engine_seconds_total") > 0.0, "{text}");
+    assert!(
+        sample(&text, "cohort_phase_seconds_count{phase=\"tree_signatures\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(sample(&text, "cohort_store_seconds_count") > 0.0, "{text}");
+    assert!(sample(&text, "cohort_chain_seconds_count") > 0.0, "{text}");
+    assert!(text.ends_with("# EOF\n"));
+
+    assert_eq!(http(&service, "GET /healthz HTTP/1.1\r\n\r\n").await, (200, "ok\n".into()));
+    let (code, body) = http(&service, "GET /readyz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ready: chain tip"), "{body}");
+    assert_eq!(http(&service, "GET /nothing HTTP/1.1\r\n\r\n").await.0, 404);
+    assert_eq!(http(&service, "POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
+    let oversized = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+    assert_eq!(http(&service, &oversized).await.0, 400);
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}

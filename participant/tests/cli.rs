@@ -53,6 +53,7 @@ fn start(name: &str, participants: usize) -> Dev {
         confirmation_poll: Duration::from_millis(100),
         network: bitcoin::Network::Regtest,
         deposit_csv: 200,
+        metrics_listen: None,
     };
     let ledger = Arc::new(Ledger::new());
     let service = CoordinatorService::start(

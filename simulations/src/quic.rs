@@ -76,6 +76,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         confirmation_poll: Duration::from_millis(200),
         network: bitcoin::Network::Regtest,
         deposit_csv: DEFAULT_DEPOSIT_CSV,
+        metrics_listen: None,
     };
 
     let coord_rt = tokio::runtime::Builder::new_multi_thread()

@@ -20,17 +20,21 @@
 //! it again at every confirmation poll until the chain knows it, then records it
 //! finalized (and confirmed).
 
+pub mod http;
+pub mod metrics;
 mod persist;
 mod side;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cohort_common::chain::{Chain, ChainError};
+use bitcoin::{FeeRate, OutPoint, Script, Transaction, Txid};
+use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{ServerInfo, SideRequest, SideResponse};
@@ -40,6 +44,7 @@ use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server,
 use crate::engine::{Coordinator, CoordinatorConfig, Event, Inbound, PersistError};
 use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError};
 
+pub use metrics::Metrics;
 pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
 pub use side::{SideRequests, MAX_MINE_PER_REQUEST};
 
@@ -58,6 +63,14 @@ pub enum ServiceError {
     /// A round parameter is outside its range.
     #[error("config: {0}")]
     Params(#[from] cohort_common::messages::ParamsError),
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Where the chain comes from.
@@ -112,6 +125,8 @@ pub struct ServiceConfig {
     pub network: bitcoin::Network,
     /// The `deposit_csv` suggested to new participants.
     pub deposit_csv: u16,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP (`None`: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[allow(clippy::large_enum_variant)] // One event at a time through the channel.
@@ -142,6 +157,9 @@ pub struct CoordinatorService {
     inbox: mpsc::Sender<Input>,
     engine: Option<JoinHandle<()>>,
     recovery: Recovery,
+    metrics: Arc<Metrics>,
+    /// The HTTP endpoint's address and task, when it is on.
+    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl CoordinatorService {
@@ -174,11 +192,31 @@ impl CoordinatorService {
             dev: matches!(chain, ChainBackend::Dev(_)),
         };
         let server = Arc::new(Server::bind(config.listen, identity, config.limits.clone())?);
+        let metrics = Arc::new(Metrics::new(config.engine.payout_script.clone()));
+        let engine_beat = Arc::new(AtomicU64::new(now_ms()));
+        let timed: Arc<dyn Chain> =
+            Arc::new(TimedChain { inner: chain.chain(), metrics: metrics.clone() });
+        let http = match config.metrics_listen {
+            Some(addr) => {
+                let health = http::Health {
+                    metrics: metrics.clone(),
+                    chain: timed.clone(),
+                    engine_beat: engine_beat.clone(),
+                };
+                let served = http::serve(addr, health)
+                    .map_err(|source| ServiceError::Metrics { addr, source })?;
+                tracing::info!(addr = %served.0, "metrics endpoint listening");
+                Some(served)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let driver = Driver {
             engine,
             persister: Persister::new(store),
-            chain: chain.chain(),
+            metrics: metrics.clone(),
+            engine_beat,
+            chain: timed,
             ledger: chain.ledger(),
             outboxes: HashMap::new(),
             round_interval: config.round_interval,
@@ -205,7 +243,17 @@ impl CoordinatorService {
             inbox: tx.clone(),
             side: SideRequests::new(info, chain.ledger()),
         }));
-        Ok(CoordinatorService { server, inbox: tx, engine: Some(engine), recovery })
+        Ok(CoordinatorService { server, inbox: tx, engine: Some(engine), recovery, metrics, http })
+    }
+
+    /// The address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The service's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The bound address.
@@ -231,6 +279,9 @@ impl CoordinatorService {
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;
         }
+        if let Some((_, task)) = self.http.take() {
+            task.abort();
+        }
         self.server.shutdown(reason).await;
     }
 }
@@ -239,6 +290,9 @@ impl CoordinatorService {
 struct Driver {
     engine: Coordinator,
     persister: Persister,
+    metrics: Arc<Metrics>,
+    /// Unix milliseconds of the last turn of the loop (read by `/readyz`).
+    engine_beat: Arc<AtomicU64>,
     chain: Arc<dyn Chain>,
     ledger: Option<Arc<Ledger>>,
     outboxes: HashMap<PeerId, Outbox>,
@@ -255,14 +309,15 @@ impl Driver {
     fn run(mut self, inbox: mpsc::Receiver<Input>) {
         loop {
             let now = Instant::now();
+            self.engine_beat.store(now_ms(), Ordering::Relaxed);
             if self.next_round_at.is_some_and(|at| at <= now) && self.engine.round_finished() {
-                let round = self.engine.start_round(now);
+                let round = self.timed(|e| e.start_round(now));
                 tracing::info!(round, "round started");
                 self.next_round_at = None;
                 self.pump(now);
             }
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
+                self.timed(|e| e.handle_timeout(now));
                 self.pump(now);
             }
             if self.next_poll_at <= now {
@@ -291,21 +346,32 @@ impl Driver {
         match event {
             ServerEvent::Connected { peer, outbox, .. } => {
                 self.outboxes.insert(peer, outbox);
-                self.engine.peer_connected(now, peer);
+                self.metrics.peers_changed(1);
+                self.timed(|e| e.peer_connected(now, peer));
             }
             ServerEvent::Message { peer, msg } => {
                 // The chain data a registration needs is looked up here, outside the engine.
                 let max = self.engine.max_deposits_per_registration();
                 let input = Inbound::resolve(msg, self.chain.as_ref(), max);
-                self.engine.handle_message(now, peer, input);
+                self.timed(|e| e.handle_message(now, peer, input));
             }
             ServerEvent::Disconnected { peer, reason } => {
                 tracing::debug!(peer, reason, "peer left");
-                self.outboxes.remove(&peer);
-                self.engine.peer_disconnected(now, peer);
+                if self.outboxes.remove(&peer).is_some() {
+                    self.metrics.peers_changed(-1);
+                }
+                self.timed(|e| e.peer_disconnected(now, peer));
             }
         }
         self.pump(now);
+    }
+
+    /// Runs `f` on the engine, counting its time.
+    fn timed<R>(&mut self, f: impl FnOnce(&mut Coordinator) -> R) -> R {
+        let started = Instant::now();
+        let result = f(&mut self.engine);
+        self.metrics.engine_time(started.elapsed());
+        result
     }
 
     /// Drains the engine's messages and events until both are empty.
@@ -317,7 +383,10 @@ impl Driver {
                 }
             }
             let Some(event) = self.engine.poll_event() else { return };
+            self.metrics.on_event(now, &event);
+            let started = Instant::now();
             let recorded = self.persister.record(now, &event);
+            self.metrics.store_time(started.elapsed());
             if let Event::PersistBatch { round, batch, attempt, .. } = &event {
                 // The broadcast waits for this write; a failed write fails the batch.
                 if let Err(e) = &recorded {
@@ -462,12 +531,55 @@ impl Driver {
             match self.chain.confirmations(&txid) {
                 Ok(Some(confs)) if confs >= 1 => {
                     let height = tip.saturating_sub(confs - 1);
-                    self.engine.confirmed(now, txid, height);
+                    self.timed(|e| e.confirmed(now, txid, height));
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%txid, error = %e, "cannot look up a confirmation"),
             }
         }
         self.pump(now);
+    }
+}
+
+/// The driver's chain backend, each call's latency counted in the metrics.
+struct TimedChain {
+    inner: Arc<dyn Chain>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedChain {
+    fn time<R>(&self, f: impl FnOnce(&dyn Chain) -> R) -> R {
+        let started = Instant::now();
+        let result = f(self.inner.as_ref());
+        self.metrics.chain_time(started.elapsed());
+        result
+    }
+}
+
+impl Chain for TimedChain {
+    fn tip_height(&self) -> Result<u32, ChainError> {
+        self.time(|c| c.tip_height())
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
+        self.time(|c| c.utxo(outpoint))
+    }
+    fn script_utxos(&self, script: &Script) -> Result<Vec<(OutPoint, Utxo)>, ChainError> {
+        self.time(|c| c.script_utxos(script))
+    }
+    fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
+        self.time(|c| c.broadcast(tx))
+    }
+    fn broadcast_package(
+        &self,
+        parent: &Transaction,
+        child: &Transaction,
+    ) -> Result<(Txid, Txid), ChainError> {
+        self.time(|c| c.broadcast_package(parent, child))
+    }
+    fn fee_rate(&self) -> Result<FeeRate, ChainError> {
+        self.time(|c| c.fee_rate())
+    }
+    fn confirmations(&self, txid: &Txid) -> Result<Option<u32>, ChainError> {
+        self.time(|c| c.confirmations(txid))
     }
 }

@@ -72,6 +72,7 @@ impl Fixture {
             confirmation_poll: Duration::from_millis(200),
             network: bitcoin::Network::Regtest,
             deposit_csv: 1_000,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let store = Arc::new(SqliteStore::open(self.dir.join("coordinator.sqlite")).unwrap());
         let service = CoordinatorService::start(
