@@ -76,3 +76,34 @@ fn sigterm_shuts_down_cleanly() {
     assert!(err.contains("shutting down") && err.contains("SIGTERM"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_stable_fields() {
+    let dir = scratch("json");
+    let data = dir.display().to_string();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--dev", "--data-dir", &data])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let events: Vec<serde_json::Value> =
+        err.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect();
+    let started = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "round started")
+        .unwrap_or_else(|| panic!("no round start in {err}"));
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(started["fields"]["round"], 1);
+    assert!(started["timestamp"].is_string() && started["target"].is_string());
+    assert!(events.iter().any(|e| e["fields"]["signal"] == "SIGTERM"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

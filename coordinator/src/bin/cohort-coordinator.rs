@@ -18,8 +18,21 @@ use cohort_transport::Identity;
 #[derive(Debug, Parser)]
 #[command(name = "cohort-coordinator", about = "Cohort batching coordinator", version)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` for collectors (one JSON object per
+    /// line: `timestamp`, `level`, `target`, `fields.message` and the event's fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +127,7 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
             ChainBackend::External(Arc::new(node))
         }
     };
+    let signal = shutdown_signal()?;
     let service = CoordinatorService::start(config, &identity, key, store, chain)?;
     let addr = service.local_addr()?;
     file.listen = addr;
@@ -133,40 +147,51 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
     } else {
         println!("coordinator listening: {uri}");
     }
-    let signal = shutdown_signal().await?;
+    let signal = signal.await;
     tracing::info!(signal, "shutting down");
     service.shutdown("coordinator shutting down").await;
     Ok(())
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM (what service managers send) and names it.
-async fn shutdown_signal() -> Result<&'static str> {
+/// Installs the handlers of SIGINT (Ctrl-C) and SIGTERM (what service managers send) at
+/// once, so a signal that comes right after the start-up line is not lost; the future
+/// waits for either and names it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("waiting for Ctrl-C"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     match cli.command {
         Command::InitConfig => {
             print!("{}", commented_default()?);
