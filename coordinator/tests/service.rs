@@ -10,6 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bitcoin::hashes::Hash;
 use cohort_common::chain::{Chain, ChainError, RejectReason, Utxo};
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::RefusalReason;
@@ -37,7 +38,8 @@ async fn round_completes_and_survives_a_restart() {
             Report::Persisting { .. }
             | Report::Registered
             | Report::Proposed
-            | Report::Deposits(_) => {}
+            | Report::Deposits(_)
+            | Report::Alarm(_) => {}
         }
     }
     for d in &deposits {
@@ -82,6 +84,7 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
             | Report::Registered
             | Report::Proposed
             | Report::Deposits(_)
+            | Report::Alarm(_)
             | Report::Done(Err(_)) => {}
             Report::Done(other) => panic!("participant ended with {other:?}"),
         }
@@ -266,6 +269,7 @@ async fn a_funding_transaction_the_chain_refuses_ends_every_session_at_once() {
             Report::Done(other) => panic!("participant ended with {other:?}"),
             Report::Deposits(s) => statuses.extend(s),
             Report::Persisting { .. } | Report::Registered | Report::Proposed => {}
+            Report::Alarm(what) => panic!("alarm: {what}"),
         }
     }
     let stored = store.batches_of_round(1).unwrap().pop().unwrap();
@@ -417,6 +421,39 @@ async fn metrics_count_what_happened_in_a_round_with_a_fault() {
     assert_eq!(http(&service, "POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
     let oversized = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
     assert_eq!(http(&service, &oversized).await.0, 400);
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}
+
+/// A coordinator whose `Finalized` names another txid than the batch's: the participant
+/// takes its own word, not the coordinator's. It raises an alarm naming both txids,
+/// records it in its history, and still reports (and keeps its exit paths for) the
+/// funding transaction it checked and signed, which is the one that confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalized_naming_another_txid_is_an_alarm() {
+    let fx = Fixture::new("alarm");
+    let (service, store, uri) = fx.start();
+    let mut modes = [Mode::Honest; N];
+    modes[0] = Mode::LiedToAtFinalized;
+    let (_deposits, mut rx) = participants(&fx, &uri, &modes).await;
+    let (mut alarms, mut confirmed, mut funding) = (Vec::new(), 0, Vec::new());
+    while confirmed < N {
+        match next_report(&mut rx).await {
+            Report::Alarm(what) => alarms.push(what),
+            Report::Done(Ok(Outcome::Confirmed { funding_txid, .. })) => {
+                funding.push(funding_txid);
+                confirmed += 1;
+            }
+            Report::Done(other) => panic!("participant ended with {other:?}"),
+            _ => {}
+        }
+    }
+    let stored = store.batches_of_round(1).unwrap().pop().unwrap();
+    let txid = stored.funding_tx.compute_txid();
+    assert!(funding.iter().all(|f| *f == Some(txid)), "{funding:?} against {txid}");
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    let fake = bitcoin::Txid::from_byte_array([0xee; 32]);
+    assert!(alarms[0].contains(&fake.to_string()) && alarms[0].contains(&txid.to_string()));
     service.shutdown("test over").await;
     let _ = std::fs::remove_dir_all(&fx.dir);
 }

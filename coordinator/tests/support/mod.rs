@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitcoin::hashes::Hash;
 use bitcoin::{Amount, TxOut};
 use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
@@ -22,7 +23,7 @@ use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::SqliteStore;
 use cohort_participant::driver::{
-    spawn_reader, Driver, DriverError, DriverSetup, Outcome, Progress, SessionSink,
+    spawn_reader, Driver, DriverError, DriverSetup, Inbox, Outcome, Progress, SessionSink,
 };
 use cohort_participant::session::{OwnedDeposit, SessionConfig};
 use cohort_participant::store::{
@@ -98,6 +99,9 @@ pub enum Mode {
     QuitAfterProposal,
     /// Checks the proposal, then never sends its tree signatures (stays connected).
     StallAtProposal,
+    /// Honest, but hears `Finalized` name another txid than the batch's (a lying
+    /// coordinator, played by rewriting the message on its way in).
+    LiedToAtFinalized,
 }
 
 /// What a participant reports to the test.
@@ -111,6 +115,8 @@ pub enum Report {
     /// Where the participant's stored deposits stand once its driver ended (sent just
     /// before `Done`).
     Deposits(Vec<DepositStatus>),
+    /// The driver raised an alarm (the coordinator contradicted what it signed).
+    Alarm(String),
     /// How the driver ended (its error as text).
     Done(Result<Outcome, String>),
 }
@@ -168,6 +174,9 @@ pub async fn drive(
 ) {
     let (send, recv) = client.open_session().await.unwrap();
     let (mut inbox, _reader) = spawn_reader(recv);
+    if mode == Mode::LiedToAtFinalized {
+        inbox = lie_about_finalized(inbox);
+    }
     // The participant's store holds its deposit, as a wallet's does after `fund`.
     let store = Arc::new(ParticipantMemoryStore::new());
     for d in &config.deposits {
@@ -203,6 +212,9 @@ pub async fn drive(
                     return ControlFlow::Break(());
                 }
             }
+            Progress::Alarm { what } => {
+                let _ = observed.send(Report::Alarm(what.clone()));
+            }
             _ => {}
         }
         ControlFlow::Continue(())
@@ -213,11 +225,27 @@ pub async fn drive(
         // Connected and silent from here on.
         Mode::StallAtPersist => std::future::pending::<()>().await,
         Mode::QuitAfterProposal => client.close("leaving"),
-        Mode::Honest | Mode::StallAtProposal => {}
+        Mode::Honest | Mode::StallAtProposal | Mode::LiedToAtFinalized => {}
     }
     let statuses = outpoints.iter().map(|o| store.deposit(o).unwrap().unwrap().status).collect();
     let _ = reports.send(Report::Deposits(statuses));
     let _ = reports.send(Report::Done(result.map_err(|e| e.to_string())));
+}
+
+/// Relays `inbox`, naming a made-up txid in every `Finalized`.
+fn lie_about_finalized(mut inbox: Inbox) -> Inbox {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(mut item) = inbox.recv().await {
+            if let Ok(ToParticipant::Finalized(f)) = &mut item {
+                f.txid = bitcoin::Txid::from_byte_array([0xee; 32]);
+            }
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Funds one deposit per mode on the fixture's ledger, then starts their participants.
