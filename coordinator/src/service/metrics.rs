@@ -25,6 +25,9 @@ use crate::engine::Event;
 /// One label: its name and value.
 type Labels = Vec<(&'static str, String)>;
 
+/// Each running attempt's current phase and when it entered it, by (round, batch).
+type PhaseClock = HashMap<(u64, u32), (&'static str, Instant)>;
+
 /// Buckets of the duration histograms: 1 ms to about 65 s, doubling.
 fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -52,7 +55,7 @@ pub struct Metrics {
     confirmed: Counter,
     fees_sat: Counter,
     /// When each running attempt entered its current phase, and which phase that is.
-    phases: std::sync::Mutex<HashMap<(u64, u32), (&'static str, Instant)>>,
+    phases: std::sync::Mutex<PhaseClock>,
     /// The service fee output of each proposed attempt's funding transaction.
     fees_pending: std::sync::Mutex<HashMap<(u64, u32), Amount>>,
     payout: ScriptBuf,

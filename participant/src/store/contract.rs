@@ -84,15 +84,15 @@ fn exit_path(funding: u8, leaf: u32, depth: u8) -> ExitPathRecord {
         node: 5 + leaf,
         vout: leaf % 4,
         path: (0..depth).map(|i| sample_tx(funding.wrapping_add(i))).collect(),
-        leaf_key_index: if leaf % 2 == 0 { Some(leaf) } else { None },
-        exit_csv: if leaf % 2 == 0 { Some(144) } else { None },
+        leaf_key_index: if leaf.is_multiple_of(2) { Some(leaf) } else { None },
+        exit_csv: if leaf.is_multiple_of(2) { Some(144) } else { None },
     }
 }
 
 fn event(at_ms: u64) -> HistoryEvent {
     HistoryEvent {
         at_ms,
-        round: if at_ms % 2 == 0 { Some(at_ms / 2) } else { None },
+        round: if at_ms.is_multiple_of(2) { Some(at_ms / 2) } else { None },
         kind: "registered".into(),
         detail: format!("event at {at_ms}"),
     }
