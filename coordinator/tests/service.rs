@@ -457,3 +457,84 @@ async fn a_finalized_naming_another_txid_is_an_alarm() {
     service.shutdown("test over").await;
     let _ = std::fs::remove_dir_all(&fx.dir);
 }
+
+/// A registration of `deposits` made-up deposits for `round`, signed by nobody: it passes
+/// every check but the chain's and the signatures'.
+fn bogus_registration(round: u64, deposits: u8) -> cohort_common::messages::Register {
+    use cohort_common::keys::Keypair;
+    use cohort_common::messages::{DepositRegistration, Register, RegisterBody, RemainderRequest};
+    let nonce =
+        |k: &Keypair| cohort_common::musig::new_secnonce(&k.point, None, None).public_nonce();
+    let user = Keypair::random();
+    let remainder = Keypair::random();
+    let body = RegisterBody {
+        round,
+        deposits: (0..deposits)
+            .map(|i| DepositRegistration {
+                outpoint: bitcoin::OutPoint {
+                    txid: bitcoin::Txid::from_byte_array([i; 32]),
+                    vout: 0,
+                },
+                user_key: user.public,
+                deposit_csv: 1_000,
+                nonce: nonce(&user),
+            })
+            .collect(),
+        leaves: Vec::new(),
+        remainder: RemainderRequest {
+            script_pubkey: cohort_common::exit::p2tr_single(&remainder),
+            cosigner: remainder.point,
+            nonces: (0..4).map(|_| nonce(&remainder)).collect(),
+        },
+        max_fee: bitcoin::Amount::from_sat(20_000),
+    };
+    let sig = bitcoin::secp256k1::schnorr::Signature::from_slice(&[1; 64]).unwrap();
+    Register { body, ownership_sigs: vec![sig; usize::from(deposits)] }
+}
+
+/// Sends one registration on a fresh session and returns the coordinator's refusal.
+async fn refusal_of(
+    uri: &cohort_transport::CoordinatorUri,
+    reg: cohort_common::messages::Register,
+) -> RefusalReason {
+    use cohort_common::messages::{ToCoordinator, ToParticipant};
+    let client = Client::connect(uri, &Limits::default()).await.unwrap();
+    let (mut send, mut recv) = client.open_session().await.unwrap();
+    send.send(&ToCoordinator::Register(reg)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), recv.recv()).await {
+            Ok(Ok(Some(ToParticipant::Refused(r)))) => {
+                client.close("done");
+                return r.reason;
+            }
+            Ok(Ok(Some(_))) => {}
+            other => panic!("no refusal: {other:?}"),
+        }
+    }
+}
+
+/// A registration that fails a cheap check (here: another round) is refused before any of
+/// its 16 deposits is looked up on the chain; one that passes them costs a lookup per
+/// deposit, so a flood of the first kind costs the coordinator's node nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_failing_cheap_checks_cost_no_chain_lookup() {
+    let fx = Fixture::new("flood");
+    let (service, _store, uri) = fx.start();
+    expect_announce(&uri, 1).await;
+    let lookups = |service: &cohort_coordinator::service::CoordinatorService| {
+        sample(&service.metrics().encode(), "cohort_chain_seconds_count")
+    };
+    let before = lookups(&service);
+    for _ in 0..20 {
+        let reason = refusal_of(&uri, bogus_registration(99, 16)).await;
+        assert!(matches!(reason, RefusalReason::WrongRound { got: 99, .. }), "{reason:?}");
+    }
+    assert_eq!(lookups(&service), before, "a refused-early registration was looked up");
+    let reason = refusal_of(&uri, bogus_registration(1, 16)).await;
+    assert!(matches!(reason, RefusalReason::UnknownDeposit(_)), "{reason:?}");
+    assert!(lookups(&service) >= before + 17.0, "the tip and each deposit are looked up");
+    let text = service.metrics().encode();
+    assert_eq!(sample(&text, "cohort_refusals_total{reason=\"wrong_round\"}"), 20.0, "{text}");
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}

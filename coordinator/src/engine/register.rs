@@ -125,15 +125,16 @@ pub struct Taken {
 /// A leaf script the coordinator will put in a tree: the rule both sides share.
 pub use cohort_common::standard::is_standard_leaf;
 
-/// Checks a registration against the round, the chain data and the bans.
-pub fn check(
+/// What can be checked of a registration without the chain and without verifying a
+/// signature: the round, the counts, the nonces, the cosigner keys, the leaf scripts and
+/// amounts, and each deposit's duplicates, ban and timeout. A flood of bad registrations
+/// is refused here, before it costs a chain lookup per deposit.
+pub fn check_cheap(
     reg: &Register,
     params: &RoundParams,
-    challenge: &[u8; 32],
-    facts: &ChainFacts,
     taken: &Taken,
     banned: &dyn Fn(&OutPoint) -> bool,
-) -> Result<Checked, RefusalReason> {
+) -> Result<(), RefusalReason> {
     let body = &reg.body;
     if body.round != params.round {
         return Err(RefusalReason::WrongRound { expected: params.round, got: body.round });
@@ -177,15 +178,10 @@ pub fn check(
     if !is_standard_leaf(&body.remainder.script_pubkey) {
         return Err(RefusalReason::NonStandardScript { leaf: count(body.leaves.len()) });
     }
-
-    let tip = facts.tip;
-    let message = Message::from_digest(
-        body.ownership_message(challenge).map_err(|_| RefusalReason::Other(reason("encoding")))?,
-    );
-    let mut seen = HashSet::with_capacity(deposits);
-    let mut scripts = Vec::with_capacity(deposits);
-    let mut txouts = Vec::with_capacity(deposits);
-    for (i, (dep, sig)) in body.deposits.iter().zip(&reg.ownership_sigs).enumerate() {
+    money_sum(body.leaves.iter().map(|l| l.output.amount))
+        .map_err(|_| RefusalReason::OutsideMoneyRange { deposits: false })?;
+    let mut seen = HashSet::with_capacity(body.deposits.len());
+    for dep in &body.deposits {
         let op = dep.outpoint;
         if !seen.insert(op) || taken.outpoints.contains(&op) {
             return Err(RefusalReason::DuplicateDeposit(op));
@@ -199,6 +195,31 @@ pub fn check(
                 max: params.max_deposit_csv,
             });
         }
+    }
+    Ok(())
+}
+
+/// Checks a registration against the round, the chain data and the bans: the cheap checks
+/// first ([`check_cheap`]), then each deposit on the chain and its ownership signature.
+pub fn check(
+    reg: &Register,
+    params: &RoundParams,
+    challenge: &[u8; 32],
+    facts: &ChainFacts,
+    taken: &Taken,
+    banned: &dyn Fn(&OutPoint) -> bool,
+) -> Result<Checked, RefusalReason> {
+    check_cheap(reg, params, taken, banned)?;
+    let body = &reg.body;
+    let deposits = body.deposits.len();
+    let tip = facts.tip;
+    let message = Message::from_digest(
+        body.ownership_message(challenge).map_err(|_| RefusalReason::Other(reason("encoding")))?,
+    );
+    let mut scripts = Vec::with_capacity(deposits);
+    let mut txouts = Vec::with_capacity(deposits);
+    for (i, (dep, sig)) in body.deposits.iter().zip(&reg.ownership_sigs).enumerate() {
+        let op = dep.outpoint;
         let script = DepositScript::new(dep.user_key, params.coordinator_key, dep.deposit_csv)
             .map_err(|_| RefusalReason::NotDepositAddress(op))?;
         let utxo = match facts.deposits.get(i) {
@@ -266,6 +287,34 @@ fn reason(text: &str) -> cohort_common::messages::Reason {
 }
 
 impl Coordinator {
+    /// The checks of a registration that need neither the chain nor a signature check
+    /// (the round is open, the peer has not registered yet, [`check_cheap`]). A driver
+    /// calls it before looking the deposits up; on `false` the registration was refused
+    /// (drain [`Coordinator::poll_transmit`]) and nothing needs looking up. The engine
+    /// runs the same checks again with the chain data.
+    pub fn precheck_registration(&mut self, now: Instant, peer: PeerId, reg: &Register) -> bool {
+        let result = match &self.round {
+            None => Err(RefusalReason::RegistrationClosed),
+            Some(round) if !matches!(round.phase, RoundPhase::Registration { .. }) => {
+                Err(RefusalReason::RegistrationClosed)
+            }
+            Some(_) if self.peers.get(&peer).copied().flatten().is_some() => {
+                Err(RefusalReason::Other(Reason::new("already registered")))
+            }
+            Some(round) => {
+                let banned = |op: &OutPoint| self.bans.get(op).is_some_and(|b| b.until > now);
+                check_cheap(reg, &round.params, &round.taken, &banned)
+            }
+        };
+        match result {
+            Ok(()) => true,
+            Err(reason) => {
+                self.refuse(peer, reason);
+                false
+            }
+        }
+    }
+
     pub(super) fn on_register(
         &mut self,
         now: Instant,

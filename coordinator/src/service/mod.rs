@@ -37,7 +37,7 @@ use bitcoin::{FeeRate, OutPoint, Script, Transaction, Txid};
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::messages::{ServerInfo, SideRequest, SideResponse};
+use cohort_common::messages::{ServerInfo, SideRequest, SideResponse, ToCoordinator};
 use cohort_common::params::PROTOCOL_VERSION;
 use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
 
@@ -350,6 +350,13 @@ impl Driver {
                 self.timed(|e| e.peer_connected(now, peer));
             }
             ServerEvent::Message { peer, msg } => {
+                // A registration that fails the cheap checks is refused before any of its
+                // deposits is looked up: a flood of them costs the chain nothing.
+                if let ToCoordinator::Register(reg) = &msg {
+                    if !self.timed(|e| e.precheck_registration(now, peer, reg)) {
+                        return self.pump(now);
+                    }
+                }
                 // The chain data a registration needs is looked up here, outside the engine.
                 let max = self.engine.max_deposits_per_registration();
                 let input = Inbound::resolve(msg, self.chain.as_ref(), max);
