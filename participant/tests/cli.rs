@@ -36,6 +36,11 @@ struct Dev {
 /// A `--dev` coordinator service on loopback whose rounds close once `participants`
 /// have registered (or after the window).
 fn start(name: &str, participants: usize) -> Dev {
+    start_with(name, participants, Keypair::random(), bitcoin::Network::Regtest)
+}
+
+/// As [`start`], with the coordinator key `key` and addresses of `network`.
+fn start_with(name: &str, participants: usize, key: Keypair, network: bitcoin::Network) -> Dev {
     let dir = std::env::temp_dir().join(format!("cohort-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +56,7 @@ fn start(name: &str, participants: usize) -> Dev {
         round_interval: Duration::from_millis(300),
         limits: Limits::default(),
         confirmation_poll: Duration::from_millis(100),
-        network: bitcoin::Network::Regtest,
+        network,
         deposit_csv: 200,
         metrics_listen: None,
     };
@@ -59,7 +64,7 @@ fn start(name: &str, participants: usize) -> Dev {
     let service = CoordinatorService::start(
         config,
         &Identity::generate().unwrap(),
-        Keypair::random(),
+        key,
         Arc::new(MemoryStore::new()),
         ChainBackend::Dev(ledger.clone()),
     )
@@ -270,4 +275,21 @@ async fn dev_mining_past_one_request_is_split_and_the_faucet_refuses_dust() {
     let err = cli::dev_fund(&a, Amount::from_sat(1)).await.unwrap_err();
     assert!(err.to_string().contains("dust"), "{err}");
     dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_on_another_network_or_with_another_key_is_refused() {
+    let key = Keypair::random();
+    let home = start_with("net-home", 1, key.clone(), bitcoin::Network::Regtest);
+    let (a, _) = home.wallet("a").await;
+    // The same key, on signet: the wallet's deposits and addresses are regtest ones.
+    let signet = start_with("net-signet", 1, key, bitcoin::Network::Signet);
+    let err = cli::join(&a, Some(&signet.uri), None, |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::WrongNetwork { .. })), "{err:?}");
+    let other = start("net-other", 1);
+    let err = cli::join(&a, Some(&other.uri), None, |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::WrongCoordinator { .. })), "{err:?}");
+    for dev in [home, signet, other] {
+        dev.service.shutdown("test over").await;
+    }
 }

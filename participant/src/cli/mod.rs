@@ -79,6 +79,16 @@ pub enum CliError {
         /// The data directory.
         data_dir: String,
     },
+    /// The coordinator is on another network than the wallet.
+    #[error("the coordinator at {uri} runs on {got}, but this wallet is for {expected}")]
+    WrongNetwork {
+        /// The URI.
+        uri: String,
+        /// The wallet's network.
+        expected: bitcoin::Network,
+        /// The coordinator's.
+        got: bitcoin::Network,
+    },
     /// The command needs a `--dev` coordinator.
     #[error("the coordinator does not run a dev chain (start it with --dev)")]
     NotDev,
@@ -187,6 +197,39 @@ async fn connect(uri: &str) -> Result<Client, CliError> {
     Ok(Client::connect(&parse_uri(uri)?, &limits).await?)
 }
 
+/// Connects to the wallet's coordinator at `uri` and checks that it is that coordinator
+/// (its key) on the wallet's network: a wallet never talks for its deposits to another.
+async fn connect_checked(wallet: &Wallet, uri: &str) -> Result<Client, CliError> {
+    let client = connect(uri).await?;
+    let checked = async {
+        let info = server_info(&client).await?;
+        let ours = wallet.coordinator();
+        if info.coordinator_key != ours.key {
+            return Err(CliError::WrongCoordinator {
+                uri: uri.to_owned(),
+                expected: ours.key.to_string(),
+                got: info.coordinator_key.to_string(),
+            });
+        }
+        if info.network != ours.network {
+            return Err(CliError::WrongNetwork {
+                uri: uri.to_owned(),
+                expected: ours.network,
+                got: info.network,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    match checked {
+        Ok(()) => Ok(client),
+        Err(e) => {
+            client.close("wrong coordinator");
+            Err(e)
+        }
+    }
+}
+
 async fn server_info(client: &Client) -> Result<cohort_common::messages::ServerInfo, CliError> {
     match client.request(&SideRequest::Info).await? {
         SideResponse::Info(info) => Ok(info),
@@ -280,7 +323,7 @@ fn confirmations(tip: u32, height: Option<u32>) -> u32 {
 /// `cohort deposits`: the address's deposits as the chain and the store see them.
 pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
-    let client = connect(&wallet.coordinator().uri).await?;
+    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
     let result = refresh_deposits(store.as_ref(), &wallet, &client).await;
     client.close("done");
     let (records, tip, heights) = result?;
@@ -305,18 +348,8 @@ pub async fn join(
 ) -> Result<JoinReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let uri = uri.unwrap_or(&wallet.coordinator().uri).to_owned();
-    let client = connect(&uri).await?;
+    let client = connect_checked(&wallet, &uri).await?;
     let result = async {
-        if uri != wallet.coordinator().uri {
-            let info = server_info(&client).await?;
-            if info.coordinator_key != wallet.coordinator().key {
-                return Err(CliError::WrongCoordinator {
-                    uri: uri.clone(),
-                    expected: wallet.coordinator().key.to_string(),
-                    got: info.coordinator_key.to_string(),
-                });
-            }
-        }
         let (records, _, heights) = refresh_deposits(store.as_ref(), &wallet, &client).await?;
         let offered: Vec<DepositRecord> = records
             .into_iter()
@@ -392,7 +425,7 @@ pub fn resolve_leaf(store: &dyn ParticipantStore, arg: &str) -> Result<(Txid, u3
 pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let (funding_txid, leaf) = resolve_leaf(store.as_ref(), leaf)?;
-    let client = connect(&wallet.coordinator().uri).await?;
+    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
     let mine = wallet.coordinator().dev;
     let result = exit_leaf(store.as_ref(), &wallet, &client, funding_txid, leaf, mine).await;
     client.close("done");
@@ -405,7 +438,7 @@ pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliErro
     if mine && !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
-    let client = connect(&wallet.coordinator().uri).await?;
+    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
     let result = reclaim_deposits(store.as_ref(), &wallet, &client, mine).await;
     client.close("done");
     Ok(ReclaimReport { deposits: result? })
@@ -417,7 +450,7 @@ pub async fn dev_fund(ctx: &Context, amount: Amount) -> Result<FundReport, CliEr
     if !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
-    let client = connect(&wallet.coordinator().uri).await?;
+    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
     let script = wallet.deposit_script()?.script_pubkey();
     let result = RemoteChain::new(&client).faucet(&script, amount).await;
     client.close("done");
@@ -438,7 +471,7 @@ pub async fn dev_mine(ctx: &Context, n: u32) -> Result<MineReport, CliError> {
     if !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
-    let client = connect(&wallet.coordinator().uri).await?;
+    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
     let result = RemoteChain::new(&client).mine(n).await;
     client.close("done");
     Ok(MineReport { mined: n, height: result? })
