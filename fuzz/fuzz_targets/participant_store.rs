@@ -103,6 +103,7 @@ fn populate(store: &SqliteStore) -> Result<(), WalletError> {
         deposit_csv: 1_008,
         exit_csv: 144,
         dev: true,
+        dev_chain: None,
     };
     Wallet::create_with_seed(store, [7; 32], coordinator)?;
     store.next_key_index()?;

@@ -277,6 +277,7 @@ pub fn side_responses() -> Vec<(&'static str, SideResponse)> {
                 deposit_csv: 1_008,
                 exit_csv: 144,
                 dev: true,
+                dev_chain: Some([9; 16]),
             }),
         ),
         ("height", SideResponse::Height(812)),

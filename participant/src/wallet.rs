@@ -72,6 +72,9 @@ pub struct CoordinatorInfo {
     pub exit_csv: u16,
     /// Whether it serves the dev chain endpoint.
     pub dev: bool,
+    /// The dev chain's identity when the wallet was made (absent in older wallets).
+    #[serde(default)]
+    pub dev_chain: Option<[u8; 16]>,
 }
 
 impl CoordinatorInfo {
@@ -84,6 +87,7 @@ impl CoordinatorInfo {
             deposit_csv: info.deposit_csv,
             exit_csv: info.exit_csv,
             dev: info.dev,
+            dev_chain: info.dev_chain,
         }
     }
 }
@@ -237,6 +241,7 @@ mod tests {
             deposit_csv: 100,
             exit_csv: 10,
             dev: true,
+            dev_chain: Some([5; 16]),
         }
     }
 

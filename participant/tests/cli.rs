@@ -293,3 +293,20 @@ async fn a_coordinator_on_another_network_or_with_another_key_is_refused() {
         dev.service.shutdown("test over").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_dev_coordinator_on_a_fresh_chain_is_named_as_such() {
+    // The dev chain lives in the coordinator's memory: a restart starts a new one, on
+    // which this wallet's deposit does not exist. Saying so beats showing it "spent".
+    let key = Keypair::random();
+    let first = start_with("reset-1", 1, key.clone(), bitcoin::Network::Regtest);
+    let (a, deposit) = first.wallet("a").await;
+    first.service.shutdown("restart").await;
+    let second = start_with("reset-2", 1, key, bitcoin::Network::Regtest);
+    let err = cli::join(&a, Some(&second.uri), None, |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::DevChainReset { .. })), "{err:?}");
+    let status = cli::status(&a).unwrap();
+    assert_eq!(status.deposits[0].outpoint, deposit);
+    assert_eq!(status.deposits[0].status, DepositStatus::Unspent, "nothing was marked spent");
+    second.service.shutdown("test over").await;
+}

@@ -40,6 +40,8 @@ const FAUCET_OUTPUTS_PER_TX: usize = 1_000;
 /// An in-memory regtest chain; share it as `Arc<Ledger>` (it implements [`Chain`]).
 pub struct Ledger {
     state: RwLock<State>,
+    /// Random per ledger: tells one embedded chain from another (see [`Ledger::id`]).
+    id: [u8; 16],
 }
 
 impl std::fmt::Debug for Ledger {
@@ -62,7 +64,13 @@ impl Default for Ledger {
 impl Ledger {
     /// An empty chain at height 0 reporting [`DEFAULT_FEE_RATE`].
     pub fn new() -> Self {
-        Ledger { state: RwLock::new(State::new(DEFAULT_FEE_RATE)) }
+        Ledger { state: RwLock::new(State::new(DEFAULT_FEE_RATE)), id: rand::random() }
+    }
+
+    /// This chain's identity: random, drawn when the ledger was made. A dev coordinator
+    /// announces it, so a wallet can tell that the chain its coins were on is gone.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
     }
 
     // The state is only mutated after every check passed and by code that does not

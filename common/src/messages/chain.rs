@@ -26,6 +26,10 @@ pub struct ServerInfo {
     pub exit_csv: u16,
     /// Whether it serves the dev chain endpoint.
     pub dev: bool,
+    /// The dev chain's identity (random per embedded ledger, `None` without one): a
+    /// wallet remembers it, so a dev coordinator restarted on a fresh chain is told
+    /// apart from one whose chain lost the wallet's coins.
+    pub dev_chain: Option<[u8; 16]>,
 }
 
 /// One unspent output as the chain sees it.

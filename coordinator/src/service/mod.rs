@@ -190,6 +190,7 @@ impl CoordinatorService {
             deposit_csv: config.deposit_csv,
             exit_csv: config.engine.exit_csv,
             dev: matches!(chain, ChainBackend::Dev(_)),
+            dev_chain: chain.ledger().map(|l| l.id()),
         };
         let server = Arc::new(Server::bind(config.listen, identity, config.limits.clone())?);
         let metrics = Arc::new(Metrics::new(config.engine.payout_script.clone()));

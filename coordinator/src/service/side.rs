@@ -90,6 +90,7 @@ mod tests {
             deposit_csv: 144,
             exit_csv: 144,
             dev,
+            dev_chain: dev.then_some([7; 16]),
         }
     }
 

@@ -82,6 +82,7 @@ fn wallet_seeds(dir: &Path) -> io::Result<()> {
             deposit_csv: 1_008,
             exit_csv: 144,
             dev,
+            dev_chain: dev.then_some([3; 16]),
         };
         let json = serde_json::to_string(&info).map_err(io::Error::other)?;
         write(dir, "wallet_coordinator", name, json.as_bytes())?;

@@ -89,6 +89,17 @@ pub enum CliError {
         /// The coordinator's.
         got: bitcoin::Network,
     },
+    /// The dev coordinator now runs another dev chain than the one this wallet was made on
+    /// (it was restarted: its embedded chain lives in memory only).
+    #[error(
+        "the dev coordinator at {uri} runs a new dev chain: it was restarted, and the chain \
+         this wallet's deposits and batches were on is gone (make a new wallet with \
+         `cohort init` in another data directory)"
+    )]
+    DevChainReset {
+        /// The URI.
+        uri: String,
+    },
     /// The command needs a `--dev` coordinator.
     #[error("the coordinator does not run a dev chain (start it with --dev)")]
     NotDev,
@@ -217,6 +228,9 @@ async fn connect_checked(wallet: &Wallet, uri: &str) -> Result<Client, CliError>
                 expected: ours.network,
                 got: info.network,
             });
+        }
+        if ours.dev_chain.is_some() && info.dev_chain != ours.dev_chain {
+            return Err(CliError::DevChainReset { uri: uri.to_owned() });
         }
         Ok(())
     }
