@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use bitcoin::secp256k1::{Message, SECP256K1};
-use bitcoin::{OutPoint, TxOut};
+use bitcoin::{Amount, OutPoint, TxOut};
 use cohort_common::batch::BatchMember;
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::fees::{service_fee, KEY_PATH_INPUT_WEIGHT};
@@ -17,7 +17,7 @@ use cohort_common::musig::Point;
 use cohort_common::scripts::DepositScript;
 use cohort_common::standard::money_sum;
 
-use super::{Coordinator, Event, Member, PeerId, Registration, RoundPhase};
+use super::{Coordinator, Event, Member, PeerId, Registration, Round, RoundPhase};
 
 /// What the chain says about one deposit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,13 +128,14 @@ pub use cohort_common::standard::is_standard_leaf;
 /// What can be checked of a registration without the chain and without verifying a
 /// signature: the round, the counts, the nonces, the cosigner keys, the leaf scripts and
 /// amounts, and each deposit's duplicates, ban and timeout. A flood of bad registrations
-/// is refused here, before it costs a chain lookup per deposit.
+/// is refused here, before it costs a chain lookup per deposit. Returns what the leaves
+/// ask for in total.
 pub fn check_cheap(
     reg: &Register,
     params: &RoundParams,
     taken: &Taken,
     banned: &dyn Fn(&OutPoint) -> bool,
-) -> Result<(), RefusalReason> {
+) -> Result<Amount, RefusalReason> {
     let body = &reg.body;
     if body.round != params.round {
         return Err(RefusalReason::WrongRound { expected: params.round, got: body.round });
@@ -178,7 +179,7 @@ pub fn check_cheap(
     if !is_standard_leaf(&body.remainder.script_pubkey) {
         return Err(RefusalReason::NonStandardScript { leaf: count(body.leaves.len()) });
     }
-    money_sum(body.leaves.iter().map(|l| l.output.amount))
+    let requested = money_sum(body.leaves.iter().map(|l| l.output.amount))
         .map_err(|_| RefusalReason::OutsideMoneyRange { deposits: false })?;
     let mut seen = HashSet::with_capacity(body.deposits.len());
     for dep in &body.deposits {
@@ -196,7 +197,7 @@ pub fn check_cheap(
             });
         }
     }
-    Ok(())
+    Ok(requested)
 }
 
 /// Checks a registration against the round, the chain data and the bans: the cheap checks
@@ -209,7 +210,7 @@ pub fn check(
     taken: &Taken,
     banned: &dyn Fn(&OutPoint) -> bool,
 ) -> Result<Checked, RefusalReason> {
-    check_cheap(reg, params, taken, banned)?;
+    let requested = check_cheap(reg, params, taken, banned)?;
     let body = &reg.body;
     let deposits = body.deposits.len();
     let tip = facts.tip;
@@ -262,8 +263,6 @@ pub fn check(
     if body.max_fee < required {
         return Err(RefusalReason::FeeTooLow { max_fee: body.max_fee, required });
     }
-    let requested = money_sum(body.leaves.iter().map(|l| l.output.amount))
-        .map_err(|_| RefusalReason::OutsideMoneyRange { deposits: false })?;
     let needed = requested
         .checked_add(required)
         .and_then(|a| a.checked_add(body.remainder.script_pubkey.minimal_non_dust()))
@@ -293,25 +292,30 @@ impl Coordinator {
     /// (drain [`Coordinator::poll_transmit`]) and nothing needs looking up. The engine
     /// runs the same checks again with the chain data.
     pub fn precheck_registration(&mut self, now: Instant, peer: PeerId, reg: &Register) -> bool {
-        let result = match &self.round {
-            None => Err(RefusalReason::RegistrationClosed),
-            Some(round) if !matches!(round.phase, RoundPhase::Registration { .. }) => {
-                Err(RefusalReason::RegistrationClosed)
-            }
-            Some(_) if self.peers.get(&peer).copied().flatten().is_some() => {
-                Err(RefusalReason::Other(Reason::new("already registered")))
-            }
-            Some(round) => {
-                let banned = |op: &OutPoint| self.bans.get(op).is_some_and(|b| b.until > now);
-                check_cheap(reg, &round.params, &round.taken, &banned)
-            }
-        };
+        let result = self.open_round_for(peer).and_then(|round| {
+            let banned = |op: &OutPoint| self.bans.get(op).is_some_and(|b| b.until > now);
+            check_cheap(reg, &round.params, &round.taken, &banned)
+        });
         match result {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(reason) => {
                 self.refuse(peer, reason);
                 false
             }
+        }
+    }
+
+    /// The round a registration from `peer` may enter: one is open for registration and
+    /// the peer has not registered in it yet.
+    fn open_round_for(&self, peer: PeerId) -> Result<&Round, RefusalReason> {
+        match &self.round {
+            Some(round) if matches!(round.phase, RoundPhase::Registration { .. }) => {
+                if self.peers.get(&peer).copied().flatten().is_some() {
+                    return Err(RefusalReason::Other(Reason::new("already registered")));
+                }
+                Ok(round)
+            }
+            _ => Err(RefusalReason::RegistrationClosed),
         }
     }
 
@@ -322,17 +326,12 @@ impl Coordinator {
         reg: Register,
         facts: Result<ChainFacts, ChainOutage>,
     ) {
+        if let Err(reason) = self.open_round_for(peer) {
+            return self.refuse(peer, reason);
+        }
         let bans = &self.bans;
         let banned = |op: &OutPoint| bans.get(op).is_some_and(|b| b.until > now);
-        let Some(round) = &mut self.round else {
-            return self.refuse(peer, RefusalReason::RegistrationClosed);
-        };
-        if !matches!(round.phase, RoundPhase::Registration { .. }) {
-            return self.refuse(peer, RefusalReason::RegistrationClosed);
-        }
-        if self.peers.get(&peer).copied().flatten().is_some() {
-            return self.refuse(peer, RefusalReason::Other(Reason::new("already registered")));
-        }
+        let Some(round) = &mut self.round else { return };
         let facts = match facts {
             Ok(facts) => facts,
             // Not the participant's fault: no refusal; its session times out and retries.
