@@ -64,9 +64,8 @@ pub struct Metrics {
 impl Metrics {
     /// Metrics of a coordinator whose service fees go to `payout`.
     pub fn new(payout: ScriptBuf) -> Metrics {
-        let mut registry = Registry::with_prefix("cohort");
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_prefix("cohort"),
             rounds: Counter::default(),
             registrations: Counter::default(),
             refusals: Family::default(),
@@ -88,56 +87,56 @@ impl Metrics {
             fees_pending: Default::default(),
             payout,
         };
-        registry.register("rounds", "Rounds started", m.rounds.clone());
-        registry.register("registrations", "Registrations accepted", m.registrations.clone());
-        registry.register("refusals", "Registrations refused, by reason", m.refusals.clone());
-        registry.register(
+        m.registry.register("rounds", "Rounds started", m.rounds.clone());
+        m.registry.register("registrations", "Registrations accepted", m.registrations.clone());
+        m.registry.register("refusals", "Registrations refused, by reason", m.refusals.clone());
+        m.registry.register(
             "chain_unavailable",
             "Registrations that could not be checked: the chain backend failed",
             m.chain_unavailable.clone(),
         );
-        registry.register("attempts", "Batch attempts proposed", m.attempts.clone());
-        registry.register(
+        m.registry.register("attempts", "Batch attempts proposed", m.attempts.clone());
+        m.registry.register(
             "attempts_aborted",
             "Batch attempts aborted, by reason",
             m.attempts_aborted.clone(),
         );
-        registry.register("exclusions", "Members excluded, by reason", m.exclusions.clone());
-        registry.register("bans", "Deposits banned", m.bans.clone());
-        registry.register(
+        m.registry.register("exclusions", "Members excluded, by reason", m.exclusions.clone());
+        m.registry.register("bans", "Deposits banned", m.bans.clone());
+        m.registry.register(
             "batches",
             "Batches ended, by outcome (finalized, confirmed, failed)",
             m.batches.clone(),
         );
-        registry.register(
+        m.registry.register(
             "phase_seconds",
             "Time a batch attempt spent in each signing phase",
             m.phase_seconds.clone(),
         );
-        registry.register("peers", "Participants connected", m.peers.clone());
-        registry.register(
+        m.registry.register("peers", "Participants connected", m.peers.clone());
+        m.registry.register(
             "engine_seconds",
             "Wall time the engine thread spent in the round engine",
             m.engine_seconds.clone(),
         );
-        registry.register("store_seconds", "Latency of store writes", m.store_seconds.clone());
-        registry.register("chain_seconds", "Latency of chain calls", m.chain_seconds.clone());
-        registry.register(
+        m.registry.register("store_seconds", "Latency of store writes", m.store_seconds.clone());
+        m.registry.register("chain_seconds", "Latency of chain calls", m.chain_seconds.clone());
+        m.registry.register(
             "funding_broadcasts",
             "Funding transactions handed to the chain",
             m.broadcasts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "funding_confirmed",
             "Funding transactions confirmed",
             m.confirmed.clone(),
         );
-        registry.register(
+        m.registry.register(
             "service_fees_sat",
             "Service fees paid to the coordinator by finalized batches, in sat",
             m.fees_sat.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// The metrics in the OpenMetrics text format.
