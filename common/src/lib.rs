@@ -23,6 +23,7 @@
 //!   standard weight, money range, the honest funding transaction's fixed fields.
 //! - [`ledger`]: the embedded regtest ledger.
 //! - [`store`]: what both stores share: one error type, storable integers, decoders.
+//! - [`time`]: Unix milliseconds printed as UTC dates.
 //! - `sqlite` (feature `sqlite`): opening the stores' SQLite files and a temporary
 //!   directory for their tests.
 
@@ -43,6 +44,7 @@ pub mod scripts;
 pub mod sqlite;
 pub mod standard;
 pub mod store;
+pub mod time;
 pub mod tree;
 
 pub use bitcoin;
