@@ -287,10 +287,11 @@ fn reason(text: &str) -> cohort_common::messages::Reason {
 
 impl Coordinator {
     /// The checks of a registration that need neither the chain nor a signature check
-    /// (the round is open, the peer has not registered yet, [`check_cheap`]). A driver
-    /// calls it before looking the deposits up; on `false` the registration was refused
-    /// (drain [`Coordinator::poll_transmit`]) and nothing needs looking up. The engine
-    /// runs the same checks again with the chain data.
+    /// (the round is open, the peer has not registered yet, the sizes, parameters and
+    /// bans of the deposits). A driver calls it before looking the deposits up; on
+    /// `false` the registration was refused (drain [`Coordinator::poll_transmit`]) and
+    /// nothing needs looking up. The engine runs the same checks again with the chain
+    /// data.
     pub fn precheck_registration(&mut self, now: Instant, peer: PeerId, reg: &Register) -> bool {
         let result = self.open_round_for(peer).and_then(|round| {
             let banned = |op: &OutPoint| self.bans.get(op).is_some_and(|b| b.until > now);
