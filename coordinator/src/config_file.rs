@@ -122,6 +122,9 @@ pub struct FileConfig {
     pub socket_buffer: usize,
     /// Empty: off. Else the TCP address of `/metrics`, `/healthz` and `/readyz`.
     pub metrics_listen: String,
+    /// Empty: `<data_dir>/admin.sock`.
+    pub admin_socket: String,
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for FileConfig {
@@ -169,6 +172,8 @@ impl Default for FileConfig {
             keep_alive_secs: limits.keep_alive.as_secs(),
             socket_buffer: limits.socket_buffer,
             metrics_listen: String::new(),
+            admin_socket: String::new(),
+            shutdown_grace_secs: 120,
         }
     }
 }
@@ -227,6 +232,14 @@ pub const COMMENTS: &[(&str, &str)] = &[
         "metrics_listen",
         "HTTP /metrics (Prometheus), /healthz, /readyz on this TCP address, e.g. \"127.0.0.1:9464\"; empty = off",
     ),
+    (
+        "admin_socket",
+        "Unix socket of `cohort-coordinator admin` (owner-only); empty = <data_dir>/admin.sock",
+    ),
+    (
+        "shutdown_grace_secs",
+        "on SIGTERM or SIGINT, how long the running round may take to finish (0 = stop at once)",
+    ),
 ];
 
 /// One numeric key and its allowed range.
@@ -252,6 +265,7 @@ const RANGES: &[Range] = &[
     Range { key: "phase_timeout_secs", value: |f| f.phase_timeout_secs, min: 1, max: MAX_SECS },
     Range { key: "ban_secs", value: |f| f.ban_secs, min: 0, max: 365 * 86_400 },
     Range { key: "max_ban_secs", value: |f| f.max_ban_secs, min: 0, max: 365 * 86_400 },
+    Range { key: "shutdown_grace_secs", value: |f| f.shutdown_grace_secs, min: 0, max: MAX_SECS },
     Range { key: "max_attempts", value: |f| f.max_attempts.into(), min: 1, max: 100 },
     Range {
         key: "max_registrations",
@@ -424,6 +438,20 @@ impl FileConfig {
         self.chain_kind().map(drop)
     }
 
+    /// The admin socket's path.
+    pub fn admin_socket(&self) -> PathBuf {
+        if self.admin_socket.is_empty() {
+            crate::admin::default_socket(&self.data_dir)
+        } else {
+            PathBuf::from(&self.admin_socket)
+        }
+    }
+
+    /// How long a signal lets the running round finish.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
     /// The metrics endpoint's address, if on.
     pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.metrics_listen.is_empty() {
@@ -499,6 +527,7 @@ impl FileConfig {
             network: self.network,
             deposit_csv: self.deposit_csv,
             metrics_listen: self.metrics_listen()?,
+            admin_socket: Some(self.admin_socket()),
         })
     }
 

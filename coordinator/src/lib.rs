@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: the admin channel's requests and answers (a local Unix socket), how they
+//!   print, and the client `cohort-coordinator admin` uses.
 //! - [`config_file`]: the configuration file: keys, defaults, environment overrides,
 //!   the range check of every key, and the service configuration it builds.
 //! - [`engine`]: the sans-IO round engine (registration, batches, signing, aborts).
@@ -9,6 +11,7 @@
 //! - [`service`]: the engine driven over QUIC on its own thread, with persistence and
 //!   restart recovery.
 
+pub mod admin;
 pub mod config_file;
 pub mod engine;
 pub mod service;

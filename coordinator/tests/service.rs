@@ -14,6 +14,8 @@ use bitcoin::hashes::Hash;
 use cohort_common::chain::{Chain, ChainError, RejectReason, Utxo};
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::RefusalReason;
+use cohort_coordinator::admin::{self, AdminRequest, AdminResponse, Mode as ServiceMode};
+use cohort_coordinator::engine::RoundStage;
 use cohort_coordinator::service::{now_ms, ChainBackend, RESTART_REASON};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, RegistrationStatus, SqliteStore};
 use cohort_participant::driver::Outcome;
@@ -132,7 +134,25 @@ async fn killed_mid_round_aborts_and_keeps_bans() {
         }
         other => panic!("expected a ban refusal, got {other:?}"),
     }
+    // The operator lists the ban and lifts it; its offence count stays.
+    let socket = service.admin_socket().unwrap().to_owned();
+    let ask = |req| {
+        let socket = socket.clone();
+        async move { admin::request(&socket, &req, Duration::from_secs(10)).await.unwrap() }
+    };
+    let AdminResponse::Bans(bans) = ask(AdminRequest::Bans).await else { panic!("bans") };
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!((bans[0].outpoint, bans[0].offences), (banned, 1));
+    let lifted = ask(AdminRequest::Unban { outpoint: banned }).await;
+    assert!(matches!(&lifted, AdminResponse::Done(what) if what.contains("may register again")));
+    assert_eq!(ask(AdminRequest::Bans).await, AdminResponse::Bans(Vec::new()));
+    assert!(!store.is_banned(&banned, now_ms()).unwrap());
+    let again = ask(AdminRequest::Unban { outpoint: banned }).await;
+    assert!(matches!(&again, AdminResponse::Error(why) if why.contains("is not banned")));
+    let AdminResponse::Status(status) = ask(AdminRequest::Status).await else { panic!() };
+    assert_eq!((status.round, status.bans), (Some(2), 0));
     service.shutdown("test over").await;
+    assert!(!socket.exists(), "the admin socket outlived the service");
     let _ = std::fs::remove_dir_all(&fx.dir);
 }
 
@@ -535,6 +555,83 @@ async fn registrations_failing_cheap_checks_cost_no_chain_lookup() {
     assert!(lookups(&service) >= before + 17.0, "the tip and each deposit are looked up");
     let text = service.metrics().encode();
     assert_eq!(sample(&text, "cohort_refusals_total{reason=\"wrong_round\"}"), 20.0, "{text}");
+    service.shutdown("test over").await;
+    let _ = std::fs::remove_dir_all(&fx.dir);
+}
+
+/// `admin pause` keeps the next round from opening; `admin drain` during a round closes
+/// registration, lets the batch finish (every participant confirmed) and ends the service;
+/// the store tells the operator what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_during_a_round_lets_its_batch_finish() {
+    let fx = Fixture::new("drain");
+    let (service, store, uri) = fx.start();
+    let socket = service.admin_socket().unwrap().to_owned();
+    let ask = |req| {
+        let socket = socket.clone();
+        async move { admin::request(&socket, &req, Duration::from_secs(10)).await.unwrap() }
+    };
+    let AdminResponse::Status(status) = ask(AdminRequest::Status).await else { panic!() };
+    assert_eq!(status.mode, ServiceMode::Running);
+    assert_eq!((status.round, status.stage), (Some(1), Some(RoundStage::Registration)));
+    assert!(matches!(ask(AdminRequest::Pause).await, AdminResponse::Done(_)));
+    let AdminResponse::Status(status) = ask(AdminRequest::Status).await else { panic!() };
+    assert_eq!((status.mode, status.next_round_in_ms), (ServiceMode::Paused, None));
+    assert!(matches!(ask(AdminRequest::Resume).await, AdminResponse::Done(_)));
+
+    // Fewer participants than close the round: only the drain closes its registration.
+    let (deposits, mut rx) = participants(&fx, &uri, &[Mode::Honest; N - 2]).await;
+    let mut registered = 0;
+    while registered < N - 2 {
+        if let Report::Registered = next_report(&mut rx).await {
+            registered += 1;
+        }
+    }
+    let drained = service.drained();
+    let answer = ask(AdminRequest::Drain).await;
+    assert!(matches!(&answer, AdminResponse::Done(what) if what.contains("round 1")), "{answer:?}");
+    let mut confirmed = 0;
+    while confirmed < N - 2 {
+        match next_report(&mut rx).await {
+            Report::Done(Ok(Outcome::Confirmed { .. })) => confirmed += 1,
+            Report::Done(other) => panic!("participant ended with {other:?}"),
+            _ => {}
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), drained).await.expect("drain never completed");
+    for d in &deposits {
+        assert!(fx.ledger.utxo(&d.outpoint).unwrap().is_none(), "deposit spent by the batch");
+    }
+    // The engine has ended: the admin channel says so, and no round 2 was opened.
+    let after = ask(AdminRequest::Status).await;
+    assert!(matches!(&after, AdminResponse::Error(why) if why.contains("stopped")), "{after:?}");
+    assert_eq!(store.recent_rounds(10).unwrap().len(), 1, "a round opened while draining");
+    service.shutdown("drained").await;
+    drop(store);
+
+    // A restarted service tells what happened to round 1.
+    let (service, _store, _) = fx.start();
+    let socket = service.admin_socket().unwrap().to_owned();
+    let ask = |req| {
+        let socket = socket.clone();
+        async move { admin::request(&socket, &req, Duration::from_secs(10)).await.unwrap() }
+    };
+    let AdminResponse::Round(detail) = ask(AdminRequest::Round { round: 1 }).await else {
+        panic!("round 1")
+    };
+    assert_eq!((detail.summary.registrations, detail.summary.finalized), (N - 2, 1));
+    assert!(detail.attempts[0].status.starts_with("confirmed at"), "{detail:?}");
+    let AdminResponse::Batch(batch) = ask(AdminRequest::Batch { round: 1, batch: 0 }).await else {
+        panic!("batch 1:0")
+    };
+    assert!(batch.tree_nodes > 0);
+    assert_eq!(batch.attempts[0].inputs, N - 2);
+    let missing = ask(AdminRequest::Batch { round: 1, batch: 9 }).await;
+    assert!(matches!(missing, AdminResponse::Error(_)));
+    let AdminResponse::Rounds(rounds) = ask(AdminRequest::Rounds { limit: 10 }).await else {
+        panic!()
+    };
+    assert_eq!(rounds.iter().map(|r| r.round).collect::<Vec<_>>(), vec![2, 1]);
     service.shutdown("test over").await;
     let _ = std::fs::remove_dir_all(&fx.dir);
 }

@@ -59,6 +59,7 @@ fn start_with(name: &str, participants: usize, key: Keypair, network: bitcoin::N
         network,
         deposit_csv: 200,
         metrics_listen: None,
+        admin_socket: None,
     };
     let ledger = Arc::new(Ledger::new());
     let service = CoordinatorService::start(

@@ -77,6 +77,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         network: bitcoin::Network::Regtest,
         deposit_csv: DEFAULT_DEPOSIT_CSV,
         metrics_listen: None,
+        admin_socket: None,
     };
 
     let coord_rt = tokio::runtime::Builder::new_multi_thread()

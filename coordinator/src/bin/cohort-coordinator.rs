@@ -1,5 +1,5 @@
-//! `cohort-coordinator`: serves Cohort rounds over QUIC (`run`), or prints a commented
-//! default configuration (`init-config`).
+//! `cohort-coordinator`: serves Cohort rounds over QUIC (`run`), asks a running one over
+//! its admin socket (`admin`), or prints a commented default configuration (`init-config`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use cohort_chain_rpc::BitcoindChain;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
+use cohort_coordinator::admin::{self, AdminRequest, AdminResponse};
 use cohort_coordinator::config_file::{commented_default, ChainKind, FileConfig};
 use cohort_coordinator::service::{ChainBackend, CoordinatorService};
 use cohort_coordinator::store::SqliteStore;
@@ -66,8 +67,113 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running coordinator (over the admin socket of its data directory).
+    Admin {
+        /// The coordinator's configuration file (for `data_dir` and `admin_socket`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The coordinator's data directory (overrides the file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The admin socket (overrides the file and the data directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print a commented default configuration.
     InitConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Mode, round, batches, peers and bans now.
+    Status,
+    /// The latest rounds, newest first.
+    Rounds {
+        /// How many.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=admin::MAX_ROUNDS_LISTED as u64))]
+        limit: u64,
+    },
+    /// One round: registrations and every attempt of every batch.
+    Round {
+        /// The round number.
+        round: u64,
+    },
+    /// One batch: ROUND:BATCH (as `admin round` lists them).
+    Batch {
+        /// ROUND:BATCH.
+        id: BatchId,
+    },
+    /// The deposits banned now.
+    Bans,
+    /// Lift a deposit's ban (TXID:VOUT).
+    Unban {
+        /// The banned deposit.
+        outpoint: bitcoin::OutPoint,
+    },
+    /// Finish the running round, open no new one, then exit.
+    Drain,
+    /// Open no new round until `resume`.
+    Pause,
+    /// Open rounds again.
+    Resume,
+}
+
+/// A batch of a round, written ROUND:BATCH.
+#[derive(Debug, Clone, Copy)]
+struct BatchId {
+    round: u64,
+    batch: u32,
+}
+
+impl std::str::FromStr for BatchId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (round, batch) = s.split_once(':').ok_or("expected ROUND:BATCH, e.g. 12:0")?;
+        Ok(BatchId {
+            round: round.parse().map_err(|e| format!("round {round:?}: {e}"))?,
+            batch: batch.parse().map_err(|e| format!("batch {batch:?}: {e}"))?,
+        })
+    }
+}
+
+impl AdminCommand {
+    fn request(&self) -> AdminRequest {
+        match *self {
+            AdminCommand::Status => AdminRequest::Status,
+            AdminCommand::Rounds { limit } => AdminRequest::Rounds { limit: limit as usize },
+            AdminCommand::Round { round } => AdminRequest::Round { round },
+            AdminCommand::Batch { id } => AdminRequest::Batch { round: id.round, batch: id.batch },
+            AdminCommand::Bans => AdminRequest::Bans,
+            AdminCommand::Unban { outpoint } => AdminRequest::Unban { outpoint },
+            AdminCommand::Drain => AdminRequest::Drain,
+            AdminCommand::Pause => AdminRequest::Pause,
+            AdminCommand::Resume => AdminRequest::Resume,
+        }
+    }
+}
+
+/// How long `admin` waits for an answer.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one admin request; prints the answer; a refused request exits 1.
+fn admin(socket: &Path, command: &AdminCommand, json: bool) -> Result<std::process::ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let answer = runtime.block_on(admin::request(socket, &command.request(), ADMIN_TIMEOUT))?;
+    if json {
+        println!("{}", serde_json::to_string(&answer)?);
+    } else {
+        print!("{answer}");
+    }
+    Ok(match answer {
+        AdminResponse::Error(_) => std::process::ExitCode::FAILURE,
+        _ => std::process::ExitCode::SUCCESS,
+    })
 }
 
 fn load_or_create_key(dir: &Path) -> Result<Keypair> {
@@ -127,7 +233,7 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
             ChainBackend::External(Arc::new(node))
         }
     };
-    let signal = shutdown_signal()?;
+    let signals = Signals::install()?;
     let service = CoordinatorService::start(config, &identity, key, store, chain)?;
     let addr = service.local_addr()?;
     file.listen = addr;
@@ -147,38 +253,74 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
     } else {
         println!("coordinator listening: {uri}");
     }
-    let signal = signal.await;
-    tracing::info!(signal, "shutting down");
+    let grace = file.shutdown_grace();
+    let mut signals = signals;
+    let first = tokio::select! {
+        signal = signals.recv() => signal,
+        () = service.drained() => {
+            // `admin drain`: the last round is done.
+            service.shutdown("coordinator drained").await;
+            tracing::info!("drained; shut down");
+            return Ok(());
+        }
+    };
+    if !grace.is_zero() {
+        tracing::info!(signal = first, grace_secs = grace.as_secs(), "draining before shutdown (a second signal stops at once)");
+        service.drain();
+        tokio::select! {
+            () = service.drained() => tracing::info!("drained"),
+            () = tokio::time::sleep(grace) => tracing::warn!(grace_secs = grace.as_secs(), "the running round did not finish within the grace period"),
+            signal = signals.recv() => tracing::warn!(signal, "second signal: stopping now"),
+        }
+    }
+    tracing::info!(signal = first, "shutting down");
     service.shutdown("coordinator shutting down").await;
     Ok(())
 }
 
-/// Installs the handlers of SIGINT (Ctrl-C) and SIGTERM (what service managers send) at
-/// once, so a signal that comes right after the start-up line is not lost; the future
-/// waits for either and names it.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+/// The handlers of SIGINT (Ctrl-C) and SIGTERM (what service managers send), installed
+/// before the start-up line so that a signal right after it is not lost.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        Ok(async move {
-            tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            }
-        })
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+
+    /// Waits for the next signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
             "Ctrl-C"
-        })
+        }
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -195,19 +337,23 @@ fn main() -> Result<()> {
     match cli.command {
         Command::InitConfig => {
             print!("{}", commented_default()?);
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Admin { config, data_dir, socket, json, command } => {
+            let socket = match socket {
+                Some(socket) => socket,
+                None => {
+                    let mut file = load_config(config.as_deref())?;
+                    if let Some(dir) = data_dir {
+                        file.data_dir = dir;
+                    }
+                    file.admin_socket()
+                }
+            };
+            admin(&socket, &command, json)
         }
         Command::Run { config, listen, data_dir, dev, chain, network, bitcoind_url, json } => {
-            let (text, source) = match &config {
-                Some(path) => (
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                    path.display().to_string(),
-                ),
-                None => (String::new(), "the defaults".to_owned()),
-            };
-            let mut file = FileConfig::load(&text, std::env::vars())
-                .with_context(|| format!("configuration from {source}"))?;
+            let mut file = load_config(config.as_deref())?;
             if let Some(listen) = listen {
                 file.listen = listen;
             }
@@ -225,7 +371,20 @@ fn main() -> Result<()> {
                 file.bitcoind_url = url;
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(run(file, json))
+            runtime.block_on(run(file, json))?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// The configuration file at `path` (none: the defaults), with the environment's overrides.
+fn load_config(path: Option<&Path>) -> Result<FileConfig> {
+    let (text, source) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (String::new(), "the defaults".to_owned()),
+    };
+    FileConfig::load(&text, std::env::vars()).with_context(|| format!("configuration from {source}"))
 }

@@ -144,6 +144,19 @@ pub enum BatchPhase {
 }
 
 impl BatchPhase {
+    /// The phase's name, as the admin commands show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BatchPhase::Renoncing(_) => "renoncing",
+            BatchPhase::SigningTree(_) => "signing tree",
+            BatchPhase::SigningDeposits(_) => "signing deposits",
+            BatchPhase::Broadcasting(_) => "broadcasting",
+            BatchPhase::Finalized(_) => "finalized",
+            BatchPhase::Confirmed(_) => "confirmed",
+            BatchPhase::Failed => "failed",
+        }
+    }
+
     /// Whether nothing more will happen to this batch.
     pub fn is_terminal(&self) -> bool {
         matches!(self, BatchPhase::Confirmed(_) | BatchPhase::Failed)

@@ -93,6 +93,18 @@ enum RoundPhase {
     Done,
 }
 
+/// Where a round stands, as [`Coordinator::round_stage`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundStage {
+    /// Taking registrations.
+    Registration,
+    /// Registration closed; batches are being signed, broadcast or confirmed.
+    Running,
+    /// Every batch is confirmed or failed.
+    Done,
+}
+
 #[derive(Debug)]
 struct Round {
     params: RoundParams,
@@ -188,6 +200,37 @@ impl Coordinator {
     /// Whether a deposit is banned at `now`.
     pub fn is_banned(&self, outpoint: &OutPoint, now: Instant) -> bool {
         self.bans.get(outpoint).is_some_and(|b| b.until > now)
+    }
+
+    /// Lifts the ban of a deposit now (its offence count is kept, so that a next offence
+    /// is banned longer); whether it was banned.
+    pub fn lift_ban(&mut self, outpoint: &OutPoint, now: Instant) -> bool {
+        match self.bans.get_mut(outpoint) {
+            Some(ban) if ban.until > now => {
+                ban.until = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many deposits are banned at `now`.
+    pub fn bans_in_force(&self, now: Instant) -> usize {
+        self.bans.values().filter(|b| b.until > now).count()
+    }
+
+    /// Where the current round stands (`None`: no round has started).
+    pub fn round_stage(&self) -> Option<RoundStage> {
+        self.round.as_ref().map(|r| match r.phase {
+            RoundPhase::Registration { .. } => RoundStage::Registration,
+            RoundPhase::Running => RoundStage::Running,
+            RoundPhase::Done => RoundStage::Done,
+        })
+    }
+
+    /// Registrations accepted into the current round.
+    pub fn registrations(&self) -> usize {
+        self.round.as_ref().map_or(0, |r| r.registrations.len())
     }
 
     /// The current round's number, if one is running.

@@ -1,6 +1,6 @@
 //! The operator's HTTP endpoint: `GET /metrics` (OpenMetrics text), `GET /healthz`
-//! (the process answers) and `GET /readyz` (the engine thread is alive and the chain
-//! backend answers). Plain HTTP/1.1 on a TCP socket the operator chooses (off by default;
+//! (the process answers) and `GET /readyz` (the engine thread is alive, the last store
+//! write succeeded and the chain backend answers). Plain HTTP/1.1 on a TCP socket the operator chooses (off by default;
 //! loopback in the examples): one request per connection, a request head of at most
 //! 8 KiB read within 5 s, anything else answered 404, 405 or 400 and closed.
 
@@ -32,6 +32,8 @@ pub struct Health {
     pub chain: Arc<dyn Chain>,
     /// Unix milliseconds of the engine thread's last loop.
     pub engine_beat: Arc<AtomicU64>,
+    /// The last store write's error, until a write succeeds again.
+    pub store_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -117,6 +119,10 @@ async fn readiness(health: &Health) -> (u16, String) {
     let age = super::now_ms().saturating_sub(beat);
     if age > ENGINE_STALE_MS {
         return (503, format!("engine thread silent for {age} ms\n"));
+    }
+    let store = health.store_error.lock().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    if let Some(e) = store {
+        return (503, format!("store: the last write failed: {e}\n"));
     }
     let chain = health.chain.clone();
     match tokio::task::spawn_blocking(move || chain.tip_height()).await {

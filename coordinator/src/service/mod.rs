@@ -20,6 +20,7 @@
 //! it again at every confirmation poll until the chain knows it, then records it
 //! finalized (and confirmed).
 
+mod admin;
 pub mod http;
 pub mod metrics;
 mod persist;
@@ -27,6 +28,7 @@ mod side;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -41,9 +43,13 @@ use cohort_common::messages::{ServerInfo, SideRequest, SideResponse, ToCoordinat
 use cohort_common::params::PROTOCOL_VERSION;
 use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
 
-use crate::engine::{Coordinator, CoordinatorConfig, Event, Inbound, PersistError};
+use crate::admin::Mode;
+use crate::engine::{
+    BatchPhase, Coordinator, CoordinatorConfig, Event, Inbound, PersistError, RoundStage,
+};
 use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError};
 
+pub use admin::AdminSocketError;
 pub use metrics::Metrics;
 pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
 pub use side::{SideRequests, MAX_MINE_PER_REQUEST};
@@ -63,6 +69,9 @@ pub enum ServiceError {
     /// A round parameter is outside its range.
     #[error("config: {0}")]
     Params(#[from] cohort_common::messages::ParamsError),
+    /// The admin socket could not be opened.
+    #[error(transparent)]
+    Admin(#[from] AdminSocketError),
     /// The metrics endpoint could not listen.
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {
@@ -127,11 +136,15 @@ pub struct ServiceConfig {
     pub deposit_csv: u16,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP (`None`: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the admin socket listens (`None`: no admin channel).
+    pub admin_socket: Option<PathBuf>,
 }
 
 #[allow(clippy::large_enum_variant)] // One event at a time through the channel.
 enum Input {
     Server(ServerEvent),
+    Admin(admin::AdminQuery),
+    Drain,
     Shutdown,
 }
 
@@ -160,6 +173,10 @@ pub struct CoordinatorService {
     metrics: Arc<Metrics>,
     /// The HTTP endpoint's address and task, when it is on.
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The admin socket's path and task, when it is on.
+    admin: Option<(PathBuf, tokio::task::JoinHandle<()>)>,
+    /// Turns true when a drain is complete (the engine thread has ended).
+    drained: tokio::sync::watch::Receiver<bool>,
 }
 
 impl CoordinatorService {
@@ -195,6 +212,7 @@ impl CoordinatorService {
         let server = Arc::new(Server::bind(config.listen, identity, config.limits.clone())?);
         let metrics = Arc::new(Metrics::new(config.engine.payout_script.clone()));
         let engine_beat = Arc::new(AtomicU64::new(now_ms()));
+        let store_error = Arc::new(std::sync::Mutex::new(None));
         let timed: Arc<dyn Chain> =
             Arc::new(TimedChain { inner: chain.chain(), metrics: metrics.clone() });
         let http = match config.metrics_listen {
@@ -203,6 +221,7 @@ impl CoordinatorService {
                     metrics: metrics.clone(),
                     chain: timed.clone(),
                     engine_beat: engine_beat.clone(),
+                    store_error: store_error.clone(),
                 };
                 let served = http::serve(addr, health)
                     .map_err(|source| ServiceError::Metrics { addr, source })?;
@@ -212,11 +231,29 @@ impl CoordinatorService {
             None => None,
         };
         let (tx, rx) = mpsc::channel();
+        let admin = match &config.admin_socket {
+            Some(path) => {
+                let (listener, owner) = admin::bind(path)?;
+                tracing::info!(path = %path.display(), "admin socket listening");
+                Some((path.clone(), admin::serve(listener, owner, tx.clone())))
+            }
+            None => None,
+        };
+        let (drained_tx, drained) = tokio::sync::watch::channel(false);
+        let about = About {
+            network: config.network,
+            coordinator_key: info.coordinator_key,
+            started: Instant::now(),
+        };
         let driver = Driver {
+            about,
+            mode: Mode::Running,
+            drained: drained_tx,
             engine,
             persister: Persister::new(store),
             metrics: metrics.clone(),
             engine_beat,
+            store_error,
             chain: timed,
             ledger: chain.ledger(),
             outboxes: HashMap::new(),
@@ -244,7 +281,37 @@ impl CoordinatorService {
             inbox: tx.clone(),
             side: SideRequests::new(info, chain.ledger()),
         }));
-        Ok(CoordinatorService { server, inbox: tx, engine: Some(engine), recovery, metrics, http })
+        Ok(CoordinatorService {
+            server,
+            inbox: tx,
+            engine: Some(engine),
+            recovery,
+            metrics,
+            http,
+            admin,
+            drained,
+        })
+    }
+
+    /// Starts draining, as `admin drain` does: registration closes now if open, the
+    /// running round finishes its batches, no new round opens, and then the engine
+    /// thread ends ([`CoordinatorService::drained`]).
+    pub fn drain(&self) {
+        let _ = self.inbox.send(Input::Drain);
+    }
+
+    /// Waits until a drain (from [`CoordinatorService::drain`] or the admin channel) is
+    /// complete; then [`CoordinatorService::shutdown`] loses nothing.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut drained = self.drained.clone();
+        async move {
+            let _ = drained.wait_for(|done| *done).await;
+        }
+    }
+
+    /// The admin socket's path, when the admin channel is on.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.admin.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// The address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), when on.
@@ -283,17 +350,35 @@ impl CoordinatorService {
         if let Some((_, task)) = self.http.take() {
             task.abort();
         }
+        if let Some((path, task)) = self.admin.take() {
+            task.abort();
+            let _ = std::fs::remove_file(path);
+        }
         self.server.shutdown(reason).await;
     }
 }
 
+/// What the status shows about the service itself.
+struct About {
+    network: bitcoin::Network,
+    coordinator_key: bitcoin::secp256k1::PublicKey,
+    started: Instant,
+}
+
 /// The engine thread's state.
 struct Driver {
+    about: About,
+    /// Opening rounds, paused, or draining.
+    mode: Mode,
+    /// Set once a drain is complete, as the thread ends.
+    drained: tokio::sync::watch::Sender<bool>,
     engine: Coordinator,
     persister: Persister,
     metrics: Arc<Metrics>,
     /// Unix milliseconds of the last turn of the loop (read by `/readyz`).
     engine_beat: Arc<AtomicU64>,
+    /// The last store write's error, until one succeeds (read by `/readyz`).
+    store_error: Arc<std::sync::Mutex<Option<String>>>,
     chain: Arc<dyn Chain>,
     ledger: Option<Arc<Ledger>>,
     outboxes: HashMap<PeerId, Outbox>,
@@ -311,7 +396,10 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.engine_beat.store(now_ms(), Ordering::Relaxed);
-            if self.next_round_at.is_some_and(|at| at <= now) && self.engine.round_finished() {
+            if self.mode == Mode::Running
+                && self.next_round_at.is_some_and(|at| at <= now)
+                && self.engine.round_finished()
+            {
                 let round = self.timed(|e| e.start_round(now));
                 tracing::info!(round, "round started");
                 self.next_round_at = None;
@@ -326,16 +414,28 @@ impl Driver {
                 self.poll_confirmations(now);
                 self.next_poll_at = now + self.confirmation_poll;
             }
+            if self.mode == Mode::Draining && self.drain_complete() {
+                tracing::info!("drained: every batch of the last round is confirmed, broadcast or over");
+                self.drained.send_replace(true);
+                return;
+            }
             let mut wake = self.next_poll_at;
             if let Some(t) = self.engine.poll_timeout() {
                 wake = wake.min(t);
             }
-            if let Some(t) = self.next_round_at {
+            if let Some(t) = self.next_round_at.filter(|_| self.mode == Mode::Running) {
                 wake = wake.min(t);
             }
             let wait = wake.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(wait) {
                 Ok(Input::Server(event)) => self.on_server_event(event),
+                Ok(Input::Admin(query)) => {
+                    let answer = self.on_admin(query.request);
+                    let _ = query.reply.send(answer);
+                }
+                Ok(Input::Drain) => {
+                    self.drain(Instant::now());
+                }
                 Ok(Input::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -395,6 +495,9 @@ impl Driver {
             let started = Instant::now();
             let recorded = self.persister.record(now, &event);
             self.metrics.store_time(started.elapsed());
+            if let Ok(mut last) = self.store_error.lock() {
+                *last = recorded.as_ref().err().map(ToString::to_string);
+            }
             if let Event::PersistBatch { round, batch, attempt, .. } = &event {
                 // The broadcast waits for this write; a failed write fails the batch.
                 if let Err(e) = &recorded {
@@ -473,6 +576,21 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// Whether a drain may end: registration is closed and every batch of the round is
+    /// over or finalized. A finalized batch is broadcast and stored (a restarted
+    /// coordinator watches it until it confirms, and broadcasts it again meanwhile), so a
+    /// drain does not wait for a block; it is checked after the confirmation poll, so a
+    /// batch already in a block is recorded confirmed first.
+    fn drain_complete(&self) -> bool {
+        let signing = |b: &BatchPhase| !b.is_terminal() && b.awaiting_confirmation().is_none();
+        let round_over = match self.engine.round_stage() {
+            None | Some(RoundStage::Done) => true,
+            Some(RoundStage::Registration) => false,
+            Some(RoundStage::Running) => !self.engine.batches().iter().any(signing),
+        };
+        round_over
     }
 
     /// Broadcasts again each funding transaction found complete at start-up, and records

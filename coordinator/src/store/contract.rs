@@ -285,7 +285,17 @@ fn bans_expire_and_only_grow(s: &impl CoordinatorStore) {
     s.ban(&op(2, 0), 3_000, 1, "stale").unwrap();
     assert_eq!(s.bans(2_500).unwrap(), vec![ban_record(2, 3_000, 2, "again")]);
 
-    assert_eq!(s.purge_expired_bans(2_500).unwrap(), 1);
+    // An operator lifts a ban: it ends now, the offence count stays.
+    s.ban(&op(3, 0), 9_000, 4, "bad signature").unwrap();
+    assert!(s.lift_ban(&op(3, 0), 2_500, "lifted by the operator").unwrap());
+    assert!(!s.is_banned(&op(3, 0), 2_500).unwrap());
+    assert!(!s.lift_ban(&op(3, 0), 2_600, "again").unwrap());
+    assert!(!s.lift_ban(&op(4, 0), 2_600, "never banned").unwrap());
+    assert!(s.bans(0).unwrap().contains(&ban_record(3, 2_500, 4, "lifted by the operator")));
+    s.ban(&op(3, 0), 2_000, 1, "stale").unwrap();
+    assert!(!s.is_banned(&op(3, 0), 2_500).unwrap());
+
+    assert_eq!(s.purge_expired_bans(2_500).unwrap(), 2);
     assert_eq!(s.purge_expired_bans(2_500).unwrap(), 0);
     assert_eq!(s.bans(0).unwrap(), vec![ban_record(2, 3_000, 2, "again")]);
 }

@@ -609,6 +609,25 @@ impl CoordinatorStore for SqliteStore {
         )
     }
 
+    fn lift_ban(
+        &self,
+        outpoint: &OutPoint,
+        now_ms: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let lifted = self.lock().execute(
+            "UPDATE bans SET until_ms = ?3, reason = ?4 \
+             WHERE txid = ?1 AND vout = ?2 AND until_ms > ?3",
+            params![
+                outpoint.txid.to_byte_array(),
+                outpoint.vout,
+                check_int("time", now_ms)?,
+                reason
+            ],
+        )?;
+        Ok(lifted > 0)
+    }
+
     fn purge_expired_bans(&self, now_ms: u64) -> Result<usize, StoreError> {
         Ok(self.lock().execute(
             "DELETE FROM bans WHERE until_ms <= ?1",

@@ -74,6 +74,7 @@ impl Fixture {
             network: bitcoin::Network::Regtest,
             deposit_csv: 1_000,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_socket: Some(self.dir.join("admin.sock")),
         };
         let store = Arc::new(SqliteStore::open(self.dir.join("coordinator.sqlite")).unwrap());
         let service = CoordinatorService::start(
