@@ -345,8 +345,3 @@ impl fmt::Display for MineReport {
         write!(f, "mined {} block(s); tip height {}", self.mined, self.height)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
