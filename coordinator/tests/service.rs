@@ -1,8 +1,9 @@
 //! The coordinator service over loopback QUIC with in-process participants running the
 //! participant's own driver (stopped at chosen steps): a full round on the dev ledger,
 //! kill-and-restart at each phase boundary (registration open, after the proposals, after
-//! the tree is signed and before deposit signatures, after `Finalized`), and a broadcast
-//! that got no answer resumed after a restart.
+//! the tree is signed and before deposit signatures, after `Finalized`), a broadcast
+//! that got no answer resumed after a restart, and a finalized batch watched until it
+//! confirms across restarts.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod support;
@@ -345,6 +346,15 @@ async fn a_broadcast_with_no_answer_is_resumed_after_a_restart() {
     }
     let regs = store.registrations_of_round(1).unwrap();
     assert!(regs.iter().all(|r| r.status == RegistrationStatus::Completed), "{regs:?}");
+
+    // Killed again while the finalized transaction waits for a block: the restarted
+    // coordinator watches it still, and records its confirmation.
+    service.shutdown("killed while unconfirmed").await;
+    drop(store);
+    let (service, store, _) = fx.start();
+    let mut finalized = stored.clone();
+    finalized.status = BatchStatus::Finalized { txid };
+    assert_eq!(service.recovery().rebroadcast, vec![finalized]);
     let height = fx.ledger.mine(1);
     while !matches!(status(&store), BatchStatus::Confirmed { .. }) {
         assert!(Instant::now() < deadline, "never confirmed: {:?}", status(&store));

@@ -27,8 +27,8 @@ pub struct Recovery {
     /// Batch attempts marked aborted, as `(round, batch, attempt)`.
     pub aborted: Vec<(u64, u32, u32)>,
     /// Batch attempts whose complete funding transaction was stored and maybe broadcast
-    /// ([`BatchStatus::Broadcasting`]): never aborted, broadcast again until the chain
-    /// knows them.
+    /// ([`BatchStatus::is_committed`]): never aborted, broadcast again until the chain
+    /// knows them, watched until they confirm.
     pub rebroadcast: Vec<BatchRecord>,
     /// The round numbering continues after this one.
     pub last_round: Option<u64>,
@@ -47,7 +47,7 @@ pub fn recover(
 ) -> Result<Recovery, StoreError> {
     let mut recovery = Recovery::default();
     for b in store.unfinished_batches()? {
-        if b.status == BatchStatus::Broadcasting {
+        if b.status.is_committed() {
             recovery.rebroadcast.push(b);
             continue;
         }
@@ -227,7 +227,9 @@ impl Persister {
         let keep = self.store.batches_of_round(round)?.iter().any(|b| {
             b.batch == batch
                 && b.attempt == attempt
-                && (b.status.is_finished() || (b.status == BatchStatus::Broadcasting && !refused))
+                && (b.status.is_finished()
+                    || matches!(b.status, BatchStatus::Finalized { .. })
+                    || (b.status == BatchStatus::Broadcasting && !refused))
         });
         if keep {
             return Ok(());

@@ -212,7 +212,13 @@ fn batches_and_unfinished(s: &impl CoordinatorStore) {
     s.set_batch_status(2, 0, 0, &BatchStatus::Confirmed { height: 812_345 }).unwrap();
     let mut retry_signed = retry.clone();
     retry_signed.status = BatchStatus::TreeSigned;
+    let mut finalized = b110.clone();
+    finalized.status = BatchStatus::Finalized { txid: txid(77) };
+    // A finalized attempt stays on the list until it confirms.
+    assert_eq!(s.unfinished_batches().unwrap(), vec![retry_signed.clone(), finalized.clone()]);
+    s.set_batch_status(1, 1, 0, &BatchStatus::Confirmed { height: 812_346 }).unwrap();
     assert_eq!(s.unfinished_batches().unwrap(), vec![retry_signed.clone()]);
+    s.set_batch_status(1, 1, 0, &BatchStatus::Finalized { txid: txid(77) }).unwrap();
 
     let round1 = s.batches_of_round(1).unwrap();
     assert_eq!(
@@ -225,7 +231,7 @@ fn batches_and_unfinished(s: &impl CoordinatorStore) {
     let mut changed = b200;
     changed.funding_tx = sample_tx(99);
     s.put_batch(&changed).unwrap();
-    assert_eq!(s.unfinished_batches().unwrap(), vec![retry_signed, changed]);
+    assert_eq!(s.unfinished_batches().unwrap(), vec![retry_signed, finalized, changed]);
 
     assert!(matches!(
         s.set_batch_status(1, 0, 2, &BatchStatus::Signing),

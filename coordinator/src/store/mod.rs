@@ -107,10 +107,17 @@ pub enum BatchStatus {
 }
 
 impl BatchStatus {
-    /// Whether nothing more will happen to this attempt (finalized, confirmed or aborted);
-    /// the others are what a restarted coordinator must resume or abort.
+    /// Whether nothing more will happen to this attempt (confirmed or aborted); the
+    /// others are what a restarted coordinator must resume (a finalized one: watch for its
+    /// confirmation, broadcasting it again while the chain does not know it) or abort.
     pub fn is_finished(&self) -> bool {
-        matches!(self, Self::Finalized { .. } | Self::Confirmed { .. } | Self::Aborted { .. })
+        matches!(self, Self::Confirmed { .. } | Self::Aborted { .. })
+    }
+
+    /// Whether the funding transaction of this attempt is complete and may be on the
+    /// network, so that the attempt can never be given up (broadcasting or finalized).
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Self::Broadcasting | Self::Finalized { .. })
     }
 }
 

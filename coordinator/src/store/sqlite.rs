@@ -80,6 +80,10 @@ CREATE TABLE bans (
     r#"
 ALTER TABLE bans ADD COLUMN offences INTEGER NOT NULL DEFAULT 1;
 "#,
+    // A finalized attempt is watched until it confirms, across restarts.
+    r#"
+UPDATE batches SET finished = 0 WHERE status = 'finalized';
+"#,
 ];
 
 /// A coordinator store in one SQLite file.
