@@ -212,7 +212,9 @@ pub struct BanView {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The socket could not be reached: the service is not running there.
-    #[error("no coordinator answers at {path}: {source} (is it running with this data directory?)")]
+    #[error(
+        "no coordinator answers at {path}: {source} (is it running with this data directory?)"
+    )]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -293,7 +295,11 @@ impl Display for AdminResponse {
         match self {
             AdminResponse::Status(s) => s.fmt(f),
             AdminResponse::Rounds(rounds) => {
-                writeln!(f, "{:>8}  {:<23}  {:<10} {:>6} {:>8} {:>10}", "round", "started", "state", "regs", "batches", "finalized")?;
+                writeln!(
+                    f,
+                    "{:>8}  {:<23}  {:<10} {:>6} {:>8} {:>10}",
+                    "round", "started", "state", "regs", "batches", "finalized"
+                )?;
                 rounds.iter().try_for_each(|r| writeln!(f, "{r}"))
             }
             AdminResponse::Round(r) => r.fmt(f),
@@ -308,7 +314,11 @@ impl Display for AdminResponse {
 
 impl Display for StatusView {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        writeln!(f, "cohort-coordinator {} on {} ({} chain)", self.version, self.network, self.chain)?;
+        writeln!(
+            f,
+            "cohort-coordinator {} on {} ({} chain)",
+            self.version, self.network, self.chain
+        )?;
         writeln!(f, "key          {}", self.coordinator_key)?;
         writeln!(f, "up           {} s", self.uptime_secs)?;
         writeln!(f, "mode         {}", self.mode)?;
@@ -385,7 +395,11 @@ impl Display for AttemptView {
 
 impl Display for BatchDetail {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        writeln!(f, "round {} batch {}: {} tree nodes stored", self.round, self.batch, self.tree_nodes)?;
+        writeln!(
+            f,
+            "round {} batch {}: {} tree nodes stored",
+            self.round, self.batch, self.tree_nodes
+        )?;
         self.attempts.iter().try_for_each(|a| writeln!(f, "{a}"))
     }
 }
@@ -427,7 +441,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<AdminRequest>(&line).unwrap(), req);
         }
         let line = r#"{"command":"unban","outpoint":"0101010101010101010101010101010101010101010101010101010101010101:3"}"#;
-        assert_eq!(serde_json::from_str::<AdminRequest>(line).unwrap(), AdminRequest::Unban { outpoint });
+        assert_eq!(
+            serde_json::from_str::<AdminRequest>(line).unwrap(),
+            AdminRequest::Unban { outpoint }
+        );
         assert!(serde_json::from_str::<AdminRequest>(r#"{"command":"explode"}"#).is_err());
     }
 

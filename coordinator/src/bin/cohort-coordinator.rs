@@ -265,7 +265,11 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
         }
     };
     if !grace.is_zero() {
-        tracing::info!(signal = first, grace_secs = grace.as_secs(), "draining before shutdown (a second signal stops at once)");
+        tracing::info!(
+            signal = first,
+            grace_secs = grace.as_secs(),
+            "draining before shutdown (a second signal stops at once)"
+        );
         service.drain();
         tokio::select! {
             () = service.drained() => tracing::info!("drained"),
@@ -386,5 +390,6 @@ fn load_config(path: Option<&Path>) -> Result<FileConfig> {
         ),
         None => (String::new(), "the defaults".to_owned()),
     };
-    FileConfig::load(&text, std::env::vars()).with_context(|| format!("configuration from {source}"))
+    FileConfig::load(&text, std::env::vars())
+        .with_context(|| format!("configuration from {source}"))
 }

@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 
 use super::{now_ms, Driver, Input};
 use crate::admin::{
-    read_line, AdminRequest, AdminResponse, AttemptView, BanView, BatchDetail, Mode,
-    RoundDetail, RoundSummary, StatusView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED,
+    read_line, AdminRequest, AdminResponse, AttemptView, BanView, BatchDetail, Mode, RoundDetail,
+    RoundSummary, StatusView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED,
 };
 use crate::store::{BatchRecord, BatchStatus, RegistrationStatus, RoundState, StoreError};
 
@@ -223,7 +223,9 @@ impl Driver {
         let batches: BTreeSet<u32> = attempts.iter().map(|a| a.batch).collect();
         let finalized: BTreeSet<u32> = attempts
             .iter()
-            .filter(|a| matches!(a.status, BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. }))
+            .filter(|a| {
+                matches!(a.status, BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. })
+            })
             .map(|a| a.batch)
             .collect();
         let mut by_status: Vec<(String, usize)> = Vec::new();
@@ -284,9 +286,14 @@ impl Driver {
         ))
     }
 
-    fn unban(&mut self, now: Instant, outpoint: bitcoin::OutPoint) -> Result<AdminResponse, StoreError> {
+    fn unban(
+        &mut self,
+        now: Instant,
+        outpoint: bitcoin::OutPoint,
+    ) -> Result<AdminResponse, StoreError> {
         let in_engine = self.engine.lift_ban(&outpoint, now);
-        let in_store = self.persister.store().lift_ban(&outpoint, now_ms(), "lifted by the operator")?;
+        let in_store =
+            self.persister.store().lift_ban(&outpoint, now_ms(), "lifted by the operator")?;
         if !(in_engine || in_store) {
             return Ok(AdminResponse::Error(format!("{outpoint} is not banned")));
         }

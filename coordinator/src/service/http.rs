@@ -120,7 +120,8 @@ async fn readiness(health: &Health) -> (u16, String) {
     if age > ENGINE_STALE_MS {
         return (503, format!("engine thread silent for {age} ms\n"));
     }
-    let store = health.store_error.lock().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    let store =
+        health.store_error.lock().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone());
     if let Some(e) = store {
         return (503, format!("store: the last write failed: {e}\n"));
     }

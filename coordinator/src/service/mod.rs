@@ -415,7 +415,9 @@ impl Driver {
                 self.next_poll_at = now + self.confirmation_poll;
             }
             if self.mode == Mode::Draining && self.drain_complete() {
-                tracing::info!("drained: every batch of the last round is confirmed, broadcast or over");
+                tracing::info!(
+                    "drained: every batch of the last round is confirmed, broadcast or over"
+                );
                 self.drained.send_replace(true);
                 return;
             }

@@ -231,12 +231,7 @@ impl CoordinatorStore for MemoryStore {
         Ok(self.lock().bans.values().filter(|b| now_ms < b.until_ms).cloned().collect())
     }
 
-    fn lift_ban(
-        &self,
-        outpoint: &OutPoint,
-        now_ms: u64,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    fn lift_ban(&self, outpoint: &OutPoint, now_ms: u64, reason: &str) -> Result<bool, StoreError> {
         check_int("time", now_ms)?;
         match self.lock().bans.get_mut(outpoint) {
             Some(ban) if now_ms < ban.until_ms => {

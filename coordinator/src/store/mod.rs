@@ -244,8 +244,7 @@ pub trait CoordinatorStore: Send + Sync {
 
     /// Lifts a deposit's ban at `now_ms` (an operator's decision): it ends now, its
     /// offence count stays, and `reason` says who lifted it. Whether it was in force.
-    fn lift_ban(&self, outpoint: &OutPoint, now_ms: u64, reason: &str)
-        -> Result<bool, StoreError>;
+    fn lift_ban(&self, outpoint: &OutPoint, now_ms: u64, reason: &str) -> Result<bool, StoreError>;
 
     /// Deletes the bans expired at `now_ms`; returns how many.
     fn purge_expired_bans(&self, now_ms: u64) -> Result<usize, StoreError>;

@@ -613,12 +613,7 @@ impl CoordinatorStore for SqliteStore {
         )
     }
 
-    fn lift_ban(
-        &self,
-        outpoint: &OutPoint,
-        now_ms: u64,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    fn lift_ban(&self, outpoint: &OutPoint, now_ms: u64, reason: &str) -> Result<bool, StoreError> {
         let lifted = self.lock().execute(
             "UPDATE bans SET until_ms = ?3, reason = ?4 \
              WHERE txid = ?1 AND vout = ?2 AND until_ms > ?3",
