@@ -450,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_bounded_before_they_are_kept() {
-        let long = vec![b'x'; 100];
+        let long = [b'x'; 100];
         let err = read_line(&long[..], 10).await.unwrap_err();
         assert!(matches!(err, AdminError::Malformed(_)), "{err}");
         // Cut short: no newline at the end.

@@ -126,6 +126,15 @@ fn stopped() -> AdminResponse {
     AdminResponse::Error("the engine has stopped (the coordinator is shutting down)".into())
 }
 
+/// What the store says about one round.
+struct RoundFacts {
+    summary: RoundSummary,
+    /// Every attempt of every batch.
+    attempts: Vec<BatchRecord>,
+    /// Registrations counted by status name.
+    by_status: Vec<(String, usize)>,
+}
+
 impl Driver {
     /// Answers one admin request on the engine thread.
     pub(super) fn on_admin(&mut self, request: AdminRequest) -> AdminResponse {
@@ -205,7 +214,7 @@ impl Driver {
         let rounds = store.recent_rounds(limit)?;
         let mut out = Vec::with_capacity(rounds.len());
         for r in rounds {
-            out.push(self.round_summary(r.round, r.started_at_ms, r.state)?.0);
+            out.push(self.round_summary(r.round, r.started_at_ms, r.state)?.summary);
         }
         Ok(AdminResponse::Rounds(out))
     }
@@ -216,7 +225,7 @@ impl Driver {
         round: u64,
         started_at_ms: u64,
         state: RoundState,
-    ) -> Result<(RoundSummary, Vec<BatchRecord>, Vec<(String, usize)>), StoreError> {
+    ) -> Result<RoundFacts, StoreError> {
         let store = self.persister.store();
         let regs = store.registrations_of_round(round)?;
         let attempts = store.batches_of_round(round)?;
@@ -244,17 +253,19 @@ impl Driver {
             batches: batches.len(),
             finalized: finalized.len(),
         };
-        Ok((summary, attempts, by_status))
+        Ok(RoundFacts { summary, attempts, by_status })
     }
 
     fn round_detail(&self, round: u64) -> Result<AdminResponse, StoreError> {
         let Some(r) = self.persister.store().round(round)? else {
             return Ok(AdminResponse::Error(format!("no round {round} is stored")));
         };
-        let (summary, attempts, registrations_by_status) =
-            self.round_summary(r.round, r.started_at_ms, r.state)?;
-        let attempts = attempts.iter().map(attempt_view).collect();
-        Ok(AdminResponse::Round(RoundDetail { summary, registrations_by_status, attempts }))
+        let facts = self.round_summary(r.round, r.started_at_ms, r.state)?;
+        Ok(AdminResponse::Round(RoundDetail {
+            summary: facts.summary,
+            registrations_by_status: facts.by_status,
+            attempts: facts.attempts.iter().map(attempt_view).collect(),
+        }))
     }
 
     fn batch_detail(&self, round: u64, batch: u32) -> Result<AdminResponse, StoreError> {
