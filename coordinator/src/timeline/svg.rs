@@ -1,6 +1,6 @@
 //! A round's timeline drawn by hand as one self-contained SVG: a title and summary, a
 //! legend, a time axis in seconds, the registration window, then one row per batch with
-//! its phases as coloured bars, a ↻ line where an attempt was aborted and retried, a ▼
+//! its phases as coloured bars, a red line where an attempt was aborted and retried, a ▼
 //! with a count where members were excluded, and the batch's outcome on the right.
 
 use std::time::Duration;
@@ -13,7 +13,7 @@ pub const MAX_ROWS: usize = 200;
 const WIDTH: f64 = 1040.0;
 const LABELS: f64 = 150.0;
 const PLOT: f64 = 640.0;
-const ROW: f64 = 20.0;
+const ROW: f64 = 24.0;
 const BAR: f64 = 12.0;
 const LEGEND_ROW: f64 = 18.0;
 const LEGEND_COLUMNS: usize = 3;
@@ -136,7 +136,7 @@ pub(super) fn draw(round: &RoundTimeline) -> String {
     registration_row(&mut c, round, top);
     top += ROW;
     if drawn.is_empty() {
-        c.text(LABELS + 4.0, top + 14.0, "fill=\"#555\"", "no batches formed");
+        c.text(LABELS + 4.0, top + 16.0, "fill=\"#555\"", "no batches formed");
         top += ROW;
     }
     for batch in &drawn {
@@ -145,7 +145,7 @@ pub(super) fn draw(round: &RoundTimeline) -> String {
     }
     if hidden > 0 {
         let note = format!("… {hidden} more batches not drawn (the first {MAX_ROWS} are)");
-        c.text(LABELS + 4.0, top + 14.0, "fill=\"#555\"", &note);
+        c.text(LABELS + 4.0, top + 16.0, "fill=\"#555\"", &note);
     }
     c.out.push_str("</svg>\n");
     c.out
@@ -187,8 +187,8 @@ fn legend(c: &mut Canvas, top: f64) {
     let width = (WIDTH - 24.0) / LEGEND_COLUMNS as f64;
     let mut items = vec![(Key::Registration, "registration window (round)".to_string())];
     items.extend(Phase::ALL.map(|p| (Key::Phase(p), format!("{}: {}", p.name(), p.meaning()))));
-    items.push((Key::Abort, "↻ attempt aborted, retried without the culprits".to_string()));
-    items.push((Key::Exclusion, "▼ n: n members excluded".to_string()));
+    items.push((Key::Abort, "attempt aborted, retried without the culprits".to_string()));
+    items.push((Key::Exclusion, "n members excluded (the count beside it)".to_string()));
     for (i, (key, label)) in items.iter().enumerate() {
         let x = 12.0 + (i % LEGEND_COLUMNS) as f64 * width;
         let y = top + (i / LEGEND_COLUMNS) as f64 * LEGEND_ROW;
@@ -248,7 +248,7 @@ fn time_axis(c: &mut Canvas, y: f64, bottom: f64) {
 }
 
 fn registration_row(c: &mut Canvas, round: &RoundTimeline, top: f64) {
-    c.text(12.0, top + 14.0, "", "registration");
+    c.text(12.0, top + 16.0, "", "registration");
     let end = round.registration_closed.unwrap_or(round.last);
     let title = match round.registration_closed {
         Some(at) => format!("registration: 0 s – {}, {} accepted", secs(at), round.registrations),
@@ -261,7 +261,7 @@ fn registration_row(c: &mut Canvas, round: &RoundTimeline, top: f64) {
 
 fn batch_row(c: &mut Canvas, batch: &BatchTimeline, last: Duration, top: f64) {
     let label = format!("batch {}, {} members", batch.batch, batch.members);
-    c.text(12.0, top + 14.0, "class=\"batch\"", &label);
+    c.text(12.0, top + 16.0, "class=\"batch\"", &label);
     for span in &batch.spans {
         let end = span.end.unwrap_or(last);
         let title = format!(
@@ -287,8 +287,7 @@ fn batch_row(c: &mut Canvas, batch: &BatchTimeline, last: Duration, top: f64) {
                 abort.reason
             ))
         ));
-        c.line(x, top + 1.0, top + ROW - 1.0, ABORT_COLOUR, "stroke-width=\"2\"");
-        c.text(x + 2.0, top + 8.0, &format!("font-size=\"9\" fill=\"{ABORT_COLOUR}\""), "↻");
+        c.line(x, top + 4.0, top + ROW - 4.0, ABORT_COLOUR, "stroke-width=\"2\"");
         c.out.push_str("</g>\n");
     }
     for exclusion in &batch.exclusions {
@@ -304,8 +303,8 @@ fn batch_row(c: &mut Canvas, batch: &BatchTimeline, last: Duration, top: f64) {
             ))
         ));
         triangle(c, x, top);
-        let attrs = format!("font-size=\"9\" fill=\"{EXCLUSION_COLOUR}\"");
-        c.text(x + 5.0, top + 6.0, &attrs, &exclusion.count.to_string());
+        let attrs = format!("font-size=\"9\" font-weight=\"bold\" fill=\"{EXCLUSION_COLOUR}\"");
+        c.text(x + 5.0, top + 6.5, &attrs, &exclusion.count.to_string());
         c.out.push_str("</g>\n");
     }
     outcome(c, batch, top);
@@ -332,6 +331,6 @@ fn outcome(c: &mut Canvas, batch: &BatchTimeline, top: f64) {
     };
     let x = LABELS + PLOT + 10.0;
     c.out.push_str(&format!("<g class=\"outcome\"><title>{}</title>", escape(&full)));
-    c.text(x, top + 14.0, &format!("fill=\"{fill}\""), &text);
+    c.text(x, top + 16.0, &format!("fill=\"{fill}\""), &text);
     c.out.push_str("</g>\n");
 }
