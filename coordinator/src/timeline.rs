@@ -9,6 +9,8 @@
 
 mod svg;
 
+pub use svg::MAX_ROWS;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -370,7 +372,7 @@ impl RoundTimeline {
     }
 
     /// The round drawn as a self-contained SVG: batches as rows, phases as bars,
-    /// aborted attempts and exclusions marked (at most [`svg::MAX_ROWS`] batches).
+    /// aborted attempts and exclusions marked (at most [`MAX_ROWS`] batches).
     pub fn svg(&self) -> String {
         svg::draw(self)
     }
