@@ -1,8 +1,8 @@
 //! `cohort-sim`: simulate a Cohort round of N users on the embedded regtest ledger.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use cohort_common::params::{
@@ -10,7 +10,7 @@ use cohort_common::params::{
 };
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::quic::run_quic_round;
-use cohort_sim::round::{run_round, RoundConfig};
+use cohort_sim::round::{round_timeline, run_round, RoundConfig};
 use cohort_sim::run::{run, Config};
 
 /// Simulate N users joining a Cohort round on the embedded regtest ledger.
@@ -61,6 +61,10 @@ struct Args {
     /// Skip the engines: build and sign batches with local keys (the foundation's check).
     #[arg(long)]
     local: bool,
+    /// Draw the round's timeline (batches as rows, phases as bars, retries and
+    /// exclusions marked) as an SVG to this file, replacing it. In-memory transport only.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,12 +87,45 @@ enum PhaseArg {
     Deposit,
 }
 
+/// Refuses `--timeline` where no engine events are recorded (it would do nothing), and a
+/// path whose directory does not exist (before the round, not after it).
+fn check_timeline(path: &Path, args: &Args) -> Result<()> {
+    if args.local {
+        bail!(
+            "--timeline {} cannot be drawn with --local: the local run signs batches without \
+             the coordinator engine, so there are no round events",
+            path.display()
+        );
+    }
+    if matches!(args.transport, TransportArg::Quic) {
+        bail!(
+            "--timeline {} cannot be drawn with --transport quic: the coordinator service \
+             keeps its engine's events to itself; use the in-memory transport",
+            path.display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("--timeline {}: directory {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("--timeline {} is a directory, not a file", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.faults) || !(0.0..=1.0).contains(&args.loss) {
         anyhow::bail!("--faults and --loss must be between 0 and 1");
     }
     let tree = TreeParams { radix: args.radix, max_depth: args.max_depth };
+    if let Some(path) = &args.timeline {
+        check_timeline(path, &args)?;
+    }
     if args.local {
         let report = run(&Config {
             users: args.users,
@@ -124,7 +161,18 @@ fn main() -> Result<()> {
         progress: true,
     };
     let report = match args.transport {
-        TransportArg::Mem => run_round(&config)?.report,
+        TransportArg::Mem => {
+            let outcome = run_round(&config)?;
+            let mut report = outcome.report;
+            if let Some(path) = args.timeline {
+                let timeline = round_timeline(&outcome.net.events)
+                    .context("the coordinator recorded no round to draw")?;
+                std::fs::write(&path, timeline.svg())
+                    .with_context(|| format!("writing the timeline to {}", path.display()))?;
+                report.timeline = Some(path);
+            }
+            report
+        }
         TransportArg::Quic => run_quic_round(&config)?,
     };
     print!("{report}");

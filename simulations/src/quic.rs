@@ -218,6 +218,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         simulated_ms: 0,
         peak_rss_bytes: peak_rss(),
         exits,
+        timeline: None,
     })
 }
 

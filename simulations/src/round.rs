@@ -18,6 +18,7 @@ use cohort_common::ledger::Ledger;
 use cohort_common::params::TreeParams;
 use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{BatchPhase, Coordinator, CoordinatorConfig, Event as CoordEvent};
+use cohort_coordinator::timeline::{RoundTimeline, Timeline};
 use cohort_participant::driver::{DriverSetup, SimulatedClock};
 use cohort_participant::session::{OwnedDeposit, Randomness, SessionConfig, SharedCaches};
 use cohort_participant::store::{
@@ -25,7 +26,7 @@ use cohort_participant::store::{
 };
 
 use crate::local::{publish_path, ExitCost, User};
-use crate::memnet::{Fault, MemNet, NetConfig, NetStats, Peer};
+use crate::memnet::{EventLog, Fault, MemNet, NetConfig, NetStats, Peer};
 use crate::run::fund_users;
 
 /// Mixed into the run's seed for the coordinator engine's own random source.
@@ -189,6 +190,8 @@ pub struct RoundReport {
     pub peak_rss_bytes: u64,
     /// Exits executed on the ledger.
     pub exits: Vec<ExitReport>,
+    /// Where the round's timeline was drawn (`--timeline`), if it was.
+    pub timeline: Option<PathBuf>,
 }
 
 /// Wall time of each phase.
@@ -302,6 +305,9 @@ impl std::fmt::Display for RoundReport {
                 "exit user {:<6}   {} node txs published, {} vbytes, leaf reclaimed after exit_csv",
                 e.user, e.nodes, e.vbytes
             )?;
+        }
+        if let Some(path) = &self.timeline {
+            writeln!(f, "timeline           {}", path.display())?;
         }
         Ok(())
     }
@@ -434,8 +440,21 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
         simulated_ms: ms(stats.simulated),
         peak_rss_bytes: peak_rss(),
         exits,
+        timeline: None,
     };
     Ok(RoundOutcome { report, net, users, faulty })
+}
+
+/// The timeline of the round in `events` (the in-memory network's log, simulated time),
+/// if it holds one.
+pub fn round_timeline(events: &EventLog) -> Option<RoundTimeline> {
+    // Offsets count from the round's start, so any instant serves as simulated time zero.
+    let zero = Instant::now();
+    let mut timeline = Timeline::new(1);
+    for (at, event) in events {
+        timeline.observe(zero + *at, event);
+    }
+    timeline.latest().cloned()
 }
 
 /// The Unix time, in milliseconds, simulated time starts at (history timestamps).

@@ -9,13 +9,16 @@ use std::sync::Arc;
 
 use bitcoin::{OutPoint, Txid};
 use cohort_common::chain::Chain;
+use cohort_coordinator::timeline::Outcome;
 use cohort_participant::driver::DriverError;
 use cohort_participant::store::{
     DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, MemoryStore, ParticipantStore,
     StoreError,
 };
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
-use cohort_sim::round::{run_round, run_round_with, user_store, RoundConfig, RoundOutcome};
+use cohort_sim::round::{
+    round_timeline, run_round, run_round_with, user_store, RoundConfig, RoundOutcome,
+};
 
 fn round(users: usize, seed: u64) -> RoundConfig {
     RoundConfig { seed, ..RoundConfig::new(users) }
@@ -34,6 +37,24 @@ fn assert_all_honest_completed(outcome: &RoundOutcome) {
             assert!(peer.has_paths(&txid), "participant {i} stored its exit paths");
         }
     }
+}
+
+/// The round's timeline counts the batches, attempts and exclusions the report counts.
+fn assert_timeline_agrees(outcome: &RoundOutcome) {
+    let r = &outcome.report;
+    let timeline = round_timeline(&outcome.net.events).expect("a round in the event log");
+    assert!(timeline.complete && timeline.finished.is_some(), "{r}");
+    assert_eq!(timeline.excluded(), r.excluded, "{r}");
+    let attempts: Vec<u32> = timeline.batches.values().map(|b| b.attempts).collect();
+    assert_eq!(attempts, r.batches.iter().map(|b| b.attempts).collect::<Vec<_>>(), "{r}");
+    let confirmed = timeline.count(|o| matches!(o, Outcome::Confirmed { .. }));
+    assert_eq!(confirmed, r.batches.len(), "{r}");
+    for b in timeline.batches.values() {
+        assert_eq!(b.aborts.len() as u32, b.attempts - 1, "one abort per retry: {r}");
+        assert!(b.spans.iter().all(|s| s.end.is_some()), "every phase ended: {r}");
+    }
+    let svg = timeline.svg();
+    assert_eq!(svg.matches("class=\"batch\"").count(), r.batches.len());
 }
 
 #[test]
@@ -85,6 +106,7 @@ fn every_fault_kind_in_every_phase_excludes_and_bans_only_the_culprits() {
             assert_all_honest_completed(&outcome);
             assert!(r.batches.iter().all(|b| b.attempts <= 2), "{kind:?}/{phase:?}: {r}");
             assert_eq!(r.excluded, culprits, "{kind:?}/{phase:?}: only culprits excluded");
+            assert_timeline_agrees(&outcome);
             let now = outcome.net.instant();
             for (user, faulty) in outcome.users.iter().zip(&outcome.faulty) {
                 assert_eq!(
