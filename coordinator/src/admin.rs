@@ -31,6 +31,9 @@ pub const MAX_RESPONSE_LINE: usize = 16 * 1024 * 1024;
 /// Most rounds `rounds` lists.
 pub const MAX_ROUNDS_LISTED: usize = 1_000;
 
+/// How many rounds' timelines the service keeps in memory for `admin round N --timeline`.
+pub const TIMELINE_ROUNDS_KEPT: usize = 16;
+
 /// What an operator asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -56,6 +59,12 @@ pub enum AdminRequest {
     },
     /// The bans in force.
     Bans,
+    /// One round's timeline, drawn as an SVG (rounds this process saw, the last
+    /// [`TIMELINE_ROUNDS_KEPT`]).
+    Timeline {
+        /// The round.
+        round: u64,
+    },
     /// Lifts a deposit's ban.
     Unban {
         /// The banned deposit.
@@ -83,6 +92,8 @@ pub enum AdminResponse {
     Batch(BatchDetail),
     /// Answer to `bans`.
     Bans(Vec<BanView>),
+    /// Answer to `timeline`: the SVG picture.
+    Timeline(String),
     /// A command was carried out; what it did.
     Done(String),
     /// A command was refused or failed; why.
@@ -306,6 +317,7 @@ impl Display for AdminResponse {
             AdminResponse::Batch(b) => b.fmt(f),
             AdminResponse::Bans(bans) if bans.is_empty() => writeln!(f, "no deposit is banned"),
             AdminResponse::Bans(bans) => bans.iter().try_for_each(|b| writeln!(f, "{b}")),
+            AdminResponse::Timeline(svg) => writeln!(f, "{svg}"),
             AdminResponse::Done(what) => writeln!(f, "{what}"),
             AdminResponse::Error(why) => writeln!(f, "error: {why}"),
         }

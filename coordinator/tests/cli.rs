@@ -167,6 +167,15 @@ fn admin_commands_answer_over_the_socket_and_drain_exits_cleanly() {
     let out = admin(&dir, &["rounds"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("registering"), "{out:?}");
 
+    let picture = dir.join("round1.svg");
+    let out = admin(&dir, &["round", "1", "--timeline", picture.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let svg = std::fs::read_to_string(&picture).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Cohort round 1"), "{svg}");
+    let out = admin(&dir, &["round", "9", "--timeline", picture.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not kept"), "{out:?}");
+
     // Nobody registered: the drain closes the empty round and the process ends at once.
     let out = admin(&dir, &["drain"]);
     assert!(out.status.success(), "{out:?}");

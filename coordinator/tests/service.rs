@@ -53,6 +53,13 @@ async fn round_completes_and_survives_a_restart() {
     assert!(matches!(last.status, BatchStatus::Confirmed { .. }), "{:?}", last.status);
     let tree = store.signed_tree(1, 0).unwrap().expect("signed tree stored");
     assert!(!tree.is_empty());
+    // The round's timeline, as `admin round 1 --timeline` draws it.
+    let socket = service.admin_socket().unwrap().to_owned();
+    let timeline =
+        admin::request(&socket, &AdminRequest::Timeline { round: 1 }, Duration::from_secs(10));
+    let AdminResponse::Timeline(svg) = timeline.await.unwrap() else { panic!("no timeline") };
+    assert!(svg.contains(&format!("batch 0, {N} members")), "{svg}");
+    assert!(svg.contains("✓ confirmed"), "{svg}");
     service.shutdown("test restart").await;
     drop(store);
 

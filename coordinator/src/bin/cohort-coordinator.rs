@@ -102,6 +102,11 @@ enum AdminCommand {
     Round {
         /// The round number.
         round: u64,
+        /// Instead, write the round's timeline (batches as rows, phases as bars, retries
+        /// and exclusions marked) to this SVG file; kept for the last rounds this process
+        /// ran.
+        #[arg(long, value_name = "FILE.svg")]
+        timeline: Option<PathBuf>,
     },
     /// One batch: ROUND:BATCH (as `admin round` lists them).
     Batch {
@@ -147,7 +152,8 @@ impl AdminCommand {
         match *self {
             AdminCommand::Status => AdminRequest::Status,
             AdminCommand::Rounds { limit } => AdminRequest::Rounds { limit: limit as usize },
-            AdminCommand::Round { round } => AdminRequest::Round { round },
+            AdminCommand::Round { round, timeline: None } => AdminRequest::Round { round },
+            AdminCommand::Round { round, timeline: Some(_) } => AdminRequest::Timeline { round },
             AdminCommand::Batch { id } => AdminRequest::Batch { round: id.round, batch: id.batch },
             AdminCommand::Bans => AdminRequest::Bans,
             AdminCommand::Unban { outpoint } => AdminRequest::Unban { outpoint },
@@ -164,7 +170,15 @@ const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Sends one admin request; prints the answer; a refused request exits 1.
 fn admin(socket: &Path, command: &AdminCommand, json: bool) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    let answer = runtime.block_on(admin::request(socket, &command.request(), ADMIN_TIMEOUT))?;
+    let mut answer = runtime.block_on(admin::request(socket, &command.request(), ADMIN_TIMEOUT))?;
+    if let (AdminCommand::Round { round, timeline: Some(path) }, AdminResponse::Timeline(svg)) =
+        (command, &answer)
+    {
+        std::fs::write(path, svg)
+            .with_context(|| format!("writing the timeline to {}", path.display()))?;
+        answer =
+            AdminResponse::Done(format!("round {round}'s timeline written to {}", path.display()));
+    }
     if json {
         println!("{}", serde_json::to_string(&answer)?);
     } else {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::{now_ms, Driver, Input};
 use crate::admin::{
     read_line, AdminRequest, AdminResponse, AttemptView, BanView, BatchDetail, Mode, RoundDetail,
-    RoundSummary, StatusView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED,
+    RoundSummary, StatusView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED, TIMELINE_ROUNDS_KEPT,
 };
 use crate::store::{BatchRecord, BatchStatus, RegistrationStatus, RoundState, StoreError};
 
@@ -145,12 +145,23 @@ impl Driver {
             AdminRequest::Round { round } => self.round_detail(round),
             AdminRequest::Batch { round, batch } => self.batch_detail(round, batch),
             AdminRequest::Bans => self.bans(),
+            AdminRequest::Timeline { round } => Ok(self.timeline_of(round)),
             AdminRequest::Unban { outpoint } => self.unban(now, outpoint),
             AdminRequest::Drain => Ok(AdminResponse::Done(self.drain(now))),
             AdminRequest::Pause => Ok(AdminResponse::Done(self.set_paused(true))),
             AdminRequest::Resume => Ok(AdminResponse::Done(self.set_paused(false))),
         };
         answer.unwrap_or_else(|e| AdminResponse::Error(format!("store: {e}")))
+    }
+
+    fn timeline_of(&self, round: u64) -> AdminResponse {
+        match self.timeline.round(round) {
+            Some(t) => AdminResponse::Timeline(t.svg()),
+            None => AdminResponse::Error(format!(
+                "round {round}'s timeline is not kept: the coordinator keeps the last \
+                 {TIMELINE_ROUNDS_KEPT} rounds it ran since it started"
+            )),
+        }
     }
 
     fn status_view(&self, now: Instant) -> StatusView {

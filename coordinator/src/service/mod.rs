@@ -48,6 +48,7 @@ use crate::engine::{
     BatchPhase, Coordinator, CoordinatorConfig, Event, Inbound, PersistError, RoundStage,
 };
 use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError};
+use crate::timeline::Timeline;
 
 pub use admin::AdminSocketError;
 pub use metrics::Metrics;
@@ -248,6 +249,7 @@ impl CoordinatorService {
         let driver = Driver {
             about,
             mode: Mode::Running,
+            timeline: Timeline::new(crate::admin::TIMELINE_ROUNDS_KEPT),
             drained: drained_tx,
             engine,
             persister: Persister::new(store),
@@ -370,6 +372,8 @@ struct Driver {
     about: About,
     /// Opening rounds, paused, or draining.
     mode: Mode,
+    /// The last rounds' phases per batch, for `admin round N --timeline`.
+    timeline: Timeline,
     /// Set once a drain is complete, as the thread ends.
     drained: tokio::sync::watch::Sender<bool>,
     engine: Coordinator,
@@ -494,6 +498,7 @@ impl Driver {
             }
             let Some(event) = self.engine.poll_event() else { return };
             self.metrics.on_event(now, &event);
+            self.timeline.observe(now, &event);
             let started = Instant::now();
             let recorded = self.persister.record(now, &event);
             self.metrics.store_time(started.elapsed());
