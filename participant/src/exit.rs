@@ -2,17 +2,19 @@
 //! CPFP child paying through its anchor), then reclaim the leaf after its timeout; and
 //! reclaim static deposits through their timeout path.
 //!
-//! The chain is reached through side requests ([`RemoteChain`]); only a `--dev`
-//! coordinator serves them. With `mine`, the tools mine the blocks they wait for (dev
-//! chain); without it they publish what they can and say at which height to come back.
+//! The chain is the wallet's own chain source ([`ChainSource`]: its node, or a dev
+//! coordinator's chain); the coordinator is never needed. The `_dev` variants take a
+//! [`DevChain`] and mine the blocks they wait for, in one call; the others publish what
+//! they can and say at which height to come back.
 
-use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use bitcoin::{Amount, OutPoint, TxOut, Txid};
 use cohort_common::exit::{cpfp_child, reclaim_tx, ExitError, FeeInput};
-use cohort_common::messages::{SideRequest, SideResponse, UtxoInfo, MAX_MINE_PER_REQUEST};
+use cohort_common::messages::UtxoInfo;
 use cohort_common::scripts::{DepositScript, ScriptError};
 use serde::Serialize;
 
-use crate::driver::{now_ms, DriverError, SideChannel, StepName};
+use crate::chain::{ChainSource, ChainSourceError, DevChain, NoDevChain};
+use crate::driver::{now_ms, StepName};
 use crate::store::{DepositStatus, HistoryEvent, ParticipantStore, StoreError};
 use crate::wallet::Wallet;
 
@@ -61,120 +63,12 @@ pub enum ExitToolError {
     /// Height arithmetic overflowed.
     #[error("height overflow")]
     Overflow,
-    /// Talking to the coordinator failed.
-    #[error(transparent)]
-    Driver(#[from] DriverError),
+    /// The chain source failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainSourceError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-}
-
-/// Chain access through a coordinator's side requests.
-#[derive(Debug)]
-pub struct RemoteChain<'a, C> {
-    side: &'a C,
-}
-
-fn unexpected(request: &'static str, got: SideResponse) -> DriverError {
-    match got {
-        SideResponse::Error(reason) => DriverError::Remote(reason.as_str().to_owned()),
-        other => DriverError::UnexpectedAnswer { request, got: format!("{other:?}") },
-    }
-}
-
-impl<'a, C: SideChannel> RemoteChain<'a, C> {
-    /// Chain access over `side`.
-    pub fn new(side: &'a C) -> Self {
-        RemoteChain { side }
-    }
-
-    /// The tip height.
-    pub async fn tip_height(&self) -> Result<u32, DriverError> {
-        match self.side.side(SideRequest::TipHeight).await? {
-            SideResponse::Height(h) => Ok(h),
-            other => Err(unexpected("tip height", other)),
-        }
-    }
-
-    /// One unspent output.
-    pub async fn utxo(&self, outpoint: OutPoint) -> Result<Option<UtxoInfo>, DriverError> {
-        match self.side.side(SideRequest::Utxo(outpoint)).await? {
-            SideResponse::Utxo(u) => Ok(u),
-            other => Err(unexpected("utxo", other)),
-        }
-    }
-
-    /// Every unspent output of a script.
-    pub async fn script_utxos(&self, script: &ScriptBuf) -> Result<Vec<UtxoInfo>, DriverError> {
-        match self.side.side(SideRequest::ScriptUtxos(script.clone())).await? {
-            SideResponse::Utxos(u) => Ok(u),
-            other => Err(unexpected("script utxos", other)),
-        }
-    }
-
-    /// The fee rate to pay.
-    pub async fn fee_rate(&self) -> Result<FeeRate, DriverError> {
-        let answer = self.side.side(SideRequest::FeeRate).await?;
-        answer.fee_rate().ok_or_else(|| unexpected("fee rate", answer))
-    }
-
-    /// Confirmations of a transaction (`None` unknown, `Some(0)` in the mempool).
-    pub async fn confirmations(&self, txid: Txid) -> Result<Option<u32>, DriverError> {
-        match self.side.side(SideRequest::Confirmations(txid)).await? {
-            SideResponse::Confirmations(c) => Ok(c),
-            other => Err(unexpected("confirmations", other)),
-        }
-    }
-
-    /// Broadcasts one transaction.
-    pub async fn broadcast(&self, tx: &Transaction) -> Result<Txid, DriverError> {
-        match self.side.side(SideRequest::Broadcast(tx.clone())).await? {
-            SideResponse::Txid(t) => Ok(t),
-            other => Err(unexpected("broadcast", other)),
-        }
-    }
-
-    /// Broadcasts a parent with its CPFP child.
-    pub async fn broadcast_package(
-        &self,
-        parent: &Transaction,
-        child: &Transaction,
-    ) -> Result<(Txid, Txid), DriverError> {
-        let req = SideRequest::BroadcastPackage(parent.clone(), child.clone());
-        match self.side.side(req).await? {
-            SideResponse::Txids(a, b) => Ok((a, b)),
-            other => Err(unexpected("broadcast package", other)),
-        }
-    }
-
-    /// Dev chain: mines `n` blocks, at most [`MAX_MINE_PER_REQUEST`] per request; the new
-    /// tip height.
-    pub async fn mine(&self, n: u32) -> Result<u32, DriverError> {
-        let mut left = n;
-        loop {
-            let now = left.min(MAX_MINE_PER_REQUEST);
-            let height = match self.side.side(SideRequest::Mine(now)).await? {
-                SideResponse::Height(h) => h,
-                other => return Err(unexpected("mine", other)),
-            };
-            left -= now;
-            if left == 0 {
-                return Ok(height);
-            }
-        }
-    }
-
-    /// Dev chain: a confirmed faucet output for `script`.
-    pub async fn faucet(
-        &self,
-        script: &ScriptBuf,
-        amount: Amount,
-    ) -> Result<OutPoint, DriverError> {
-        match self.side.side(SideRequest::Faucet(script.clone(), amount)).await? {
-            SideResponse::Funded(o) => Ok(o),
-            other => Err(unexpected("faucet", other)),
-        }
-    }
 }
 
 /// What `exit` did.
@@ -212,10 +106,10 @@ pub fn spendable_at(height: u32, csv: u16) -> Option<u32> {
 }
 
 /// A confirmed fee-key output able to pay a CPFP child; on dev, fetched from the faucet.
-async fn fee_input<C: SideChannel>(
-    chain: &RemoteChain<'_, C>,
+async fn fee_input<C: ChainSource, D: DevChain>(
+    chain: &C,
+    dev: Option<&D>,
     wallet: &Wallet,
-    mine: bool,
 ) -> Result<FeeInput, ExitToolError> {
     let script = wallet.fee_script();
     let best = chain
@@ -224,13 +118,13 @@ async fn fee_input<C: SideChannel>(
         .into_iter()
         .filter(|u| u.height.is_some() && u.txout.value >= FEE_FAUCET_AMOUNT / 10)
         .max_by_key(|u| u.txout.value);
-    let (outpoint, txout) = match best {
-        Some(u) => (u.outpoint, u.txout),
-        None if mine => {
-            let outpoint = chain.faucet(&script, FEE_FAUCET_AMOUNT).await?;
+    let (outpoint, txout) = match (best, dev) {
+        (Some(u), _) => (u.outpoint, u.txout),
+        (None, Some(dev)) => {
+            let outpoint = dev.faucet(&script, FEE_FAUCET_AMOUNT).await?;
             (outpoint, TxOut { value: FEE_FAUCET_AMOUNT, script_pubkey: script })
         }
-        None => {
+        (None, None) => {
             return Err(ExitToolError::NoFeeInput {
                 script: hex::encode(script.as_bytes()),
                 needed: FEE_FAUCET_AMOUNT / 10,
@@ -241,16 +135,37 @@ async fn fee_input<C: SideChannel>(
 }
 
 /// Publishes the stored exit path of `leaf` in batch `funding_txid` and, for a leaf paying
-/// one of our keys, spends it to the fee key once its timeout has passed. With `mine`
-/// (dev chain) it mines every block it waits for and finishes in one call; otherwise it
-/// goes as far as the chain allows and says at which height to call it again.
-pub async fn exit_leaf<C: SideChannel>(
+/// one of our keys, spends it to the fee key once its timeout has passed. It goes as far
+/// as the chain allows and says at which height to call it again.
+pub async fn exit_leaf<C: ChainSource>(
     store: &dyn ParticipantStore,
     wallet: &Wallet,
-    side: &C,
+    chain: &C,
     funding_txid: Txid,
     leaf: u32,
-    mine: bool,
+) -> Result<ExitReport, ExitToolError> {
+    exit_with(store, wallet, chain, None::<&NoDevChain>, funding_txid, leaf).await
+}
+
+/// As [`exit_leaf`] on a dev chain: it mines every block it waits for (and takes the
+/// CPFP children's fee output from the faucet if need be) and finishes in one call.
+pub async fn exit_leaf_dev<D: DevChain>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    chain: &D,
+    funding_txid: Txid,
+    leaf: u32,
+) -> Result<ExitReport, ExitToolError> {
+    exit_with(store, wallet, chain, Some(chain), funding_txid, leaf).await
+}
+
+async fn exit_with<C: ChainSource, D: DevChain>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    chain: &C,
+    dev: Option<&D>,
+    funding_txid: Txid,
+    leaf: u32,
 ) -> Result<ExitReport, ExitToolError> {
     let record = store
         .exit_path(&funding_txid, leaf)?
@@ -258,7 +173,6 @@ pub async fn exit_leaf<C: SideChannel>(
     if store.is_exited(&funding_txid, leaf)? {
         return Err(ExitToolError::AlreadyExited { funding_txid, leaf });
     }
-    let chain = RemoteChain::new(side);
     let mut report = ExitReport {
         funding_txid,
         leaf,
@@ -272,8 +186,8 @@ pub async fn exit_leaf<C: SideChannel>(
     };
     match chain.confirmations(funding_txid).await? {
         None => return Err(ExitToolError::FundingMissing(funding_txid)),
-        Some(0) if mine => {
-            chain.mine(1).await?;
+        Some(0) if dev.is_some() => {
+            mine(dev, 1).await?;
         }
         Some(0) => {
             report.waiting_for_height = Some(chain.tip_height().await?.saturating_add(1));
@@ -291,7 +205,7 @@ pub async fn exit_leaf<C: SideChannel>(
             }
             Some(_) => {} // in the mempool already
             None => {
-                let fee = fee_input(&chain, wallet, mine).await?;
+                let fee = fee_input(chain, dev, wallet).await?;
                 let child = cpfp_child(tx, &fee, rate)?;
                 chain.broadcast_package(tx, &child).await?;
                 report.published.push(txid);
@@ -302,12 +216,12 @@ pub async fn exit_leaf<C: SideChannel>(
                 )?;
             }
         }
-        if !mine {
+        if dev.is_none() {
             // A TRUC node cannot get its own child while its parent's child is unconfirmed.
             report.waiting_for_height = Some(chain.tip_height().await?.saturating_add(1));
             return Ok(report);
         }
-        chain.mine(1).await?;
+        mine(dev, 1).await?;
     }
     let last = record.path.last().ok_or_else(|| {
         ExitToolError::Mismatch(format!("exit path of leaf {leaf} has no transaction"))
@@ -342,17 +256,15 @@ pub async fn exit_leaf<C: SideChannel>(
     let ready = spendable_at(height, csv).ok_or(ExitToolError::Overflow)?;
     let tip = chain.tip_height().await?;
     if tip.saturating_add(1) < ready {
-        if !mine {
+        if dev.is_none() {
             report.waiting_for_height = Some(ready);
             return Ok(report);
         }
-        chain.mine(ready - tip - 1).await?;
+        mine(dev, ready - tip - 1).await?;
     }
     let tx = reclaim_tx(&script, &key, outpoint, &record.leaf_output, wallet.fee_script(), rate)?;
     let txid = chain.broadcast(&tx).await?;
-    if mine {
-        chain.mine(1).await?;
-    }
+    mine(dev, 1).await?;
     store.mark_exited(&funding_txid, leaf)?;
     history(store, StepName::Exited, format!("leaf {leaf} of {funding_txid} reclaimed by {txid}"))?;
     report.reclaim_txid = Some(txid);
@@ -389,10 +301,10 @@ pub enum ReclaimItem {
 /// batches is `Batched` once one of its funding transactions confirmed, and keeps its list
 /// while one waits in the mempool; otherwise the chain says it is spent, by something
 /// this wallet has no record of.
-pub async fn status_when_gone<C: SideChannel>(
-    chain: &RemoteChain<'_, C>,
+pub async fn status_when_gone<C: ChainSource>(
+    chain: &C,
     status: &DepositStatus,
-) -> Result<DepositStatus, DriverError> {
+) -> Result<DepositStatus, ChainSourceError> {
     if let DepositStatus::InBatch { funding_txids } = status {
         for &funding_txid in funding_txids {
             match chain.confirmations(funding_txid).await? {
@@ -405,15 +317,39 @@ pub async fn status_when_gone<C: SideChannel>(
     Ok(DepositStatus::Spent)
 }
 
-/// Spends every unspent static deposit through its timeout path; with `mine` (dev chain)
-/// mines until the last of them is spendable first.
-pub async fn reclaim_deposits<C: SideChannel>(
+/// Spends every unspent static deposit whose timeout has passed through its timeout path.
+pub async fn reclaim_deposits<C: ChainSource>(
     store: &dyn ParticipantStore,
     wallet: &Wallet,
-    side: &C,
-    mine: bool,
+    chain: &C,
 ) -> Result<Vec<ReclaimItem>, ExitToolError> {
-    let chain = RemoteChain::new(side);
+    reclaim_with(store, wallet, chain, None::<&NoDevChain>).await
+}
+
+/// As [`reclaim_deposits`] on a dev chain, mining until the last of them is spendable
+/// first.
+pub async fn reclaim_deposits_dev<D: DevChain>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    chain: &D,
+) -> Result<Vec<ReclaimItem>, ExitToolError> {
+    reclaim_with(store, wallet, chain, Some(chain)).await
+}
+
+/// Mines `n` blocks on `dev`, if there is one (the new tip height).
+async fn mine<D: DevChain>(dev: Option<&D>, n: u32) -> Result<Option<u32>, ChainSourceError> {
+    match dev {
+        Some(dev) if n > 0 => Ok(Some(dev.mine(n).await?)),
+        _ => Ok(None),
+    }
+}
+
+async fn reclaim_with<C: ChainSource, D: DevChain>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    chain: &C,
+    dev: Option<&D>,
+) -> Result<Vec<ReclaimItem>, ExitToolError> {
     let key = wallet.deposit_key();
     let mut live = Vec::new();
     let mut items = Vec::new();
@@ -436,7 +372,7 @@ pub async fn reclaim_deposits<C: SideChannel>(
         }
         match chain.utxo(d.outpoint).await? {
             None => {
-                let status = status_when_gone(&chain, &d.status).await?;
+                let status = status_when_gone(chain, &d.status).await?;
                 if status != d.status {
                     store.set_deposit_status(&d.outpoint, &status)?;
                 }
@@ -452,10 +388,10 @@ pub async fn reclaim_deposits<C: SideChannel>(
         }
     }
     let mut tip = chain.tip_height().await?;
-    if mine {
-        if let Some(last) = live.iter().map(|(_, _, ready)| *ready).max() {
-            if tip.saturating_add(1) < last {
-                tip = chain.mine(last - tip - 1).await?;
+    if let Some(last) = live.iter().map(|(_, _, ready)| *ready).max() {
+        if tip.saturating_add(1) < last {
+            if let Some(height) = mine(dev, last - tip - 1).await? {
+                tip = height;
             }
         }
     }
@@ -473,8 +409,8 @@ pub async fn reclaim_deposits<C: SideChannel>(
         items.push(ReclaimItem::Reclaimed { outpoint: d.outpoint, txid });
         reclaimed = true;
     }
-    if mine && reclaimed {
-        chain.mine(1).await?;
+    if reclaimed {
+        mine(dev, 1).await?;
     }
     Ok(items)
 }

@@ -7,8 +7,10 @@
 //! - [`wallet`]: the seed, the remembered coordinator and every key derived from the seed.
 //! - [`cli`]: the `cohort` commands as library functions with their reports.
 //! - [`driver`]: the tokio driver of the session over QUIC (or any message link).
+//! - [`chain`]: the participant's own chain source (its node, or a dev coordinator's chain).
 //! - [`exit`]: publishing exit paths, reclaiming leaves and deposits after their timeout.
 
+pub mod chain;
 pub mod cli;
 pub mod driver;
 pub mod exit;

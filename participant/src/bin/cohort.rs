@@ -21,6 +21,27 @@ struct Args {
     /// Print one JSON object per command instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The chain source: `node` (your own bitcoind) or `coordinator-dev` (a --dev
+    /// coordinator's chain). Chosen at `init` and stored; given to a later command that
+    /// uses the chain, it replaces the stored one.
+    #[arg(long, global = true, value_parser = ["node", "coordinator-dev"])]
+    chain: Option<String>,
+    /// Your node's RPC URL (default http://127.0.0.1:<the network's RPC port>); implies
+    /// --chain node.
+    #[arg(long, global = true)]
+    bitcoind_url: Option<String>,
+    /// Your node's .cookie file.
+    #[arg(long, global = true, conflicts_with = "bitcoind_datadir")]
+    bitcoind_cookie: Option<PathBuf>,
+    /// Your node's data directory, for its cookie (default ~/.bitcoin).
+    #[arg(long, global = true)]
+    bitcoind_datadir: Option<PathBuf>,
+    /// Your node's RPC user (with --bitcoind-password, instead of a cookie).
+    #[arg(long, global = true, requires = "bitcoind_password")]
+    bitcoind_user: Option<String>,
+    /// Your node's RPC password.
+    #[arg(long, global = true, requires = "bitcoind_user")]
+    bitcoind_password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,13 +49,15 @@ struct Args {
 /// What the exit status means, for scripts.
 const EXIT_CODES: &str = "Exit status: 0 done (for `join`: the batch confirmed); 1 error; \
 2 `join` was refused by the coordinator (nothing signed); 3 `join` ended without a \
-confirmed batch (the round failed or the coordinator left; `cohort deposits` shows where \
-each deposit stands).";
+confirmed batch (the round failed, the coordinator left, or the wallet's own chain source \
+does not show the batch confirmed; `cohort deposits` shows where each deposit stands).";
 
-/// `join`'s exit status when it ended without a confirmed batch (see [`EXIT_CODES`]).
-fn join_status(outcome: &Outcome) -> ExitCode {
+/// `join`'s exit status (see [`EXIT_CODES`]): a batch the coordinator calls confirmed
+/// but the wallet's own chain source does not show confirmed did not end well.
+fn join_status(outcome: &Outcome, own_confirmed: bool) -> ExitCode {
     match outcome {
-        Outcome::Confirmed { .. } => ExitCode::SUCCESS,
+        Outcome::Confirmed { .. } if own_confirmed => ExitCode::SUCCESS,
+        Outcome::Confirmed { .. } => ExitCode::from(3),
         Outcome::Refused { .. } => ExitCode::from(2),
         Outcome::Failed { .. } | Outcome::Disconnected { .. } => ExitCode::from(3),
     }
@@ -74,7 +97,7 @@ enum Command {
         #[arg(long)]
         mine: bool,
     },
-    /// Dev chain helpers (the coordinator must run with --dev).
+    /// Dev chain helpers (a --dev coordinator's chain; `dev mine` also on a regtest node).
     #[command(subcommand)]
     Dev(Dev),
 }
@@ -86,7 +109,7 @@ enum Dev {
         /// Amount in sat.
         amount_sat: u64,
     },
-    /// Mine N blocks (1 to 100,000; sent 1,000 per request).
+    /// Mine N blocks (1 to 100,000; to a dev coordinator 1,000 per request).
     Mine {
         /// How many.
         #[arg(value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -112,7 +135,18 @@ fn print<T: Serialize + std::fmt::Display>(json: bool, report: &T) {
 }
 
 async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
-    let ctx = Context::new(&args.data_dir);
+    let chain = match args.chain.as_deref().map(str::parse).transpose() {
+        Ok(chain) => chain,
+        Err(why) => return Err(cli::CliError::ChainSettings(why)),
+    };
+    let ctx = Context::new(&args.data_dir).with_chain(cli::ChainArgs {
+        chain,
+        bitcoind_url: args.bitcoind_url,
+        bitcoind_cookie: args.bitcoind_cookie,
+        bitcoind_datadir: args.bitcoind_datadir,
+        bitcoind_user: args.bitcoind_user,
+        bitcoind_password: args.bitcoind_password,
+    });
     let json = args.json;
     match args.command {
         Command::Init { coordinator } => print(json, &cli::init(&ctx, &coordinator).await?),
@@ -131,7 +165,7 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
                 })
                 .await?;
             print(json, &report);
-            return Ok(join_status(&report.outcome));
+            return Ok(join_status(&report.outcome, report.confirmed()));
         }
         Command::Status => print(json, &cli::status(&ctx)?),
         Command::Exit { leaf } => print(json, &cli::exit(&ctx, &leaf).await?),
@@ -184,9 +218,10 @@ mod tests {
         let confirmed = Outcome::Confirmed { funding_txid: None, height: 1 };
         let refused = Outcome::Refused { reason: "x".into() };
         let failed = Outcome::Failed { reason: "x".into(), deposits_signed: true };
-        assert_eq!(join_status(&confirmed), ExitCode::SUCCESS);
-        assert_eq!(join_status(&refused), ExitCode::from(2));
-        assert_eq!(join_status(&failed), ExitCode::from(3));
+        assert_eq!(join_status(&confirmed, true), ExitCode::SUCCESS);
+        assert_eq!(join_status(&confirmed, false), ExitCode::from(3));
+        assert_eq!(join_status(&refused, false), ExitCode::from(2));
+        assert_eq!(join_status(&failed, false), ExitCode::from(3));
         assert!(EXIT_CODES.contains("2 `join` was refused"));
     }
 }

@@ -1,7 +1,11 @@
 //! The `cohort` commands as library functions: each opens the wallet in a data directory,
-//! talks to the coordinator if it must, and returns a report that prints as text
-//! ([`std::fmt::Display`]) or as one JSON object (`serde`).
+//! reaches its chain source and the coordinator if it must, and returns a report that
+//! prints as text ([`std::fmt::Display`]) or as one JSON object (`serde`).
+//!
+//! The chain source is the wallet's `chain` setting ([`ChainSetting`]), chosen at `init`
+//! or replaced by the [`ChainArgs`] of any command that uses the chain.
 
+mod chain_args;
 mod report;
 
 use std::ops::ControlFlow;
@@ -10,17 +14,21 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitcoin::{Amount, OutPoint, Txid};
+use bitcoin::{Amount, Network, OutPoint, Txid};
 use cohort_common::messages::{SideRequest, SideResponse};
 use cohort_transport::{Client, CoordinatorUri, Limits};
 
-use crate::driver::{spawn_reader, Driver, DriverError, Progress};
+use crate::chain::{ChainSetting, ChainSource, ChainSourceError, DevChain, ProbeError};
+use crate::driver::{spawn_reader, Driver, DriverError, Outcome, Progress};
 use crate::exit::{
-    exit_leaf, reclaim_deposits, status_when_gone, ExitReport, ExitToolError, RemoteChain,
+    exit_leaf, exit_leaf_dev, reclaim_deposits, reclaim_deposits_dev, status_when_gone, ExitReport,
+    ExitToolError,
 };
 use crate::store::{DepositRecord, DepositStatus, ParticipantStore, SqliteStore, StoreError};
 use crate::wallet::{CoordinatorInfo, Wallet, WalletError};
 
+use chain_args::open_chain;
+pub use chain_args::{ChainArgs, ChainKind, WalletChain};
 pub use report::{
     AddressReport, DepositRow, DepositsReport, ExitPathRow, FundReport, InitReport, JoinReport,
     MineReport, ReclaimReport, StatusReport,
@@ -103,6 +111,37 @@ pub enum CliError {
     /// The command needs a `--dev` coordinator.
     #[error("the coordinator does not run a dev chain (start it with --dev)")]
     NotDev,
+    /// The command needs a dev chain, and the wallet's chain source is not one.
+    #[error(
+        "{command} needs a dev chain: the dev coordinator's (--chain coordinator-dev){}",
+        if *regtest_node_ok { " or a regtest node" } else { "" }
+    )]
+    NeedsDevChain {
+        /// The command.
+        command: &'static str,
+        /// Whether a regtest node would do.
+        regtest_node_ok: bool,
+    },
+    /// The wallet's own node runs another network than the wallet's.
+    #[error("bitcoind at {url} runs on {node}, but this wallet is for {expected}")]
+    NodeWrongNetwork {
+        /// The node's RPC endpoint.
+        url: String,
+        /// The node's chain name (`main`, `test`, `signet`, `regtest`, ...).
+        node: String,
+        /// The wallet's network.
+        expected: bitcoin::Network,
+    },
+    /// The wallet's own node cannot be used (down, credentials refused, not synced, too
+    /// old).
+    #[error(transparent)]
+    Node(ProbeError),
+    /// The chain source settings do not fit together or with the command.
+    #[error("{0}")]
+    ChainSettings(String),
+    /// The wallet's chain source failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainSourceError),
     /// Connecting or talking to the coordinator failed.
     #[error("coordinator: {0}")]
     Transport(#[from] cohort_transport::TransportError),
@@ -120,17 +159,26 @@ pub enum CliError {
     Exit(#[from] ExitToolError),
 }
 
-/// Where a command keeps its state.
+/// Where a command keeps its state, and the chain options it was given.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The data directory.
     pub data_dir: PathBuf,
+    /// `--chain` and `--bitcoind-*` (empty: the wallet's stored setting).
+    pub chain: ChainArgs,
 }
 
 impl Context {
-    /// A context on `data_dir`.
+    /// A context on `data_dir`, using the wallet's stored chain source.
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
-        Context { data_dir: data_dir.as_ref().to_path_buf() }
+        Context { data_dir: data_dir.as_ref().to_path_buf(), chain: ChainArgs::default() }
+    }
+
+    /// The same context with chain options (a command that uses the chain stores them
+    /// as the wallet's setting once the source answers).
+    pub fn with_chain(mut self, chain: ChainArgs) -> Self {
+        self.chain = chain;
+        self
     }
 
     /// Opens (creating the directory and file if needed) the wallet's store.
@@ -210,11 +258,10 @@ async fn connect(uri: &str) -> Result<Client, CliError> {
 
 /// Connects to the wallet's coordinator at `uri` and checks that it is that coordinator
 /// (its key) on the wallet's network: a wallet never talks for its deposits to another.
-async fn connect_checked(wallet: &Wallet, uri: &str) -> Result<Client, CliError> {
+async fn connect_checked(ours: &CoordinatorInfo, uri: &str) -> Result<Client, CliError> {
     let client = connect(uri).await?;
     let checked = async {
         let info = server_info(&client).await?;
-        let ours = wallet.coordinator();
         if info.coordinator_key != ours.key {
             return Err(CliError::WrongCoordinator {
                 uri: uri.to_owned(),
@@ -254,7 +301,10 @@ async fn server_info(client: &Client) -> Result<cohort_common::messages::ServerI
     }
 }
 
-/// `cohort init --coordinator URI`: a new wallet remembering that coordinator.
+/// `cohort init --coordinator URI`: a new wallet remembering that coordinator and its
+/// chain source: the context's chain options, else the dev coordinator's chain for a
+/// `--dev` coordinator, else a local node with its default cookie. A node is probed
+/// before anything is written.
 pub async fn init(ctx: &Context, uri: &str) -> Result<InitReport, CliError> {
     let parsed = parse_uri(uri)?;
     let _lock = ctx.lock()?;
@@ -266,7 +316,19 @@ pub async fn init(ctx: &Context, uri: &str) -> Result<InitReport, CliError> {
     let info = server_info(&client).await;
     client.close("done");
     let info = CoordinatorInfo::from_server(&parsed.to_string(), &info?);
+    let setting = match ctx.chain.setting(info.network)? {
+        Some(setting) => setting,
+        None if info.dev => ChainSetting::CoordinatorDev,
+        None => ctx
+            .chain
+            .clone()
+            .with_kind(ChainKind::Node)
+            .setting(info.network)?
+            .ok_or_else(|| CliError::ChainSettings("no chain source".into()))?,
+    };
+    chain_args::check_setting(&setting, &info).await?;
     let wallet = Wallet::create(store.as_ref(), info)?;
+    setting.save(store.as_ref())?;
     Ok(InitReport {
         data_dir: ctx.data_dir.display().to_string(),
         coordinator: wallet.coordinator().clone(),
@@ -277,12 +339,19 @@ pub async fn init(ctx: &Context, uri: &str) -> Result<InitReport, CliError> {
 
 /// `cohort address`: the static deposit address and its descriptor.
 pub fn address(ctx: &Context) -> Result<AddressReport, CliError> {
+    ctx.chain.refuse_on("address")?;
     let (_, wallet) = ctx.wallet()?;
     Ok(AddressReport {
         address: wallet.address()?.to_string(),
         descriptor: wallet.descriptor()?,
         network: wallet.coordinator().network.to_string(),
         deposit_csv: wallet.coordinator().deposit_csv,
+        fee_address: bitcoin::Address::from_script(
+            &wallet.fee_script(),
+            wallet.coordinator().network,
+        )
+        .map_err(|e| CliError::ChainSettings(format!("the fee key has no address: {e}")))?
+        .to_string(),
     })
 }
 
@@ -292,9 +361,8 @@ pub fn address(ctx: &Context) -> Result<AddressReport, CliError> {
 async fn refresh_deposits(
     store: &dyn ParticipantStore,
     wallet: &Wallet,
-    client: &Client,
+    chain: &impl ChainSource,
 ) -> Result<(Vec<DepositRecord>, u32, Vec<(OutPoint, Option<u32>)>), CliError> {
-    let chain = RemoteChain::new(client);
     let script = wallet.deposit_script()?.script_pubkey();
     let utxos = chain.script_utxos(&script).await?;
     let tip = chain.tip_height().await?;
@@ -320,7 +388,7 @@ async fn refresh_deposits(
             DepositStatus::Batched { .. } | DepositStatus::Spent | DepositStatus::Reclaimed { .. }
         );
         if !on_chain && !settled {
-            let status = status_when_gone(&chain, &d.status).await?;
+            let status = status_when_gone(chain, &d.status).await?;
             if status != d.status {
                 store.set_deposit_status(&d.outpoint, &status)?;
             }
@@ -337,9 +405,10 @@ fn confirmations(tip: u32, height: Option<u32>) -> u32 {
 /// `cohort deposits`: the address's deposits as the chain and the store see them.
 pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
-    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
-    let result = refresh_deposits(store.as_ref(), &wallet, &client).await;
-    client.close("done");
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let result = refresh_deposits(store.as_ref(), &wallet, &chain).await;
+    chain.close();
     let (records, tip, heights) = result?;
     let rows = records
         .into_iter()
@@ -352,8 +421,10 @@ pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
 }
 
 /// `cohort join`: waits for the next round, registers every confirmed unspent deposit and
-/// follows the round to its end. `observer` sees each step as it happens (`Break` stops
-/// the driver there, as a kill would).
+/// follows the round to its end. Deposits are found, and the batch's confirmation is
+/// checked ([`JoinReport::own_confirmations`]), on the wallet's own chain source, not on
+/// the coordinator's word. `observer` sees each step as it happens (`Break` stops the
+/// driver there, as a kill would).
 pub async fn join(
     ctx: &Context,
     uri: Option<&str>,
@@ -362,9 +433,19 @@ pub async fn join(
 ) -> Result<JoinReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let uri = uri.unwrap_or(&wallet.coordinator().uri).to_owned();
-    let client = connect_checked(&wallet, &uri).await?;
+    let chain = open_chain(ctx, store.as_ref(), wallet.coordinator(), &uri).await?;
+    let client = match &chain {
+        WalletChain::CoordinatorDev(remote) => remote.side().clone(),
+        WalletChain::Node(_) => match connect_checked(wallet.coordinator(), &uri).await {
+            Ok(client) => Arc::new(client),
+            Err(e) => {
+                chain.close();
+                return Err(e);
+            }
+        },
+    };
     let result = async {
-        let (records, _, heights) = refresh_deposits(store.as_ref(), &wallet, &client).await?;
+        let (records, _, heights) = refresh_deposits(store.as_ref(), &wallet, &chain).await?;
         let offered: Vec<DepositRecord> = records
             .into_iter()
             // Signed into batches none of which reached the chain (the deposit is still
@@ -386,21 +467,48 @@ pub async fn join(
             })
             .await;
         reader.abort();
+        let outcome = outcome?;
+        let own_confirmations = match &outcome {
+            Outcome::Confirmed { funding_txid: Some(txid), .. } => {
+                own_confirmations(&chain, *txid).await?
+            }
+            _ => None,
+        };
         Ok(JoinReport {
             deposits: offered.iter().map(|d| d.outpoint).collect(),
             deposited_sat: offered.iter().map(|d| d.txout.value.to_sat()).sum(),
             leaf_key_index: leaf_index,
             steps,
-            outcome: outcome?,
+            outcome,
+            own_confirmations,
         })
     }
     .await;
     client.close("done");
+    chain.close();
     result
+}
+
+/// How long `join` waits for its own chain source to show the confirmation the
+/// coordinator announced (a node may be a block behind).
+pub const OWN_CONFIRMATION_WAIT: Duration = Duration::from_secs(10);
+
+/// The funding transaction's confirmations on the wallet's own chain source, asked until
+/// it shows at least one or [`OWN_CONFIRMATION_WAIT`] has passed.
+async fn own_confirmations(chain: &impl ChainSource, txid: Txid) -> Result<Option<u32>, CliError> {
+    let deadline = tokio::time::Instant::now() + OWN_CONFIRMATION_WAIT;
+    loop {
+        let seen = chain.confirmations(txid).await?;
+        if seen.is_some_and(|n| n >= 1) || tokio::time::Instant::now() >= deadline {
+            return Ok(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `cohort status`: deposits, exit paths and recent history, from the store alone.
 pub fn status(ctx: &Context) -> Result<StatusReport, CliError> {
+    ctx.chain.refuse_on("status")?;
     let (store, wallet) = ctx.wallet()?;
     let deposits = store.deposits()?.iter().map(|d| DepositRow::new(d, None)).collect();
     let mut exit_paths = Vec::new();
@@ -434,40 +542,69 @@ pub fn resolve_leaf(store: &dyn ParticipantStore, arg: &str) -> Result<(Txid, u3
     Ok((path.funding_txid, path.leaf))
 }
 
-/// `cohort exit LEAF`: publishes the leaf's exit path and reclaims the leaf (on a dev
-/// coordinator it mines every block it needs).
+/// `cohort exit LEAF`: publishes the leaf's exit path and reclaims the leaf through the
+/// wallet's own chain source (the coordinator is not needed). On a dev coordinator's
+/// chain it mines every block it needs; elsewhere it goes as far as the chain allows and
+/// says at which height to run it again.
 pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let (funding_txid, leaf) = resolve_leaf(store.as_ref(), leaf)?;
-    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
-    let mine = wallet.coordinator().dev;
-    let result = exit_leaf(store.as_ref(), &wallet, &client, funding_txid, leaf, mine).await;
-    client.close("done");
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let store = store.as_ref();
+    let result = match &chain {
+        WalletChain::CoordinatorDev(dev) => {
+            exit_leaf_dev(store, &wallet, dev, funding_txid, leaf).await
+        }
+        WalletChain::Node(node) => exit_leaf(store, &wallet, node, funding_txid, leaf).await,
+    };
+    chain.close();
     Ok(result?)
 }
 
-/// `cohort reclaim [--mine]`: spends every unspent deposit through its timeout path.
+/// `cohort reclaim [--mine]`: spends every unspent deposit through its timeout path,
+/// through the wallet's own chain source. `mine` needs a dev chain: the dev
+/// coordinator's, or a regtest node.
 pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
-    if mine && !wallet.coordinator().dev {
-        return Err(CliError::NotDev);
+    if mine && !wallet.coordinator().dev && wallet.coordinator().network != Network::Regtest {
+        return Err(CliError::NeedsDevChain { command: "reclaim --mine", regtest_node_ok: true });
     }
-    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
-    let result = reclaim_deposits(store.as_ref(), &wallet, &client, mine).await;
-    client.close("done");
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let store = store.as_ref();
+    let result = match (&chain, mine) {
+        (WalletChain::CoordinatorDev(dev), true) => {
+            reclaim_deposits_dev(store, &wallet, dev).await.map_err(CliError::from)
+        }
+        (WalletChain::Node(node), true) => match node.regtest() {
+            Some(dev) => reclaim_deposits_dev(store, &wallet, &dev).await.map_err(CliError::from),
+            None => {
+                Err(CliError::NeedsDevChain { command: "reclaim --mine", regtest_node_ok: true })
+            }
+        },
+        (chain, false) => reclaim_deposits(store, &wallet, chain).await.map_err(CliError::from),
+    };
+    chain.close();
     Ok(ReclaimReport { deposits: result? })
 }
 
-/// `cohort dev fund AMOUNT`: a confirmed faucet output to the own deposit address.
+/// `cohort dev fund AMOUNT`: a confirmed faucet output to the own deposit address (the
+/// dev coordinator's chain only).
 pub async fn dev_fund(ctx: &Context, amount: Amount) -> Result<FundReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     if !wallet.coordinator().dev {
         return Err(CliError::NotDev);
     }
-    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let WalletChain::CoordinatorDev(dev) = &chain else {
+        chain.close();
+        return Err(CliError::NeedsDevChain { command: "dev fund", regtest_node_ok: false });
+    };
     let script = wallet.deposit_script()?.script_pubkey();
-    let result = RemoteChain::new(&client).faucet(&script, amount).await;
-    client.close("done");
+    let result = dev.faucet(&script, amount).await;
+    chain.close();
     let outpoint = result?;
     store.put_deposit(&DepositRecord {
         outpoint,
@@ -479,14 +616,22 @@ pub async fn dev_fund(ctx: &Context, amount: Amount) -> Result<FundReport, CliEr
     Ok(FundReport { outpoint, amount_sat: amount.to_sat(), address: wallet.address()?.to_string() })
 }
 
-/// `cohort dev mine N`: mines `n` blocks on the dev chain.
+/// `cohort dev mine N`: mines `n` blocks on the dev coordinator's chain, or on a regtest
+/// node (`generatetoaddress`, paying an anyone-can-spend script).
 pub async fn dev_mine(ctx: &Context, n: u32) -> Result<MineReport, CliError> {
-    let (_, wallet) = ctx.wallet()?;
-    if !wallet.coordinator().dev {
-        return Err(CliError::NotDev);
+    let (store, wallet) = ctx.wallet()?;
+    if !wallet.coordinator().dev && wallet.coordinator().network != Network::Regtest {
+        return Err(CliError::NeedsDevChain { command: "dev mine", regtest_node_ok: true });
     }
-    let client = connect_checked(&wallet, &wallet.coordinator().uri).await?;
-    let result = RemoteChain::new(&client).mine(n).await;
-    client.close("done");
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let result = match &chain {
+        WalletChain::CoordinatorDev(dev) => dev.mine(n).await.map_err(CliError::from),
+        WalletChain::Node(node) => match node.regtest() {
+            Some(dev) => dev.mine(n).await.map_err(CliError::from),
+            None => Err(CliError::NeedsDevChain { command: "dev mine", regtest_node_ok: true }),
+        },
+    };
+    chain.close();
     Ok(MineReport { mined: n, height: result? })
 }

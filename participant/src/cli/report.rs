@@ -51,12 +51,16 @@ pub struct AddressReport {
     pub network: String,
     /// Its reclaim timeout.
     pub deposit_csv: u16,
+    /// The fee key's address: it pays the CPFP children of an exit (fund it before
+    /// exiting on a real chain) and receives exits and reclaims.
+    pub fee_address: String,
 }
 
 impl fmt::Display for AddressReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "address:    {}", self.address)?;
         writeln!(f, "descriptor: {}", self.descriptor)?;
+        writeln!(f, "fee address (pays exits' CPFP children): {}", self.fee_address)?;
         write!(f, "network {}, reclaimable alone after {} blocks", self.network, self.deposit_csv)
     }
 }
@@ -144,17 +148,47 @@ pub struct JoinReport {
     pub leaf_key_index: u32,
     /// Every step seen.
     pub steps: Vec<Progress>,
-    /// How it ended.
+    /// How it ended (as the coordinator told it).
     pub outcome: Outcome,
+    /// The funding transaction's confirmations on the wallet's own chain source, asked
+    /// once the coordinator said it confirmed (`None`: not seen there, or not asked).
+    pub own_confirmations: Option<u32>,
+}
+
+impl JoinReport {
+    /// Whether the batch confirmed on the wallet's own chain source (the coordinator's
+    /// word alone is not enough).
+    pub fn confirmed(&self) -> bool {
+        matches!(self.outcome, Outcome::Confirmed { .. })
+            && self.own_confirmations.is_some_and(|n| n >= 1)
+    }
 }
 
 impl fmt::Display for JoinReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.outcome {
             Outcome::Confirmed { funding_txid, height } => {
+                if !self.confirmed() {
+                    write!(f, "the coordinator says the batch confirmed at height {height}")?;
+                    if let Some(txid) = funding_txid {
+                        write!(f, " (funding tx {txid})")?;
+                    }
+                    return write!(
+                        f,
+                        ", but the wallet's own chain source does not show it confirmed \
+                         ({}); `cohort deposits` checks again",
+                        match self.own_confirmations {
+                            Some(n) => format!("{n} confirmations"),
+                            None => "unknown transaction".into(),
+                        }
+                    );
+                }
                 write!(f, "done: batch confirmed at height {height}")?;
                 if let Some(txid) = funding_txid {
                     write!(f, " (funding tx {txid})")?;
+                }
+                if let Some(n) = self.own_confirmations {
+                    write!(f, ", {n} confirmation(s) on the own chain source")?;
                 }
                 write!(f, "; see `cohort status` for the exit paths")
             }

@@ -134,6 +134,15 @@ impl SideChannel for Client {
     }
 }
 
+impl<T: SideChannel> SideChannel for Arc<T> {
+    fn side(
+        &self,
+        req: SideRequest,
+    ) -> impl Future<Output = Result<SideResponse, DriverError>> + Send {
+        self.as_ref().side(req)
+    }
+}
+
 /// Reads `recv` in its own task into an [`Inbox`]; the task ends with the stream or when
 /// the inbox is dropped. Abort the handle when done.
 pub fn spawn_reader(mut recv: FramedRecv<ToParticipant>) -> (Inbox, JoinHandle<()>) {

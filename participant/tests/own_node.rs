@@ -1,0 +1,276 @@
+//! A participant with its own `bitcoind -regtest`: `cohort init --chain node` on the
+//! node, a deposit paid on the node and found there, a round with a coordinator running
+//! on the same node (`--chain bitcoind`), the confirmation seen on the participant's own
+//! node, then an exit and a reclaim with the coordinator shut down; a node on another
+//! network is refused, and a node that is down is reported within seconds.
+//!
+//! The binary comes from `COHORT_BITCOIND` or `PATH` (`scripts/bitcoind.sh` builds one);
+//! without one the test skips with a message, unless `CI` is set: then it fails.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::{Amount, Network, ScriptBuf, TxOut};
+use cohort_chain_rpc::regtest::{find_bitcoind, free_port, mine, spend, RegtestNode};
+use cohort_chain_rpc::{BitcoindChain, RpcError};
+use cohort_common::chain::Chain;
+use cohort_common::exit::p2tr_single;
+use cohort_common::keys::Keypair;
+use cohort_common::params::TreeParams;
+use cohort_coordinator::engine::CoordinatorConfig;
+use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
+use cohort_coordinator::store::MemoryStore;
+use cohort_participant::chain::{ChainSetting, ProbeError};
+use cohort_participant::cli::{self, ChainArgs, ChainKind, CliError, Context};
+use cohort_participant::driver::Outcome;
+use cohort_participant::exit::ReclaimItem;
+use cohort_participant::store::{ParticipantStore, SqliteStore};
+use cohort_participant::wallet::Wallet;
+use cohort_transport::{Identity, Limits};
+
+const DEPOSIT_CSV: u16 = 200;
+const EXIT_CSV: u16 = 20;
+
+/// A coordinator service on `chain` whose rounds close once `participants` registered.
+fn coordinator(
+    chain: Arc<BitcoindChain>,
+    participants: usize,
+    network: Network,
+) -> CoordinatorService {
+    let mut engine = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
+    engine.tree = TreeParams { radix: 2, max_depth: 4 };
+    engine.exit_csv = EXIT_CSV;
+    engine.registration_window = Duration::from_secs(30);
+    engine.max_registrations = participants;
+    engine.phase_timeout = Duration::from_secs(5);
+    let config = ServiceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine,
+        round_interval: Duration::from_millis(300),
+        limits: Limits::default(),
+        confirmation_poll: Duration::from_millis(100),
+        network,
+        deposit_csv: DEPOSIT_CSV,
+        metrics_listen: None,
+        admin_socket: None,
+    };
+    CoordinatorService::start(
+        config,
+        &Identity::generate().unwrap(),
+        Keypair::random(),
+        Arc::new(MemoryStore::new()),
+        ChainBackend::External(chain),
+    )
+    .unwrap()
+}
+
+/// The chain options naming `node` by URL and data directory (its cookie).
+fn node_args(node: &RegtestNode) -> ChainArgs {
+    ChainArgs {
+        chain: Some(ChainKind::Node),
+        bitcoind_url: Some(node.url()),
+        bitcoind_datadir: Some(node.datadir().to_path_buf()),
+        ..ChainArgs::default()
+    }
+}
+
+fn wallet(ctx: &Context) -> Wallet {
+    let store = SqliteStore::open(ctx.data_dir.join(cli::STORE_FILE)).unwrap();
+    Wallet::load(&store).unwrap()
+}
+
+/// Pays each script its amount from one of the miner's mature coinbases, and confirms it.
+fn pay(
+    chain: &BitcoindChain,
+    miner: &Keypair,
+    coins: &mut Vec<(bitcoin::OutPoint, TxOut)>,
+    to: &[(ScriptBuf, Amount)],
+) {
+    let coin = coins.pop().unwrap();
+    let mut outputs: Vec<TxOut> =
+        to.iter().map(|(s, a)| TxOut { value: *a, script_pubkey: s.clone() }).collect();
+    let paid: Amount = outputs.iter().map(|o| o.value).sum();
+    let change = coin.1.value - paid - Amount::from_sat(5_000);
+    outputs.push(TxOut { value: change, script_pubkey: p2tr_single(miner) });
+    let tx = spend(&[coin], outputs, miner).unwrap();
+    chain.broadcast(&tx).unwrap();
+    mine(chain, 1, &p2tr_single(miner)).unwrap();
+}
+
+/// Mines a block every 500 ms until dropped.
+struct Miner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Miner {
+    fn start(chain: Arc<BitcoindChain>, script: ScriptBuf) -> Miner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                mine(&chain, 1, &script).unwrap();
+            }
+        });
+        Miner { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_uses_its_own_node_for_everything() {
+    let Some(bin) = find_bitcoind() else { return };
+    let started = Instant::now();
+    let node = RegtestNode::start(&bin).unwrap();
+    let chain = Arc::new(node.chain().unwrap());
+    let miner = Keypair::random();
+    let miner_spk = p2tr_single(&miner);
+    mine(&chain, 110, &miner_spk).unwrap();
+    let mut coins: Vec<_> = chain
+        .script_utxos(&miner_spk)
+        .unwrap()
+        .into_iter()
+        .map(|(o, u)| (u.height, o, u.txout))
+        .collect();
+    // The oldest (mature) coinbases last, for `pop`.
+    coins.sort_by_key(|(h, _, _)| std::cmp::Reverse(*h));
+    let mut coins: Vec<_> = coins.into_iter().map(|(_, o, t)| (o, t)).collect();
+
+    let dir: PathBuf = std::env::temp_dir().join(format!("cohort-own-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let service = coordinator(chain.clone(), 2, Network::Regtest);
+    let uri = service.uri("127.0.0.1").unwrap().to_string();
+
+    // Three wallets on the node: a and b join a round, c only reclaims.
+    let mut ctxs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let ctx = Context::new(dir.join(name)).with_chain(node_args(&node));
+        let init = cli::init(&ctx, &uri).await.unwrap();
+        assert!(!init.coordinator.dev);
+        let store = SqliteStore::open(ctx.data_dir.join(cli::STORE_FILE)).unwrap();
+        assert!(matches!(ChainSetting::load(&store).unwrap(), Some(ChainSetting::Node(_))));
+        // Later commands use the stored setting.
+        ctxs.push(Context::new(dir.join(name)));
+    }
+    let (a, b, c) = (&ctxs[0], &ctxs[1], &ctxs[2]);
+    let mut payments = Vec::new();
+    for ctx in &ctxs {
+        let w = wallet(ctx);
+        payments.push((w.deposit_script().unwrap().script_pubkey(), Amount::from_sat(300_000)));
+        payments.push((w.fee_script(), Amount::from_sat(200_000)));
+    }
+    pay(&chain, &miner, &mut coins, &payments);
+
+    // Each finds its deposit on its own node (the coordinator serves no chain requests).
+    for ctx in &ctxs {
+        let found = cli::deposits(ctx).await.unwrap();
+        assert_eq!(found.deposits.len(), 1, "{found}");
+        assert_eq!(found.deposits[0].confirmations, Some(1));
+    }
+    // The dev faucet is not there; a regtest node mines on request.
+    assert!(matches!(cli::dev_fund(a, Amount::from_sat(10_000)).await, Err(CliError::NotDev)));
+    let tip = chain.tip_height().unwrap();
+    assert_eq!(cli::dev_mine(c, 2).await.unwrap().height, tip + 2);
+
+    // a and b join; blocks come while they do, and each sees the batch on its own node.
+    let blocks = Miner::start(chain.clone(), miner_spk.clone());
+    let go = |_: &_| ControlFlow::Continue(());
+    let (ra, rb) = tokio::join!(cli::join(a, None, None, go), cli::join(b, None, None, go));
+    drop(blocks);
+    for report in [ra.unwrap(), rb.unwrap()] {
+        let Outcome::Confirmed { funding_txid: Some(txid), .. } = report.outcome else {
+            panic!("{report}")
+        };
+        assert!(report.confirmed(), "{report}");
+        assert!(report.own_confirmations.unwrap() >= 1);
+        assert!(chain.confirmations(&txid).unwrap().unwrap() >= 1);
+    }
+    service.shutdown("test over").await;
+
+    // a exits with the coordinator gone, one step per block.
+    let mut rounds = 0;
+    let exited = loop {
+        let report = cli::exit(a, "1").await.unwrap();
+        if report.exited {
+            break report;
+        }
+        let tip = chain.tip_height().unwrap();
+        let wait = report.waiting_for_height.expect("a height to come back at");
+        mine(&chain, wait.saturating_sub(tip + 1).max(1), &miner_spk).unwrap();
+        rounds += 1;
+        assert!(rounds < 20, "exit does not finish: {report}");
+    };
+    let reclaim = exited.reclaim_txid.expect("the leaf reclaimed to the wallet");
+    assert_eq!(chain.confirmations(&reclaim).unwrap(), Some(0), "in the node's mempool");
+
+    // c reclaims its deposit: not yet, then with --mine (regtest node) it is.
+    let early = cli::reclaim(c, false).await.unwrap();
+    assert!(matches!(early.deposits[..], [ReclaimItem::Waiting { .. }]), "{early}");
+    let done = cli::reclaim(c, true).await.unwrap();
+    let [ReclaimItem::Reclaimed { txid, .. }] = done.deposits[..] else { panic!("{done}") };
+    assert_eq!(chain.confirmations(&txid).unwrap(), Some(1));
+
+    // A node that is down: a clear error within seconds, and the stored setting stays.
+    let down = ChainArgs {
+        chain: Some(ChainKind::Node),
+        bitcoind_url: Some(format!("http://127.0.0.1:{}", free_port().unwrap())),
+        bitcoind_user: Some("u".into()),
+        bitcoind_password: Some("p".into()),
+        ..ChainArgs::default()
+    };
+    let asked = Instant::now();
+    let err = cli::deposits(&b.clone().with_chain(down)).await.unwrap_err();
+    assert!(asked.elapsed() < Duration::from_secs(10), "{:?}", asked.elapsed());
+    assert!(
+        matches!(
+            err,
+            CliError::Node(ProbeError::Unusable { error: RpcError::Unreachable { .. }, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert_eq!(cli::deposits(b).await.unwrap().deposits.len(), 1);
+
+    // Options that would do nothing are refused.
+    let useless = a.clone().with_chain(node_args(&node));
+    assert!(matches!(cli::status(&useless), Err(CliError::ChainSettings(_))));
+
+    // A node on another network than the wallet's: refused, no wallet written.
+    let signet = coordinator(chain.clone(), 1, Network::Signet);
+    // (The cookie named by file: a data directory would be searched for signet's.)
+    let regtest_cookie = node.datadir().join("regtest").join(".cookie");
+    let wrong = Context::new(dir.join("wrong")).with_chain(ChainArgs {
+        chain: Some(ChainKind::Node),
+        bitcoind_url: Some(node.url()),
+        bitcoind_cookie: Some(regtest_cookie),
+        ..ChainArgs::default()
+    });
+    let err = cli::init(&wrong, &signet.uri("127.0.0.1").unwrap().to_string()).await.unwrap_err();
+    match &err {
+        CliError::NodeWrongNetwork { node, expected, .. } => {
+            assert_eq!(node, "regtest");
+            assert_eq!(*expected, Network::Signet);
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("runs on regtest, but this wallet is for signet"), "{err}");
+    let store = SqliteStore::open(wrong.data_dir.join(cli::STORE_FILE)).unwrap();
+    assert_eq!(store.seed().unwrap(), None);
+    signet.shutdown("test over").await;
+
+    eprintln!("a_participant_uses_its_own_node_for_everything: {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
