@@ -238,7 +238,9 @@ impl Driver {
         state: RoundState,
     ) -> Result<RoundFacts, StoreError> {
         let store = self.persister.store();
-        let regs = store.registrations_of_round(round)?;
+        // Counted by the store: a round of 100,000 registrations is not read into the
+        // engine thread to answer `rounds`.
+        let counts = store.registration_counts(round)?;
         let attempts = store.batches_of_round(round)?;
         let batches: BTreeSet<u32> = attempts.iter().map(|a| a.batch).collect();
         let finalized: BTreeSet<u32> = attempts
@@ -249,18 +251,18 @@ impl Driver {
             .map(|a| a.batch)
             .collect();
         let mut by_status: Vec<(String, usize)> = Vec::new();
-        for r in &regs {
-            let name = registration_status(r.status);
+        for &(status, count) in &counts {
+            let name = registration_status(status);
             match by_status.iter_mut().find(|(k, _)| k == name) {
-                Some((_, n)) => *n += 1,
-                None => by_status.push((name.to_owned(), 1)),
+                Some((_, n)) => *n += count,
+                None => by_status.push((name.to_owned(), count)),
             }
         }
         let summary = RoundSummary {
             round,
             started_at_ms,
             state: round_state(state).to_owned(),
-            registrations: regs.len(),
+            registrations: counts.iter().map(|(_, n)| n).sum(),
             batches: batches.len(),
             finalized: finalized.len(),
         };

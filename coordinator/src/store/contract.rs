@@ -163,6 +163,26 @@ fn registrations_round_trip(s: &impl CoordinatorStore) {
         Err(StoreError::NotFound { .. })
     ));
 
+    // Counted per status, batches apart, without the other rounds.
+    let counts = |round| {
+        let mut c = s.registration_counts(round).unwrap();
+        c.sort_by_key(|(status, _)| format!("{status:?}"));
+        c
+    };
+    assert_eq!(counts(5), vec![(RegistrationStatus::Accepted, 2)]);
+    s.set_registration_status(5, 2, RegistrationStatus::InBatch(4)).unwrap();
+    s.set_registration_status(5, 1, RegistrationStatus::InBatch(3)).unwrap();
+    assert_eq!(
+        counts(5),
+        vec![(RegistrationStatus::InBatch(3), 1), (RegistrationStatus::InBatch(4), 1)]
+    );
+    s.set_registration_status(5, 1, RegistrationStatus::InBatch(4)).unwrap();
+    assert_eq!(counts(5), vec![(RegistrationStatus::InBatch(4), 2)]);
+    assert_eq!(counts(6), vec![(RegistrationStatus::Accepted, 1)]);
+    assert_eq!(counts(7), vec![]);
+    s.set_registration_status(5, 1, RegistrationStatus::Accepted).unwrap();
+    s.set_registration_status(5, 2, RegistrationStatus::Accepted).unwrap();
+
     // Replacing replaces the deposits too.
     let mut fewer = a;
     fewer.deposits = vec![op(7, 7)];

@@ -125,6 +125,21 @@ impl CoordinatorStore for MemoryStore {
             .collect())
     }
 
+    fn registration_counts(
+        &self,
+        round: u64,
+    ) -> Result<Vec<(RegistrationStatus, usize)>, StoreError> {
+        check_int("round", round)?;
+        let mut counts: Vec<(RegistrationStatus, usize)> = Vec::new();
+        for (_, r) in self.lock().registrations.range((round, 0)..=(round, u64::MAX)) {
+            match counts.iter_mut().find(|(s, _)| *s == r.status) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((r.status, 1)),
+            }
+        }
+        Ok(counts)
+    }
+
     fn put_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
         check_int("round", b.round)?;
         let mut inner = self.lock();

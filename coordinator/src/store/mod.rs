@@ -191,6 +191,13 @@ pub trait CoordinatorStore: Send + Sync {
     /// A round's registrations, by id.
     fn registrations_of_round(&self, round: u64) -> Result<Vec<RegistrationRecord>, StoreError>;
 
+    /// How many of a round's registrations have each status (statuses with none left
+    /// out), without reading the registrations themselves.
+    fn registration_counts(
+        &self,
+        round: u64,
+    ) -> Result<Vec<(RegistrationStatus, usize)>, StoreError>;
+
     /// Inserts a batch attempt, or replaces the one with the same `(round, batch, attempt)`
     /// (keeping its signed tree); [`StoreError::NotFound`] if its round is not stored.
     fn put_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;

@@ -417,6 +417,24 @@ impl CoordinatorStore for SqliteStore {
         registrations(&self.lock(), round, None)
     }
 
+    fn registration_counts(
+        &self,
+        round: u64,
+    ) -> Result<Vec<(RegistrationStatus, usize)>, StoreError> {
+        let round = check_int("round", round)?;
+        collect(
+            &self.lock(),
+            "SELECT status, status_arg, COUNT(*) FROM registrations WHERE round = ?1 \
+             GROUP BY status, status_arg ORDER BY status, status_arg",
+            params![round],
+            |row| {
+                let kind: String = row.get(0)?;
+                let status = registration_status_from_sql(&kind, row.get(1)?)?;
+                Ok((status, get_u64(row, 2, "registration count")? as usize))
+            },
+        )
+    }
+
     fn put_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
         let round = check_int("round", b.round)?;
         let (kind, arg) = batch_status_to_sql(&b.status);
