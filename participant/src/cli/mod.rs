@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Network, OutPoint, Txid};
 use cohort_common::messages::{SideRequest, SideResponse};
@@ -216,13 +216,21 @@ impl Context {
             .write(true)
             .open(&path)
             .map_err(|source| CliError::DataDir { path: path.display().to_string(), source })?;
-        match file.try_lock() {
-            Ok(()) => Ok(WalletLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(CliError::Busy { data_dir: self.data_dir.display().to_string() })
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                Err(CliError::DataDir { path: path.display().to_string(), source })
+        // Asked again for a moment before `Busy`: a process being spawned from one that
+        // held the lock keeps a copy of its descriptor (and so the lock) until it execs.
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(WalletLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(CliError::Busy { data_dir: self.data_dir.display().to_string() })
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(CliError::DataDir { path: path.display().to_string(), source })
+                }
             }
         }
     }
@@ -234,6 +242,9 @@ impl Context {
         Ok((lock, store, wallet))
     }
 }
+
+/// How long [`Context::lock`] asks again before it says the wallet is busy.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Holds a wallet's lock (see [`Context::lock`]).
 #[derive(Debug)]
