@@ -221,7 +221,7 @@ async fn sigterm_during_a_round_lets_its_batch_finish_then_exits() {
         let pid = pid.clone();
         let ctx = ctx.clone();
         async move {
-            cli::join(&ctx, None, None, move |p| {
+            cli::join(&ctx, &cli::JoinArgs::default(), move |p| {
                 if matches!(p, Progress::TreeSigned { .. }) && !sent.swap(true, Ordering::SeqCst) {
                     let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
                     assert!(kill.success());

@@ -8,21 +8,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitcoin::hashes::Hash;
 use bitcoin::{Amount, OutPoint};
 use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::params::TreeParams;
+use cohort_common::params::{LeafOutput, TreeParams};
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::MemoryStore;
+use cohort_participant::chain::RemoteChain;
 use cohort_participant::cli::{self, CliError, Context};
+use cohort_participant::client::{self, Client, ClientError, DepositChoice, JoinRequest};
+use cohort_participant::driver::CancelError;
 use cohort_participant::driver::{DriverError, Outcome, Progress};
 use cohort_participant::exit::ExitToolError;
 use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
 use cohort_participant::wallet::WalletError;
+use cohort_transport::Client as Link;
 use cohort_transport::{Identity, Limits};
+use tokio::sync::broadcast;
 
 const FUND: Amount = Amount::from_sat(300_000);
 
@@ -96,12 +102,17 @@ impl Dev {
     }
 }
 
+/// `join` arguments reaching the coordinator at `uri`.
+fn via(uri: &str) -> cli::JoinArgs {
+    cli::JoinArgs { coordinator: Some(uri.to_owned()), ..cli::JoinArgs::default() }
+}
+
 /// Joins, stopping (as a kill would) at the first step `stop` matches.
 async fn join_until(
     ctx: &Context,
     stop: impl Fn(&Progress) -> bool + Send,
 ) -> Result<cli::JoinReport, CliError> {
-    cli::join(ctx, None, None, move |p| {
+    cli::join(ctx, &cli::JoinArgs::default(), move |p| {
         if stop(p) {
             ControlFlow::Break(())
         } else {
@@ -119,14 +130,17 @@ async fn three_wallets_join_a_round_and_one_exits() {
     let (c, _) = dev.wallet("c").await;
 
     // Errors are clear, not panics.
-    assert!(matches!(cli::init(&a, &dev.uri).await, Err(CliError::Wallet(WalletError::Exists))));
+    assert!(matches!(
+        cli::init(&a, &dev.uri).await,
+        Err(CliError::Client(ClientError::Wallet(WalletError::Exists)))
+    ));
     assert!(matches!(
         cli::init(&Context::new(dev.dir.join("x")), "cohort://zz@h:1").await,
-        Err(CliError::BadUri { .. })
+        Err(CliError::Client(ClientError::BadUri { .. }))
     ));
     assert!(matches!(
         cli::status(&Context::new(dev.dir.join("empty"))),
-        Err(CliError::Wallet(WalletError::NoSeed))
+        Err(CliError::Client(ClientError::Wallet(WalletError::NoSeed)))
     ));
     assert!(!dev.dir.join("empty").exists(), "status created a wallet");
     // One command at a time per wallet: a second join is refused by name, not by SQLite.
@@ -179,7 +193,7 @@ async fn three_wallets_join_a_round_and_one_exits() {
     assert!(cli::status(&a).unwrap().exit_paths[0].exited);
     assert!(matches!(
         cli::exit(&a, &path.id).await,
-        Err(CliError::Exit(ExitToolError::AlreadyExited { .. }))
+        Err(CliError::Client(ClientError::Exit(ExitToolError::AlreadyExited { .. })))
     ));
     dev.service.shutdown("test over").await;
 }
@@ -197,8 +211,8 @@ async fn killed_before_deposit_signatures_keeps_paths_and_money() {
         join_until(&early, |p| matches!(p, Progress::TreeSigned { .. })),
     );
     assert!(matches!(rh.unwrap().outcome, Outcome::Confirmed { .. }));
-    assert!(matches!(rs, Err(CliError::Driver(DriverError::Stopped(_)))));
-    assert!(matches!(re, Err(CliError::Driver(DriverError::Stopped(_)))));
+    assert!(matches!(rs, Err(CliError::Client(ClientError::Driver(DriverError::Stopped(_))))));
+    assert!(matches!(re, Err(CliError::Client(ClientError::Driver(DriverError::Stopped(_))))));
     assert!(!dev.unspent(&dh));
     // Neither killed participant's deposit was signed, so neither was spent.
     assert!(dev.unspent(&ds));
@@ -215,7 +229,7 @@ async fn killed_before_deposit_signatures_keeps_paths_and_money() {
     let id = format!("{}:{}", paths[0].funding_txid, paths[0].leaf);
     assert!(matches!(
         cli::exit(&stored, &id).await,
-        Err(CliError::Exit(ExitToolError::FundingMissing(_)))
+        Err(CliError::Client(ClientError::Exit(ExitToolError::FundingMissing(_))))
     ));
     let reclaimed = cli::reclaim(&stored, true).await.unwrap();
     assert!(
@@ -239,7 +253,7 @@ async fn killed_after_finalized_exits_from_a_fresh_process() {
     );
     let rh = rh.unwrap();
     assert!(matches!(rh.outcome, Outcome::Confirmed { .. }));
-    assert!(matches!(rl, Err(CliError::Driver(DriverError::Stopped(_)))));
+    assert!(matches!(rl, Err(CliError::Client(ClientError::Driver(DriverError::Stopped(_))))));
     assert!(!dev.unspent(&dl));
 
     // The restarted participant (new handles on the same file) exits on its own.
@@ -285,11 +299,11 @@ async fn a_coordinator_on_another_network_or_with_another_key_is_refused() {
     let (a, _) = home.wallet("a").await;
     // The same key, on signet: the wallet's deposits and addresses are regtest ones.
     let signet = start_with("net-signet", 1, key, bitcoin::Network::Signet);
-    let err = cli::join(&a, Some(&signet.uri), None, |_| ControlFlow::Continue(())).await;
-    assert!(matches!(err, Err(CliError::WrongNetwork { .. })), "{err:?}");
+    let err = cli::join(&a, &via(&signet.uri), |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::Client(ClientError::WrongNetwork { .. }))), "{err:?}");
     let other = start("net-other", 1);
-    let err = cli::join(&a, Some(&other.uri), None, |_| ControlFlow::Continue(())).await;
-    assert!(matches!(err, Err(CliError::WrongCoordinator { .. })), "{err:?}");
+    let err = cli::join(&a, &via(&other.uri), |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::Client(ClientError::WrongCoordinator { .. }))), "{err:?}");
     for dev in [home, signet, other] {
         dev.service.shutdown("test over").await;
     }
@@ -304,10 +318,179 @@ async fn a_restarted_dev_coordinator_on_a_fresh_chain_is_named_as_such() {
     let (a, deposit) = first.wallet("a").await;
     first.service.shutdown("restart").await;
     let second = start_with("reset-2", 1, key, bitcoin::Network::Regtest);
-    let err = cli::join(&a, Some(&second.uri), None, |_| ControlFlow::Continue(())).await;
-    assert!(matches!(err, Err(CliError::DevChainReset { .. })), "{err:?}");
+    let err = cli::join(&a, &via(&second.uri), |_| ControlFlow::Continue(())).await;
+    assert!(matches!(err, Err(CliError::Client(ClientError::DevChainReset { .. }))), "{err:?}");
     let status = cli::status(&a).unwrap();
     assert_eq!(status.deposits[0].outpoint, deposit);
     assert_eq!(status.deposits[0].status, DepositStatus::Unspent, "nothing was marked spent");
     second.service.shutdown("test over").await;
+}
+
+/// The wallet example, `participant/examples/join_dev.rs`, run here as a library.
+#[path = "../examples/join_dev.rs"]
+#[allow(dead_code)]
+mod join_dev;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_library_example_joins_a_round_against_a_dev_coordinator() {
+    let dev = start("example", 2);
+    let run = |name: &str| {
+        let (uri, dir) = (dev.uri.clone(), dev.dir.join(name));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            join_dev::join_once(&uri, &dir, move |p| sink.lock().unwrap().push(p.clone())).await
+        });
+        (task, seen)
+    };
+    let ((ta, seen_a), (tb, seen_b)) = (run("a"), run("b"));
+    for (task, seen) in [(ta, seen_a), (tb, seen_b)] {
+        let report = task.await.unwrap().unwrap();
+        assert!(report.confirmed(), "{report}");
+        assert_eq!(report.deposited_sat, join_dev::DEPOSIT.to_sat());
+        // The progress stream carried every step the report lists, in order.
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, report.steps);
+        assert!(matches!(seen.first(), Some(Progress::Announced { .. })), "{seen:?}");
+        assert!(matches!(seen.last(), Some(Progress::Confirmed { .. })), "{seen:?}");
+        let Outcome::Confirmed { funding_txid: Some(txid), .. } = report.outcome else {
+            panic!("{:?}", report.outcome)
+        };
+        assert!(dev.ledger.confirmations(&txid).unwrap().is_some_and(|n| n >= 1));
+    }
+    dev.service.shutdown("test over").await;
+}
+
+/// A library client on `dev`'s chain for a new wallet in `name`, with one funded deposit.
+async fn library_wallet(dev: &Dev, name: &str) -> (Arc<Client<RemoteChain<Arc<Link>>>>, OutPoint) {
+    let dir = dev.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(SqliteStore::open(dir.join("wallet.sqlite")).unwrap());
+    let link = Arc::new(client::connect(&dev.uri).await.unwrap());
+    let client = Client::create(store, RemoteChain::new(link), &dev.uri).await.unwrap();
+    let deposit = client.dev_fund(FUND).await.unwrap();
+    (Arc::new(client), deposit)
+}
+
+/// Waits on `progress` for the first step `want` matches.
+async fn wait_for(progress: &mut broadcast::Receiver<Progress>, want: fn(&Progress) -> bool) {
+    let step = async {
+        loop {
+            match progress.recv().await {
+                Ok(p) if want(&p) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("progress stream closed"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), step).await.expect("the step came");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_library_join_is_cancelled_or_dropped_before_deposit_signatures_and_not_after() {
+    let dev = start("cancel", 2);
+    let (a, deposit) = library_wallet(&dev, "a").await;
+    assert_eq!(a.cancel(), Err(CancelError::NotRunning));
+
+    // Bad requests are refused before the coordinator is asked anything.
+    let unknown = OutPoint { txid: bitcoin::Txid::from_byte_array([7; 32]), vout: 0 };
+    let only = |o: OutPoint| JoinRequest {
+        deposits: DepositChoice::Only([o].into_iter().collect()),
+        ..JoinRequest::default()
+    };
+    let err = a.join(only(unknown)).await;
+    assert!(matches!(err, Err(ClientError::DepositNotOffered { .. })), "{err:?}");
+    let greedy = JoinRequest {
+        leaves: vec![LeafOutput { script_pubkey: p2tr_single(&Keypair::random()), amount: FUND }],
+        ..JoinRequest::default()
+    };
+    let err = a.join(greedy).await;
+    assert!(matches!(err, Err(ClientError::LeavesExceedDeposits { .. })), "{err:?}");
+
+    // 1. Dropping the join's future once registered: the deposit is the wallet's again.
+    let mut progress = a.subscribe();
+    let task = tokio::spawn({
+        let a = a.clone();
+        async move { a.join(JoinRequest::default()).await }
+    });
+    wait_for(&mut progress, |p| matches!(p, Progress::Registered { .. })).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(a.status().unwrap().deposits[0].status, DepositStatus::Unspent);
+
+    // 2. cancel() once registered: the join ends Cancelled, nothing signed.
+    let task = tokio::spawn({
+        let a = a.clone();
+        async move { a.join(only(deposit)).await }
+    });
+    wait_for(&mut progress, |p| matches!(p, Progress::Registered { .. })).await;
+    assert_eq!(a.cancel(), Ok(()));
+    let report = task.await.unwrap().unwrap();
+    assert!(matches!(report.outcome, Outcome::Cancelled { .. }), "{:?}", report.outcome);
+    assert!(!report.steps.iter().any(|p| matches!(p, Progress::TreeSigned { .. })));
+    assert_eq!(a.status().unwrap().deposits[0].status, DepositStatus::Unspent);
+    assert!(dev.unspent(&deposit));
+    assert_eq!(a.cancel(), Err(CancelError::NotRunning));
+
+    // 3. The same deposit joins the next round with another wallet; a cancel after the
+    //    deposit signatures is refused and the batch confirms.
+    let (b, _) = dev.wallet("b").await;
+    let refused = std::sync::Mutex::new(None);
+    let joined = a.join_observed(JoinRequest::default(), |p| {
+        if matches!(p, Progress::DepositsSigned { .. }) {
+            *refused.lock().unwrap() = Some(a.cancel());
+        }
+        ControlFlow::Continue(())
+    });
+    let args = cli::JoinArgs::default();
+    let (ra, rb) = tokio::join!(joined, cli::join(&b, &args, |_| ControlFlow::Continue(())));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.confirmed() && rb.confirmed(), "{ra}\n{rb}");
+    assert_eq!(*refused.lock().unwrap(), Some(Err(CancelError::DepositsSigned)));
+    assert!(!dev.unspent(&deposit));
+    dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_a_cohort_join_before_deposit_signatures() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dev = start("sigint", 2);
+    let (a, deposit) = dev.wallet("a").await;
+    let data_dir = a.data_dir.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("join")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        // The round waits for a second participant that never comes: registered, then
+        // nothing until Ctrl-C.
+        while !seen.contains("registered (") {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "join ended early: {seen}");
+            seen.push_str(&line);
+        }
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.code(), seen, err)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(4), "{stdout}\n{stderr}");
+    assert!(stderr.contains("cancelling: no deposit signature was sent"), "{stderr}");
+    assert!(stdout.contains("cancelled in phase"), "{stdout}");
+    let status = cli::status(&a).unwrap();
+    assert_eq!(status.deposits[0].outpoint, deposit);
+    assert_eq!(status.deposits[0].status, DepositStatus::Unspent);
+    dev.service.shutdown("test over").await;
 }

@@ -188,7 +188,8 @@ async fn a_participant_uses_its_own_node_for_everything() {
     // a and b join; blocks come while they do, and each sees the batch on its own node.
     let blocks = Miner::start(chain.clone(), miner_spk.clone());
     let go = |_: &_| ControlFlow::Continue(());
-    let (ra, rb) = tokio::join!(cli::join(a, None, None, go), cli::join(b, None, None, go));
+    let args = cli::JoinArgs::default();
+    let (ra, rb) = tokio::join!(cli::join(a, &args, go), cli::join(b, &args, go));
     drop(blocks);
     for report in [ra.unwrap(), rb.unwrap()] {
         let Outcome::Confirmed { funding_txid: Some(txid), .. } = report.outcome else {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use bitcoin::Amount;
 use clap::{Parser, Subcommand};
 use cohort_participant::cli::{self, Context};
-use cohort_participant::driver::Outcome;
+use cohort_participant::driver::{Outcome, SignGate};
 use serde::Serialize;
 
 /// Cohort participant: batch your deposits with others through a coordinator, and leave
@@ -50,7 +50,9 @@ struct Args {
 const EXIT_CODES: &str = "Exit status: 0 done (for `join`: the batch confirmed); 1 error; \
 2 `join` was refused by the coordinator (nothing signed); 3 `join` ended without a \
 confirmed batch (the round failed, the coordinator left, or the wallet's own chain source \
-does not show the batch confirmed; `cohort deposits` shows where each deposit stands).";
+does not show the batch confirmed; `cohort deposits` shows where each deposit stands); \
+4 `join` was cancelled with Ctrl-C before any deposit signature (nothing signed; after \
+deposit signatures Ctrl-C waits for the batch, and a second Ctrl-C stops at once).";
 
 /// `join`'s exit status (see [`EXIT_CODES`]): a batch the coordinator calls confirmed
 /// but the wallet's own chain source does not show confirmed did not end well.
@@ -60,6 +62,7 @@ fn join_status(outcome: &Outcome, own_confirmed: bool) -> ExitCode {
         Outcome::Confirmed { .. } => ExitCode::from(3),
         Outcome::Refused { .. } => ExitCode::from(2),
         Outcome::Failed { .. } | Outcome::Disconnected { .. } => ExitCode::from(3),
+        Outcome::Cancelled { .. } => ExitCode::from(4),
     }
 }
 
@@ -80,9 +83,13 @@ enum Command {
         /// Reach the coordinator at this URI instead of the remembered one.
         #[arg(long)]
         coordinator: Option<String>,
-        /// Largest total fee accepted, in sat.
+        /// Largest total fee accepted, in sat (default 50,000).
         #[arg(long)]
         max_fee: Option<u64>,
+        /// Most transactions on an own exit path: a deeper batch is refused unsigned
+        /// (default 16).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
+        max_depth: Option<u8>,
     },
     /// Deposits, exit paths and recent history.
     Status,
@@ -115,6 +122,22 @@ enum Dev {
         #[arg(value_parser = clap::value_parser!(u32).range(1..=100_000))]
         n: u32,
     },
+}
+
+/// Ctrl-C during `join`: cancels the round before deposit signatures; after them, says
+/// the round goes on, and a second Ctrl-C stops the process at once (the stored exit
+/// paths keep the deposits safe either way).
+async fn cancel_on_ctrl_c(gate: SignGate) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    match gate.cancel() {
+        Ok(()) => eprintln!("cancelling: no deposit signature was sent"),
+        Err(e) => eprintln!("{e}; waiting for the batch (Ctrl-C again stops at once)"),
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
 }
 
 /// Prints a report; a closed stdout (`| head`) is not an error worth a panic.
@@ -152,18 +175,26 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
         Command::Init { coordinator } => print(json, &cli::init(&ctx, &coordinator).await?),
         Command::Address => print(json, &cli::address(&ctx)?),
         Command::Deposits => print(json, &cli::deposits(&ctx).await?),
-        Command::Join { coordinator, max_fee } => {
+        Command::Join { coordinator, max_fee, max_depth } => {
             if !json {
-                print(false, &"waiting for the next round...");
+                print(
+                    false,
+                    &"waiting for the next round... (Ctrl-C cancels before deposit signatures)",
+                );
             }
-            let report =
-                cli::join(&ctx, coordinator.as_deref(), max_fee.map(Amount::from_sat), |p| {
-                    if !json {
-                        print(false, &format!("  {p}"));
-                    }
-                    ControlFlow::Continue(())
-                })
-                .await?;
+            let args =
+                cli::JoinArgs { coordinator, max_fee: max_fee.map(Amount::from_sat), max_depth };
+            let gate = SignGate::new();
+            let signals = tokio::spawn(cancel_on_ctrl_c(gate.clone()));
+            let report = cli::join_cancellable(&ctx, &args, &gate, |p| {
+                if !json {
+                    print(false, &format!("  {p}"));
+                }
+                ControlFlow::Continue(())
+            })
+            .await;
+            signals.abort();
+            let report = report?;
             print(json, &report);
             return Ok(join_status(&report.outcome, report.confirmed()));
         }
@@ -212,16 +243,19 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort_participant::session::PhaseName;
 
     #[test]
     fn join_tells_scripts_how_it_ended() {
         let confirmed = Outcome::Confirmed { funding_txid: None, height: 1 };
         let refused = Outcome::Refused { reason: "x".into() };
         let failed = Outcome::Failed { reason: "x".into(), deposits_signed: true };
+        let cancelled = Outcome::Cancelled { phase: PhaseName::AwaitingProposal };
         assert_eq!(join_status(&confirmed, true), ExitCode::SUCCESS);
         assert_eq!(join_status(&confirmed, false), ExitCode::from(3));
         assert_eq!(join_status(&refused, false), ExitCode::from(2));
         assert_eq!(join_status(&failed, false), ExitCode::from(3));
+        assert_eq!(join_status(&cancelled, false), ExitCode::from(4));
         assert!(EXIT_CODES.contains("2 `join` was refused"));
     }
 }

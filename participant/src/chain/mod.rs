@@ -119,6 +119,61 @@ pub trait ChainSource: Send + Sync {
     ) -> impl Future<Output = Result<(Txid, Txid), ChainSourceError>> + Send;
 }
 
+/// A borrowed chain source is one: a [`crate::client::Client`] can use a chain it does
+/// not own.
+impl<T: ChainSource + ?Sized> ChainSource for &T {
+    fn tip_height(&self) -> impl Future<Output = Result<u32, ChainSourceError>> + Send {
+        (**self).tip_height()
+    }
+    fn utxo(
+        &self,
+        outpoint: OutPoint,
+    ) -> impl Future<Output = Result<Option<UtxoInfo>, ChainSourceError>> + Send {
+        (**self).utxo(outpoint)
+    }
+    fn script_utxos(
+        &self,
+        script: &ScriptBuf,
+    ) -> impl Future<Output = Result<Vec<UtxoInfo>, ChainSourceError>> + Send {
+        (**self).script_utxos(script)
+    }
+    fn fee_rate(&self) -> impl Future<Output = Result<FeeRate, ChainSourceError>> + Send {
+        (**self).fee_rate()
+    }
+    fn confirmations(
+        &self,
+        txid: Txid,
+    ) -> impl Future<Output = Result<Option<u32>, ChainSourceError>> + Send {
+        (**self).confirmations(txid)
+    }
+    fn broadcast(
+        &self,
+        tx: &Transaction,
+    ) -> impl Future<Output = Result<Txid, ChainSourceError>> + Send {
+        (**self).broadcast(tx)
+    }
+    fn broadcast_package(
+        &self,
+        parent: &Transaction,
+        child: &Transaction,
+    ) -> impl Future<Output = Result<(Txid, Txid), ChainSourceError>> + Send {
+        (**self).broadcast_package(parent, child)
+    }
+}
+
+impl<T: DevChain + ?Sized> DevChain for &T {
+    fn mine(&self, n: u32) -> impl Future<Output = Result<u32, ChainSourceError>> + Send {
+        (**self).mine(n)
+    }
+    fn faucet(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> impl Future<Output = Result<OutPoint, ChainSourceError>> + Send {
+        (**self).faucet(script, amount)
+    }
+}
+
 /// What only a dev chain offers: blocks on demand and coins from nowhere.
 pub trait DevChain: ChainSource {
     /// Mines `n` blocks; the new tip height.

@@ -10,11 +10,12 @@ use bitcoin::{FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use cohort_common::messages::UtxoInfo;
 use cohort_transport::Client;
 
-use super::{connect_checked, CliError, Context};
+use super::{CliError, Context};
 use crate::chain::{
     ChainSetting, ChainSource, ChainSourceError, NodeAuth, NodeChain, NodeSettings, ProbeError,
     RemoteChain,
 };
+use crate::client::connect_checked;
 use crate::store::ParticipantStore;
 use crate::wallet::CoordinatorInfo;
 

@@ -7,6 +7,7 @@
 //! # Layout
 //!
 //! - [`core`]: the driver core, its [`Action`]s, the persist job, the clock.
+//! - [`cancel`]: the [`SignGate`] that lets a round be cancelled before deposit signatures.
 //! - [`progress`]: the one vocabulary of steps ([`StepName`], [`Progress`], [`Outcome`]).
 //! - here: errors, the links ([`SessionSink`], [`Inbox`], [`SideChannel`]), the tokio loop.
 //!
@@ -17,6 +18,7 @@
 //! [`FramedRecv`] (reading in its own task keeps a half-read frame safe from the timeout
 //! branch of the driver's `select!`). Side requests go through a [`SideChannel`].
 
+pub mod cancel;
 pub mod core;
 pub mod progress;
 
@@ -25,20 +27,22 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bitcoin::Amount;
-use cohort_common::messages::{SideRequest, SideResponse, ToCoordinator, ToParticipant};
+use cohort_common::messages::{
+    Goodbye, Reason, SideRequest, SideResponse, ToCoordinator, ToParticipant,
+};
 use cohort_transport::{Client, FramedRecv, FramedSend, TransportError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::session::{OwnedDeposit, PhaseName, SessionConfig};
-use crate::store::{DepositRecord, ParticipantStore, StoreError};
-use crate::wallet::{Wallet, WalletError};
+use crate::session::PhaseName;
+use crate::store::{ParticipantStore, StoreError};
+use crate::wallet::WalletError;
 
 pub use self::core::{
     Action, Clock, DriverCore, DriverSetup, Observer, PersistJob, Persisted, SimulatedClock,
     SystemClock,
 };
+pub use cancel::{CancelError, SignGate};
 pub use progress::{Outcome, Progress, StepName};
 
 /// Messages from the coordinator, or why the link broke; a closed channel is a clean end.
@@ -175,24 +179,20 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Driver {
     core: DriverCore,
+    gate: Option<SignGate>,
 }
 
 impl Driver {
-    /// Prepares a wallet's session offering `deposits` (stored, confirmed, unspent) with
-    /// the remainder paid to a fresh leaf key's virtual-deposit script.
-    pub fn new(
-        store: Arc<dyn ParticipantStore>,
-        wallet: &Wallet,
-        deposits: &[DepositRecord],
-        max_fee: Amount,
-    ) -> Result<Self, DriverError> {
-        let setup = wallet_setup(store.as_ref(), wallet, deposits, max_fee)?;
-        Ok(Driver::with_setup(store, setup))
-    }
-
     /// A driver from any setup (the simulator's users have no wallet).
     pub fn with_setup(store: Arc<dyn ParticipantStore>, setup: DriverSetup) -> Self {
-        Driver { core: DriverCore::new(store, setup) }
+        Driver { core: DriverCore::new(store, setup), gate: None }
+    }
+
+    /// The same driver, cancellable through `gate` until its first deposit signatures
+    /// ([`SignGate::cancel`]; the session then ends [`Outcome::Cancelled`]).
+    pub fn with_gate(mut self, gate: SignGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The leaf key index of this round's remainder leaf.
@@ -202,7 +202,8 @@ impl Driver {
 
     /// Runs the session to its end. `observer` sees every [`Progress`] step; returning
     /// `Break` stops the driver right there (nothing more is sent or stored), which is
-    /// what killing the process at that point does.
+    /// what killing the process at that point does. A cancelled [`SignGate`] ends it
+    /// [`Outcome::Cancelled`] at its next step, before any deposit signature.
     pub async fn run<S: SessionSink>(
         mut self,
         sink: &mut S,
@@ -210,6 +211,9 @@ impl Driver {
         mut observer: impl FnMut(&Progress) -> ControlFlow<()> + Send,
     ) -> Result<Outcome, DriverError> {
         loop {
+            if self.gate.as_ref().is_some_and(SignGate::is_cancelled) {
+                return Ok(leave(sink, self.core.phase()).await);
+            }
             match self.core.poll(Instant::now(), &mut observer)? {
                 Action::Send(msg) => sink.send_msg(msg).await?,
                 Action::Persist(job) => {
@@ -217,6 +221,10 @@ impl Driver {
                         Ok(result) => result.map_err(DriverError::Store),
                         Err(e) => Err(DriverError::StoreTask(e)),
                     };
+                    // The one way to the deposit signatures passes the gate.
+                    if stored.is_ok() && self.gate.as_ref().is_some_and(|g| !g.commit()) {
+                        return Ok(leave(sink, self.core.phase()).await);
+                    }
                     self.core.exit_paths_stored(Instant::now(), stored, &mut observer)?;
                 }
                 Action::Done(outcome) => return Ok(outcome),
@@ -231,6 +239,7 @@ impl Driver {
                             None => return self.core.link_closed(),
                         },
                         () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now()),
+                        () = cancelled(self.gate.as_ref()) => {}
                     }
                 }
             }
@@ -238,38 +247,22 @@ impl Driver {
     }
 }
 
-/// A wallet's setup: its deposit key and script on every offered deposit, and the
-/// remainder paid to the next leaf key's virtual deposit.
-fn wallet_setup(
-    store: &dyn ParticipantStore,
-    wallet: &Wallet,
-    deposits: &[DepositRecord],
-    max_fee: Amount,
-) -> Result<DriverSetup, DriverError> {
-    if deposits.is_empty() {
-        return Err(DriverError::NoDeposits);
+/// Leaves a cancelled round in `phase`: says goodbye (best effort: the coordinator also
+/// sees the session end). Nothing more is signed.
+async fn leave<S: SessionSink>(sink: &mut S, phase: PhaseName) -> Outcome {
+    let bye = Goodbye { reason: Reason::new("cancelled by the participant") };
+    if let Err(e) = sink.send_msg(ToCoordinator::Goodbye(bye)).await {
+        tracing::debug!(error = %e, "goodbye not delivered");
     }
-    let script = wallet.deposit_script()?;
-    let key = wallet.deposit_key();
-    let owned = deposits
-        .iter()
-        .map(|d| OwnedDeposit {
-            outpoint: d.outpoint,
-            txout: d.txout.clone(),
-            script: script.clone(),
-            key: key.clone(),
-        })
-        .collect();
-    let leaf_index = store.next_key_index()?;
-    let remainder_script = wallet.leaf_script(leaf_index)?.script_pubkey();
-    let config = SessionConfig {
-        deposits: owned,
-        leaves: Vec::new(),
-        remainder_script,
-        max_fee,
-        limits: crate::session::ProposalLimits::default(),
-    };
-    Ok(DriverSetup::new(config, leaf_index, wallet.coordinator().exit_csv))
+    Outcome::Cancelled { phase }
+}
+
+/// Resolves when `gate` is cancelled; never without a gate.
+async fn cancelled(gate: Option<&SignGate>) {
+    match gate {
+        Some(gate) => gate.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -274,6 +274,11 @@ pub enum Outcome {
         /// Whether deposit signatures went out before the failure.
         deposits_signed: bool,
     },
+    /// The caller cancelled the round before any deposit signature ([`super::SignGate`]).
+    Cancelled {
+        /// The phase the session was in.
+        phase: PhaseName,
+    },
     /// The coordinator closed the session before the end.
     Disconnected {
         /// The phase the session was in.

@@ -1,4 +1,5 @@
-//! What each `cohort` command reports: serializable for `--json`, displayable for people.
+//! What each `cohort` command and [`crate::client::Client`] method reports: serializable
+//! for `--json`, displayable for people.
 
 use std::fmt;
 
@@ -201,6 +202,11 @@ impl fmt::Display for JoinReport {
                 } else {
                     " (nothing was signed: the deposits are still yours)"
                 }
+            ),
+            Outcome::Cancelled { phase } => write!(
+                f,
+                "cancelled in phase {phase:?} before any deposit signature: the deposits are \
+                 still yours"
             ),
             Outcome::Disconnected { phase, deposits_signed } => write!(
                 f,
