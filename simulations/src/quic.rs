@@ -9,6 +9,7 @@
 //! a few client endpoints (UDP sockets) and spread their connects.
 
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,6 +166,9 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         })
         .count();
     let batches = batch_reports(store.as_ref())?;
+    if let Some(dir) = &config.export {
+        export_batches(store.as_ref(), &ledger, dir)?;
+    }
     let mut chain = crate::round::ChainFootprint::default();
     for record in store.batches_of_round(1)? {
         let signed = ledger.transaction(&record.funding_tx.compute_txid());
@@ -271,6 +275,30 @@ async fn participant(
     client.close("done");
     reader.abort();
     result
+}
+
+/// Writes `batch-K.json` for every batch the service finalized: the funding transaction
+/// as the ledger accepted it (signed), its prevouts, and the signed tree the service
+/// stored.
+fn export_batches(store: &dyn CoordinatorStore, ledger: &Ledger, dir: &Path) -> Result<()> {
+    let mut docs = Vec::new();
+    for record in store.batches_of_round(1)? {
+        if !matches!(record.status, BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. }) {
+            continue;
+        }
+        let batch = record.batch;
+        let txid = record.funding_tx.compute_txid();
+        let funding = ledger.transaction(&txid).with_context(|| {
+            format!("batch {batch}: funding transaction {txid} not on the ledger")
+        })?;
+        let nodes = store
+            .signed_tree(1, batch)?
+            .with_context(|| format!("batch {batch}: the service stored no signed tree"))?;
+        let prevouts = crate::export::ledger_prevouts(ledger, &funding)
+            .with_context(|| format!("batch {batch}: funding transaction {txid}"))?;
+        docs.push((batch, crate::export::batch_json_parts(&funding, &prevouts, &nodes)?));
+    }
+    crate::export::write_batches(dir, &docs)
 }
 
 /// The funding transactions the service broadcast, as stored.

@@ -670,6 +670,7 @@ fn check_safety(net: &MemNet, users: &[User], faulty: &[bool]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `batch-K.json` for every funding transaction the round broadcast.
 fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
     let mut trees: std::collections::HashMap<u32, Vec<Transaction>> = Default::default();
     for (_, e) in &net.events {
@@ -677,6 +678,7 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
             trees.insert(*batch, nodes.clone());
         }
     }
+    let mut docs = Vec::with_capacity(net.broadcast.len());
     for (k, (txid, tx)) in net.broadcast.iter().enumerate() {
         let batch = net
             .events
@@ -687,25 +689,11 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
             })
             .unwrap_or(k as u32);
         let nodes = trees.get(&batch).cloned().unwrap_or_default();
-        let prevouts: Vec<TxOut> = tx
-            .input
-            .iter()
-            .map(|i| {
-                net.ledger
-                    .transaction(&i.previous_output.txid)
-                    .and_then(|t| t.output.get(i.previous_output.vout as usize).cloned())
-            })
-            .collect::<Option<_>>()
-            .context("funding prevout not on the ledger")?;
-        let json = crate::export::batch_json_parts(tx, &prevouts, &nodes)?;
-        std::fs::create_dir_all(dir)?;
-        if net.broadcast.len() == 1 {
-            // One batch: also under the foundation's name.
-            std::fs::write(dir.join("batch.json"), &json)?;
-        }
-        std::fs::write(dir.join(format!("batch-{batch}.json")), json)?;
+        let prevouts = crate::export::ledger_prevouts(&net.ledger, tx)
+            .with_context(|| format!("batch {batch}: funding transaction {txid}"))?;
+        docs.push((batch, crate::export::batch_json_parts(tx, &prevouts, &nodes)?));
     }
-    Ok(())
+    crate::export::write_batches(dir, &docs)
 }
 
 /// What each user's driver stored: the funding txid it saw finalized and its paths.

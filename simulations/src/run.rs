@@ -18,7 +18,7 @@ use cohort_common::params::{
 };
 use cohort_common::scripts::DepositScript;
 
-use crate::export::write_batch;
+use crate::export::{batch_json, write_batches};
 use crate::local::{
     build_batch, publish_path, reclaim_leaf, BatchTimings, ExitCost, SignedBatch, User,
 };
@@ -168,12 +168,11 @@ pub fn run(config: &Config) -> Result<Report> {
     let confirm = start.elapsed();
 
     if let Some(dir) = &config.export {
-        for (k, (_, batch)) in batches.iter().enumerate() {
-            write_batch(dir, &format!("batch-{k}.json"), batch)?;
-        }
-        if let [(_, only)] = batches.as_slice() {
-            write_batch(dir, "batch.json", only)?;
-        }
+        let docs = (0u32..)
+            .zip(&batches)
+            .map(|(k, (_, batch))| Ok((k, batch_json(batch)?)))
+            .collect::<Result<Vec<_>>>()?;
+        write_batches(dir, &docs)?;
     }
 
     // Exits: first, middle and last users (and more if asked), over all batches.
