@@ -92,7 +92,7 @@ enum PhaseArg {
 }
 
 /// Refuses `--timeline` where no engine events are recorded (it would do nothing), and a
-/// path whose directory does not exist (before the round, not after it).
+/// path it could not write (before the round, not after it).
 fn check_timeline(path: &Path, args: &Args) -> Result<()> {
     if args.local {
         bail!(
@@ -108,15 +108,21 @@ fn check_timeline(path: &Path, args: &Args) -> Result<()> {
             path.display()
         );
     }
+    check_output_file("--timeline", path)
+}
+
+/// Refuses an output file `flag` could not write after the run: in a directory that
+/// does not exist, or a directory itself.
+fn check_output_file(flag: &str, path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        bail!("--timeline {}: directory {} does not exist", path.display(), dir.display());
+        bail!("{flag} {}: directory {} does not exist", path.display(), dir.display());
     }
     if path.is_dir() {
-        bail!("--timeline {} is a directory, not a file", path.display());
+        bail!("{flag} {} is a directory, not a file", path.display());
     }
     Ok(())
 }
@@ -141,6 +147,9 @@ fn checked(matches: &ArgMatches) -> Result<Args> {
     check_batch_weight(args.max_batch_weight)?;
     if let Some(path) = &args.timeline {
         check_timeline(path, &args)?;
+    }
+    if let Some(path) = &args.json {
+        check_output_file("--json", path)?;
     }
     if let Some(dir) = &args.export {
         check_export(dir)?;
@@ -229,6 +238,9 @@ fn main() -> Result<()> {
             export: args.export,
         })?;
         print!("{report}");
+        if let Some(path) = &args.json {
+            write_json(path, &report)?;
+        }
         return Ok(());
     }
     let kind = match args.fault_kind {
@@ -269,11 +281,16 @@ fn main() -> Result<()> {
         TransportArg::Quic => run_quic_round(&config)?,
     };
     print!("{report}");
-    if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// Writes `report` as pretty JSON to `path`, replacing it.
+fn write_json(path: &Path, report: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing the report to {}", path.display()))
 }
 
 #[cfg(test)]
@@ -354,5 +371,18 @@ mod tests {
         std::fs::remove_file(&file).ok();
         // A directory that does not exist yet is created by the export.
         assert!(check(&["--export", &path]).is_ok());
+    }
+
+    #[test]
+    fn a_json_path_that_cannot_be_written_is_refused_before_the_run() {
+        let missing = std::env::temp_dir().join("cohort-sim-no-such-dir").join("r.json");
+        let missing = missing.display().to_string();
+        for argv in [&["--json", &missing][..], &["--local", "--json", &missing]] {
+            let message = refusal(argv);
+            assert!(message.starts_with(&format!("--json {missing}: directory")), "{message}");
+        }
+        let dir = std::env::temp_dir().display().to_string();
+        let message = refusal(&["--local", "--json", &dir]);
+        assert!(message.contains("is a directory, not a file"), "{message}");
     }
 }

@@ -142,6 +142,31 @@ fn quic_export_of_several_batches_writes_one_file_each() {
 }
 
 #[test]
+fn local_json_writes_the_local_report() {
+    let path = temp("local.json");
+    let report = sim_ok(&[
+        "--local",
+        "--users",
+        "6",
+        "--exits",
+        "2",
+        "--json",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("json written")).expect("json");
+    assert_eq!(json["users"], 6);
+    let txids = json["funding_txids"].as_array().expect("funding txids");
+    assert_eq!(txids.len(), 1);
+    assert!(report.contains(txids[0].as_str().expect("txid")), "{report}");
+    assert!(json["deposits_ms"].as_f64().is_some() && json["timings"]["build_ms"].is_f64());
+    let exits = json["exits"].as_array().expect("exits");
+    assert_eq!(exits.len(), 2);
+    assert!(exits.iter().all(|e| e["vbytes"].as_u64() > Some(0) && e["user"].is_u64()));
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
 fn options_that_would_do_nothing_are_refused_by_name() {
     let file = temp("a-file");
     std::fs::write(&file, "not a directory").expect("temp file");
