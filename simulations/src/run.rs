@@ -280,7 +280,10 @@ fn exit_sample<R: Rng>(
     rng: &mut R,
 ) -> Result<Vec<(usize, ExitCost)>> {
     let n = users.len();
-    let want = count.clamp(1, n);
+    let want = count.min(n);
+    if want == 0 {
+        return Ok(Vec::new());
+    }
     let mut chosen: Vec<usize> = vec![0, n / 2, n - 1];
     chosen.dedup();
     chosen.truncate(want);

@@ -167,6 +167,14 @@ fn local_json_writes_the_local_report() {
 }
 
 #[test]
+fn exits_zero_executes_no_exit_in_every_mode() {
+    for mode in [&["--local"][..], &["--transport", "mem"], &["--transport", "quic"]] {
+        let report = sim_ok(&[mode, &["--users", "4", "--exits", "0"]].concat());
+        assert!(!report.contains("exit user"), "{mode:?}: {report}");
+    }
+}
+
+#[test]
 fn options_that_would_do_nothing_are_refused_by_name() {
     let file = temp("a-file");
     std::fs::write(&file, "not a directory").expect("temp file");
