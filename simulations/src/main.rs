@@ -46,7 +46,7 @@ struct Args {
     /// In which phase they misbehave.
     #[arg(long, value_enum, default_value_t = PhaseArg::Tree)]
     fault_phase: PhaseArg,
-    /// Probability that any message is lost.
+    /// Probability that any message is lost (in-memory transport only: QUIC retransmits).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
     /// How many users execute a full unilateral exit after the round.

@@ -361,14 +361,10 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
     let start = Instant::now();
     let clock = SimulatedClock { origin: start, origin_ms: SIMULATED_EPOCH_MS };
     let mut secrets = ParticipantRandomness::new(config.seed);
-    let mut faulty = vec![false; config.users];
+    let faults = draw_faults(config, &mut rng);
+    let faulty: Vec<bool> = faults.iter().map(Option::is_some).collect();
     let mut peers = Vec::with_capacity(config.users);
-    for (i, user) in users.iter().enumerate() {
-        let fault = match config.fault {
-            Some(f) if config.faults > 0.0 && rng.gen_bool(config.faults.min(1.0)) => Some(f),
-            _ => None,
-        };
-        faulty[i] = fault.is_some();
+    for (user, fault) in users.iter().zip(faults) {
         let mut setup = user_setup(user, &coordinator_key, exit_csv, &caches, secrets.next())?;
         setup.clock = Box::new(clock);
         peers.push(Peer::new(store(user)?, setup, fault));
@@ -443,6 +439,18 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
         timeline: None,
     };
     Ok(RoundOutcome { report, net, users, faulty })
+}
+
+/// Each user's injected fault: `config.fault` for a `config.faults` share of them, drawn
+/// from the run's `rng` right after the deposits, so both transports pick the same
+/// culprits for the same seed.
+pub(crate) fn draw_faults<R: Rng>(config: &RoundConfig, rng: &mut R) -> Vec<Option<Fault>> {
+    (0..config.users)
+        .map(|_| match config.fault {
+            Some(f) if config.faults > 0.0 && rng.gen_bool(config.faults.min(1.0)) => Some(f),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The timeline of the round in `events` (the in-memory network's log, simulated time),
