@@ -9,7 +9,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use cohort_common::batch::BATCH_OUTPUT_SCRIPT_LEN;
 use cohort_common::fees::funding_weight;
 use cohort_common::params::{
-    TreeParams, DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX, MIN_BATCH_WEIGHT,
+    TreeParams, DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX, MAX_DEPTH_LIMIT,
+    MIN_BATCH_WEIGHT,
 };
 use cohort_common::standard::MAX_STANDARD_WEIGHT;
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
@@ -27,8 +28,8 @@ struct Args {
     /// Tree radix (2..=16).
     #[arg(long, default_value_t = DEFAULT_RADIX, value_parser = clap::value_parser!(u8).range(2..=16))]
     radix: u8,
-    /// Largest tree depth.
-    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH, value_parser = clap::value_parser!(u8).range(1..=32))]
+    /// Largest tree depth (1..=16).
+    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_DEPTH_LIMIT)))]
     max_depth: u8,
     /// Largest funding transaction weight, in weight units.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_WEIGHT)]
@@ -384,5 +385,12 @@ mod tests {
         let dir = std::env::temp_dir().display().to_string();
         let message = refusal(&["--local", "--json", &dir]);
         assert!(message.contains("is a directory, not a file"), "{message}");
+    }
+
+    #[test]
+    fn a_depth_no_round_accepts_is_refused_by_the_parser_naming_the_flag() {
+        let message = refusal(&["--max-depth", "17"]);
+        assert!(message.contains("--max-depth") && message.contains("1..=16"), "{message}");
+        assert!(check(&["--local", "--max-depth", "16"]).is_ok());
     }
 }

@@ -185,6 +185,7 @@ fn options_that_would_do_nothing_are_refused_by_name() {
         (&["--local", "--fault-kind", "drop"], "--fault-kind cannot be used with --local"),
         (&["--local", "--fault-phase", "tree"], "--fault-phase cannot be used with --local"),
         (&["--local", "--transport", "quic"], "--transport cannot be used with --local"),
+        (&["--transport", "quic", "--loss", "0.1"], "--loss applies to the in-memory transport"),
         (&["--max-batch-weight", "0"], "the smallest allowed is 2000"),
         (&["--local", "--max-batch-weight", "100"], "the smallest allowed is 2000"),
         (&["--export", file], &format!("--export {file} is not a directory")),
