@@ -13,6 +13,8 @@ use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::{OutPoint, Transaction, TxOut};
 use serde::Serialize;
 
+use cohort_common::ledger::Ledger;
+
 use crate::local::SignedBatch;
 
 #[derive(Serialize)]
@@ -104,9 +106,34 @@ pub fn leaf_outputs(nodes: &[Transaction]) -> Vec<(usize, u32, &TxOut)> {
     leaves
 }
 
-/// Writes `name` under `dir`, creating the directory.
-pub fn write_batch(dir: &Path, name: &str, batch: &SignedBatch) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(name);
-    std::fs::write(&path, batch_json(batch)?).with_context(|| format!("writing {}", path.display()))
+/// Writes every batch's document as `batch-K.json` under `dir` (creating it), and the
+/// only one also as `batch.json` (the foundation's name) when there is one batch.
+/// Every error names the path it failed on.
+pub fn write_batches(dir: &Path, batches: &[(u32, String)]) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the export directory {}", dir.display()))?;
+    let write = |name: String, json: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
+    };
+    for (batch, json) in batches {
+        write(format!("batch-{batch}.json"), json)?;
+    }
+    if let [(_, only)] = batches {
+        write("batch.json".to_owned(), only)?;
+    }
+    Ok(())
+}
+
+/// The outputs `tx` spends, as the ledger holds them.
+pub fn ledger_prevouts(ledger: &Ledger, tx: &Transaction) -> Result<Vec<TxOut>> {
+    tx.input
+        .iter()
+        .map(|i| {
+            ledger
+                .transaction(&i.previous_output.txid)
+                .and_then(|t| t.output.get(i.previous_output.vout as usize).cloned())
+                .with_context(|| format!("prevout {} is not on the ledger", i.previous_output))
+        })
+        .collect()
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`memnet`]: the deterministic in-memory network with simulated time and faults.
 //! - [`round`]: a round through the real coordinator and participant engines.
-//! - [`quic`]: the same round over real loopback QUIC (`--transport quic`).
+//! - [`quic`]: the same round over real loopback QUIC (`--transport quic`), faults
+//!   injected in the participants' session sinks.
 //! - [`local`]: a batch built and signed with local keys (no engines), exits.
 //! - [`run`]: the local-key run (`cohort-sim --local`) and user funding.
 //! - [`export`]: the `batch.json` export of a signed batch.

@@ -75,14 +75,17 @@ impl SignedBatch {
     }
 }
 
-/// Time spent in each phase of building a batch.
-#[derive(Debug, Default, Clone, Copy)]
+/// Time spent in each phase of building a batch (in milliseconds as JSON).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct BatchTimings {
     /// Fees, funding transaction, node keys and node transactions.
+    #[serde(rename = "build_ms", serialize_with = "crate::run::as_ms")]
     pub build: std::time::Duration,
     /// Nonces, partial signatures and aggregate-first combination of every node.
+    #[serde(rename = "sign_tree_ms", serialize_with = "crate::run::as_ms")]
     pub sign_tree: std::time::Duration,
     /// The MuSig2(U, C) signature of every deposit input.
+    #[serde(rename = "sign_deposits_ms", serialize_with = "crate::run::as_ms")]
     pub sign_deposits: std::time::Duration,
 }
 

@@ -3,11 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use cohort_common::batch::BATCH_OUTPUT_SCRIPT_LEN;
+use cohort_common::fees::funding_weight;
 use cohort_common::params::{
-    TreeParams, DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX,
+    TreeParams, DEFAULT_MAX_BATCH_WEIGHT, DEFAULT_MAX_DEPTH, DEFAULT_RADIX, MAX_DEPTH_LIMIT,
+    MIN_BATCH_WEIGHT,
 };
+use cohort_common::standard::MAX_STANDARD_WEIGHT;
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::quic::run_quic_round;
 use cohort_sim::round::{round_timeline, run_round, RoundConfig};
@@ -23,8 +28,8 @@ struct Args {
     /// Tree radix (2..=16).
     #[arg(long, default_value_t = DEFAULT_RADIX, value_parser = clap::value_parser!(u8).range(2..=16))]
     radix: u8,
-    /// Largest tree depth.
-    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH, value_parser = clap::value_parser!(u8).range(1..=32))]
+    /// Largest tree depth (1..=16).
+    #[arg(long, default_value_t = DEFAULT_MAX_DEPTH, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_DEPTH_LIMIT)))]
     max_depth: u8,
     /// Largest funding transaction weight, in weight units.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH_WEIGHT)]
@@ -42,7 +47,7 @@ struct Args {
     /// In which phase they misbehave.
     #[arg(long, value_enum, default_value_t = PhaseArg::Tree)]
     fault_phase: PhaseArg,
-    /// Probability that any message is lost.
+    /// Probability that any message is lost (in-memory transport only: QUIC retransmits).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
     /// How many users execute a full unilateral exit after the round.
@@ -88,7 +93,7 @@ enum PhaseArg {
 }
 
 /// Refuses `--timeline` where no engine events are recorded (it would do nothing), and a
-/// path whose directory does not exist (before the round, not after it).
+/// path it could not write (before the round, not after it).
 fn check_timeline(path: &Path, args: &Args) -> Result<()> {
     if args.local {
         bail!(
@@ -104,28 +109,126 @@ fn check_timeline(path: &Path, args: &Args) -> Result<()> {
             path.display()
         );
     }
+    check_output_file("--timeline", path)
+}
+
+/// Refuses an output file `flag` could not write after the run: in a directory that
+/// does not exist, or a directory itself.
+fn check_output_file(flag: &str, path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        bail!("--timeline {}: directory {} does not exist", path.display(), dir.display());
+        bail!("{flag} {}: directory {} does not exist", path.display(), dir.display());
     }
     if path.is_dir() {
-        bail!("--timeline {} is a directory, not a file", path.display());
+        bail!("{flag} {} is a directory, not a file", path.display());
+    }
+    Ok(())
+}
+
+/// Length of the payout scriptPubKey every run gives the coordinator (P2TR).
+const PAYOUT_SCRIPT_LEN: usize = 34;
+
+/// The arguments in `matches`, checked: an option that would do nothing in this run is
+/// refused (never silently ignored), and so is a setting no round can run with. Runs
+/// before any work, so a long run never fails at its end over an option.
+fn checked(matches: &ArgMatches) -> Result<Args> {
+    let args = Args::from_arg_matches(matches)?;
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if !(0.0..=1.0).contains(&args.faults) || !(0.0..=1.0).contains(&args.loss) {
+        bail!("--faults and --loss must be between 0 and 1");
+    }
+    if args.local {
+        check_local(&given)?;
+    } else {
+        check_faults(&args, &given)?;
+    }
+    check_batch_weight(args.max_batch_weight)?;
+    if let Some(path) = &args.timeline {
+        check_timeline(path, &args)?;
+    }
+    if let Some(path) = &args.json {
+        check_output_file("--json", path)?;
+    }
+    if let Some(dir) = &args.export {
+        check_export(dir)?;
+    }
+    Ok(args)
+}
+
+/// Refuses the options the local run has no use for: it signs every batch with local
+/// keys, without a coordinator engine, participants or messages.
+fn check_local(given: &dyn Fn(&str) -> bool) -> Result<()> {
+    let refused = [
+        ("faults", "--faults", "no participant runs, so none can misbehave"),
+        ("fault_kind", "--fault-kind", "no participant runs, so none can misbehave"),
+        ("fault_phase", "--fault-phase", "no participant runs, so none can misbehave"),
+        ("loss", "--loss", "no message is sent, so none can be lost"),
+        ("transport", "--transport", "no participant reaches a coordinator"),
+    ];
+    for (id, flag, why) in refused {
+        if given(id) {
+            bail!(
+                "{flag} cannot be used with --local: the local run signs batches with local \
+                 keys, {why}; drop --local to run the engines"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `--fault-kind` and `--fault-phase` when no participant is faulty.
+fn check_faults(args: &Args, given: &dyn Fn(&str) -> bool) -> Result<()> {
+    if args.faults > 0.0 {
+        return Ok(());
+    }
+    for (id, flag) in [("fault_kind", "--fault-kind"), ("fault_phase", "--fault-phase")] {
+        if given(id) {
+            bail!("{flag} needs --faults above 0: without it no participant misbehaves");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a funding weight limit outside what a round accepts: below it no batch holds
+/// even one user's deposit and the shared part (every user would get a batch of its
+/// own), above it the funding transaction is not standard.
+fn check_batch_weight(weight: u64) -> Result<()> {
+    let one_user = funding_weight(1, &[BATCH_OUTPUT_SCRIPT_LEN, PAYOUT_SCRIPT_LEN]);
+    let min = MIN_BATCH_WEIGHT.max(one_user);
+    let max = MAX_STANDARD_WEIGHT.to_wu();
+    if weight < min {
+        bail!(
+            "--max-batch-weight {weight} is too small: the smallest allowed is {min} weight \
+             units (one user's funding transaction alone weighs {one_user})"
+        );
+    }
+    if weight > max {
+        bail!(
+            "--max-batch-weight {weight} is too large: the largest allowed is {max} weight \
+             units (the standardness limit of a transaction)"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an `--export` path that exists and is not a directory.
+fn check_export(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "--export {} is not a directory: the export writes batch-K.json files into a \
+             directory (created if missing)",
+            dir.display()
+        );
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    if !(0.0..=1.0).contains(&args.faults) || !(0.0..=1.0).contains(&args.loss) {
-        anyhow::bail!("--faults and --loss must be between 0 and 1");
-    }
+    let args = checked(&Args::command().get_matches())?;
     let tree = TreeParams { radix: args.radix, max_depth: args.max_depth };
-    if let Some(path) = &args.timeline {
-        check_timeline(path, &args)?;
-    }
     if args.local {
         let report = run(&Config {
             users: args.users,
@@ -136,6 +239,9 @@ fn main() -> Result<()> {
             export: args.export,
         })?;
         print!("{report}");
+        if let Some(path) = &args.json {
+            write_json(path, &report)?;
+        }
         return Ok(());
     }
     let kind = match args.fault_kind {
@@ -176,9 +282,115 @@ fn main() -> Result<()> {
         TransportArg::Quic => run_quic_round(&config)?,
     };
     print!("{report}");
-    if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// Writes `report` as pretty JSON to `path`, replacing it.
+fn write_json(path: &Path, report: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing the report to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `argv` (without the program name) parsed and checked as `main` does.
+    fn check(argv: &[&str]) -> Result<Args> {
+        let argv = std::iter::once("cohort-sim").chain(argv.iter().copied());
+        checked(&Args::command().try_get_matches_from(argv)?)
+    }
+
+    /// The message `argv` is refused with.
+    fn refusal(argv: &[&str]) -> String {
+        format!("{:#}", check(argv).expect_err("refused"))
+    }
+
+    #[test]
+    fn the_local_run_refuses_the_engine_options() {
+        for (argv, flag) in [
+            (&["--local", "--faults", "0.1"][..], "--faults"),
+            (&["--local", "--faults", "0"], "--faults"),
+            (&["--local", "--loss", "0.01"], "--loss"),
+            (&["--local", "--fault-kind", "drop"], "--fault-kind"),
+            (&["--local", "--fault-phase", "deposit"], "--fault-phase"),
+            (&["--local", "--transport", "quic"], "--transport"),
+            (&["--local", "--transport", "mem"], "--transport"),
+        ] {
+            let message = refusal(argv);
+            assert!(
+                message.starts_with(&format!("{flag} cannot be used with --local")),
+                "{message}"
+            );
+        }
+        assert!(check(&["--local", "--users", "3", "--json", "r.json"]).is_ok());
+    }
+
+    #[test]
+    fn a_fault_kind_or_phase_without_faults_is_refused() {
+        for flag in ["--fault-kind", "--fault-phase"] {
+            let value = if flag == "--fault-kind" { "timeout" } else { "deposit" };
+            let message = refusal(&[flag, value]);
+            assert!(message.contains(&format!("{flag} needs --faults above 0")), "{message}");
+            assert!(check(&["--faults", "0.1", flag, value]).is_ok());
+        }
+        // The defaults alone are no option given.
+        assert!(check(&["--users", "3"]).is_ok());
+    }
+
+    #[test]
+    fn a_batch_weight_that_holds_no_user_is_refused_naming_the_smallest() {
+        for weight in ["0", "1", "616", "1999"] {
+            let message = refusal(&["--max-batch-weight", weight]);
+            assert!(
+                message.contains(&format!("--max-batch-weight {weight} is too small"))
+                    && message.contains("the smallest allowed is 2000"),
+                "{message}"
+            );
+            let message = refusal(&["--local", "--max-batch-weight", weight]);
+            assert!(message.contains("the smallest allowed is 2000"), "{message}");
+        }
+        let message = refusal(&["--max-batch-weight", "400001"]);
+        assert!(message.contains("the largest allowed is 400000"), "{message}");
+        assert!(check(&["--max-batch-weight", "2000"]).is_ok());
+        assert!(check(&["--max-batch-weight", "400000"]).is_ok());
+    }
+
+    #[test]
+    fn an_export_onto_a_file_is_refused_naming_it() {
+        let file =
+            std::env::temp_dir().join(format!("cohort-sim-export-file-{}", std::process::id()));
+        std::fs::write(&file, "not a directory").expect("temp file");
+        let path = file.display().to_string();
+        for argv in [&["--export", &path][..], &["--local", "--export", &path]] {
+            let message = refusal(argv);
+            assert!(message.contains(&format!("--export {path} is not a directory")), "{message}");
+        }
+        std::fs::remove_file(&file).ok();
+        // A directory that does not exist yet is created by the export.
+        assert!(check(&["--export", &path]).is_ok());
+    }
+
+    #[test]
+    fn a_json_path_that_cannot_be_written_is_refused_before_the_run() {
+        let missing = std::env::temp_dir().join("cohort-sim-no-such-dir").join("r.json");
+        let missing = missing.display().to_string();
+        for argv in [&["--json", &missing][..], &["--local", "--json", &missing]] {
+            let message = refusal(argv);
+            assert!(message.starts_with(&format!("--json {missing}: directory")), "{message}");
+        }
+        let dir = std::env::temp_dir().display().to_string();
+        let message = refusal(&["--local", "--json", &dir]);
+        assert!(message.contains("is a directory, not a file"), "{message}");
+    }
+
+    #[test]
+    fn a_depth_no_round_accepts_is_refused_by_the_parser_naming_the_flag() {
+        let message = refusal(&["--max-depth", "17"]);
+        assert!(message.contains("--max-depth") && message.contains("1..=16"), "{message}");
+        assert!(check(&["--local", "--max-depth", "16"]).is_ok());
+    }
 }

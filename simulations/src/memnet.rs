@@ -559,12 +559,7 @@ fn through_fault(
     out: &mut PeerOutput,
 ) -> ControlFlow<()> {
     if let Some(fault) = fault {
-        let hit = matches!(
-            (&msg, fault.phase),
-            (ToCoordinator::TreeSigs(_), FaultPhase::Tree)
-                | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
-        );
-        if hit {
+        if hits(&fault, &msg) {
             match fault.kind {
                 FaultKind::Drop => {
                     out.disconnect = true;
@@ -584,8 +579,17 @@ fn through_fault(
     ControlFlow::Continue(())
 }
 
+/// Whether `msg` is what `fault` misbehaves on: the signatures of its phase.
+pub(crate) fn hits(fault: &Fault, msg: &ToCoordinator) -> bool {
+    matches!(
+        (msg, fault.phase),
+        (ToCoordinator::TreeSigs(_), FaultPhase::Tree)
+            | (ToCoordinator::DepositSigs(_), FaultPhase::Deposit)
+    )
+}
+
 /// Replaces the first partial signature of a TreeSigs or DepositSigs with a wrong one.
-fn corrupt(msg: &mut ToCoordinator) {
+pub(crate) fn corrupt(msg: &mut ToCoordinator) {
     let wrong = musig2::secp::MaybeScalar::reduce_from(&[0x5a; 32]);
     match msg {
         ToCoordinator::TreeSigs(s) => {

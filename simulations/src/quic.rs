@@ -1,7 +1,8 @@
 //! `cohort-sim --transport quic`: N participants over real loopback QUIC to one
 //! coordinator service in the same process, on the embedded ledger the service serves.
 //! Each participant runs the participant's tokio driver ([`Driver::run`], what `cohort
-//! join` runs) with an in-memory store.
+//! join` runs) with an in-memory store; a faulty one sends through a [`faults`] sink that
+//! misbehaves as the in-memory network's faults do.
 //!
 //! The coordinator service runs on its own tokio runtime (threads `coord-rt`), its
 //! engine on the `cohort-engine` thread with its own rayon pool (`coord-rayon-*`), so its
@@ -9,6 +10,7 @@
 //! a few client endpoints (UDP sockets) and spread their connects.
 
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,20 +25,46 @@ use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::params::DEFAULT_DEPOSIT_CSV;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
-use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore};
-use cohort_participant::driver::{spawn_reader, Driver, DriverSetup, Outcome, Progress};
+use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore, RegistrationStatus};
+use cohort_participant::driver::{
+    spawn_reader, Driver, DriverError, DriverSetup, LinkError, Outcome, Progress,
+};
 use cohort_participant::session::SharedCaches;
 use cohort_participant::store::MemoryStore as ParticipantMemoryStore;
+use cohort_participant::store::ParticipantStore;
 use cohort_transport::{Client, ClientEndpoint, CoordinatorUri, Identity, Limits};
 
+use crate::memnet::Fault;
 use crate::round::{
     execute_exits, finalized_paths, ms, peak_rss, progress_bar, user_setup, user_store,
     BatchReport, ParticipantRandomness, PhaseTimes, RoundConfig, RoundReport, StoredPaths,
 };
 use crate::run::fund_users;
 
+mod faults;
+use faults::{round_over, FaultySink, HonestLeft};
+
 /// Client endpoints (UDP sockets) the participants share.
 const CLIENT_ENDPOINTS: usize = 16;
+
+/// How long the coordinator waits for a phase's signatures in an honest run (it never
+/// expires there).
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// With faults, a silent participant is excluded after this much per participant (the
+/// honest ones of a large run need it on a small machine), at least
+/// [`MIN_PHASE_TIMEOUT_WITH_FAULTS`] and at most [`PHASE_TIMEOUT`].
+const PHASE_TIMEOUT_PER_USER: Duration = Duration::from_millis(30);
+/// The shortest phase timeout with faults.
+const MIN_PHASE_TIMEOUT_WITH_FAULTS: Duration = Duration::from_secs(5);
+
+/// The coordinator's phase timeout for a run of `users`, `faulty` or not.
+fn phase_timeout(users: usize, faulty: bool) -> Duration {
+    if !faulty {
+        return PHASE_TIMEOUT;
+    }
+    let scaled = PHASE_TIMEOUT_PER_USER.saturating_mul(u32::try_from(users).unwrap_or(u32::MAX));
+    scaled.clamp(MIN_PHASE_TIMEOUT_WITH_FAULTS, PHASE_TIMEOUT)
+}
 
 /// What one participant saw.
 #[derive(Debug, Default)]
@@ -44,6 +72,8 @@ struct PeerResult {
     finalized: Option<Txid>,
     confirmed: bool,
     stored: StoredPaths,
+    /// Its store, for the safety check.
+    store: Option<Arc<ParticipantMemoryStore>>,
     error: Option<String>,
     udp_tx: u64,
     udp_rx: u64,
@@ -54,8 +84,11 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     if config.users == 0 {
         bail!("--users must be at least 1");
     }
-    if config.fault.is_some() || config.loss > 0.0 {
-        bail!("--faults and --loss apply to the in-memory transport only");
+    if config.loss > 0.0 {
+        bail!(
+            "--loss applies to the in-memory transport only: QUIC retransmits what the \
+             network loses"
+        );
     }
     let wall = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
@@ -64,9 +97,11 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let payout = p2tr_single(&Keypair::from_rng(&mut rng));
     let users = fund_users(&ledger, &mut rng, config.users, &coordinator_key)?;
     let deposits_ms = ms(wall.elapsed());
+    let faults = crate::round::draw_faults(config, &mut rng);
+    let faulty: Vec<bool> = faults.iter().map(Option::is_some).collect();
 
-    let engine =
-        config.coordinator_config(payout, Duration::from_secs(120), Duration::from_secs(60));
+    let phase = phase_timeout(config.users, faulty.contains(&true));
+    let engine = config.coordinator_config(payout, Duration::from_secs(120), phase);
     let exit_csv = engine.exit_csv;
     let service_config = ServiceConfig {
         listen: "127.0.0.1:0".parse().context("listen address")?,
@@ -112,6 +147,9 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
             Ok((user_store(user)?, setup))
         })
         .collect::<Result<_>>()?;
+    // The faulty participants' tasks end when the last honest one's does.
+    let (over_tx, over) = tokio::sync::watch::channel(false);
+    let honest_left = Arc::new(HonestLeft(over_tx));
 
     let started = Instant::now();
     let finalized = Arc::new(AtomicUsize::new(0));
@@ -125,15 +163,21 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         // Spread the connects over ~0.35 ms per participant (3.5 s for 10,000).
         let spread = Duration::from_micros(350);
         let mut tasks = Vec::with_capacity(participants.len());
-        for (i, (store, setup)) in participants.into_iter().enumerate() {
+        for (i, ((store, setup), fault)) in participants.into_iter().zip(&faults).enumerate() {
             let endpoint = endpoints[i % endpoints.len()].clone();
             let (uri, limits, finalized) = (uri.clone(), limits.clone(), finalized.clone());
             let delay = spread * i as u32;
+            let link = Link { fault: *fault, over: over.clone() };
+            let honest = fault.is_none().then(|| honest_left.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                participant(store, setup, &endpoint, &uri, &limits, &finalized).await
+                let result =
+                    participant(store, setup, &endpoint, &uri, &limits, &finalized, link).await;
+                drop(honest);
+                result
             }));
         }
+        drop(honest_left);
         let mut results = Vec::with_capacity(tasks.len());
         let mut pending = tasks.into_iter();
         for task in pending.by_ref() {
@@ -154,17 +198,17 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let coordinator_cpu = thread_cpu(&["cohort-engine", "coord-rayon", "coord-rt"]);
     coord_rt.block_on(service.shutdown("simulation over"));
 
-    let errors: Vec<String> = results.iter().filter_map(|r| r.error.clone()).collect();
-    let completed = results
+    let tally = tally(&results, &faulty, &ledger);
+    check_safety(store.as_ref(), &users, &faulty, &results)?;
+    let excluded = store
+        .registrations_of_round(1)?
         .iter()
-        .filter(|r| {
-            r.confirmed
-                && r.finalized.is_some_and(|t| {
-                    ledger.confirmations(&t).ok().flatten().is_some_and(|c| c >= 1)
-                })
-        })
+        .filter(|r| r.status == RegistrationStatus::Excluded)
         .count();
     let batches = batch_reports(store.as_ref())?;
+    if let Some(dir) = &config.export {
+        export_batches(store.as_ref(), &ledger, dir)?;
+    }
     let mut chain = crate::round::ChainFootprint::default();
     for record in store.batches_of_round(1)? {
         let signed = ledger.transaction(&record.funding_tx.compute_txid());
@@ -180,7 +224,6 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let udp_rx: u64 = results.iter().map(|r| r.udp_rx).sum();
     let udp_tx: u64 = results.iter().map(|r| r.udp_tx).sum();
     let stored: Vec<StoredPaths> = results.into_iter().map(|r| r.stored).collect();
-    let faulty = vec![false; users.len()];
     let exit_start = Instant::now();
     let exits =
         execute_exits(&ledger, &stored, &users, &faulty, &coordinator_key, config.exits, &mut rng)?;
@@ -192,8 +235,8 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         confirmation: 0,
         exits: ms(exit_start.elapsed()),
     };
-    if !errors.is_empty() {
-        eprintln!("{} participants failed; first: {}", errors.len(), errors[0]);
+    if let Some(first) = tally.errors.first() {
+        eprintln!("{} participants failed; first: {first}", tally.errors.len());
     }
     let wall_ms = ms(wall.elapsed());
     // Measured after the run, so it is not part of the wall time above.
@@ -201,9 +244,9 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     Ok(RoundReport {
         transport: "quic",
         users: config.users,
-        completed,
-        excluded: config.users - completed,
-        faulty: 0,
+        completed: tally.completed,
+        excluded,
+        faulty: faulty.iter().filter(|f| **f).count(),
         batches,
         chain,
         wall_ms,
@@ -222,7 +265,34 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     })
 }
 
-/// One participant: connect, run the participant's driver to its end, report.
+/// What the honest participants saw.
+struct Tally {
+    /// Honest participants whose batch confirmed.
+    completed: usize,
+    /// The honest participants' errors (a faulty one's driver ends in one by design).
+    errors: Vec<String>,
+}
+
+/// Counts what the honest participants saw, by `results[i]` and `faulty[i]`.
+fn tally(results: &[PeerResult], faulty: &[bool], ledger: &Ledger) -> Tally {
+    let honest = || results.iter().zip(faulty).filter(|(_, f)| !**f).map(|(r, _)| r);
+    let confirmed = |t: &Txid| ledger.confirmations(t).ok().flatten().is_some_and(|c| c >= 1);
+    Tally {
+        completed: honest()
+            .filter(|r| r.confirmed && r.finalized.is_some_and(|t| confirmed(&t)))
+            .count(),
+        errors: honest().filter_map(|r| r.error.clone()).collect(),
+    }
+}
+
+/// How a participant's task misbehaves, and when the round is over for a faulty one.
+struct Link {
+    fault: Option<Fault>,
+    over: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One participant: connect, run the participant's driver to its end (a faulty one: its
+/// fault's end, or the round's), report.
 async fn participant(
     store: Arc<ParticipantMemoryStore>,
     setup: DriverSetup,
@@ -230,8 +300,9 @@ async fn participant(
     uri: &CoordinatorUri,
     limits: &Limits,
     finalized: &AtomicUsize,
+    link: Link,
 ) -> PeerResult {
-    let mut result = PeerResult::default();
+    let mut result = PeerResult { store: Some(store.clone()), ..PeerResult::default() };
     let client = match Client::connect_via(endpoint, uri, limits).await {
         Ok(c) => c,
         Err(e) => {
@@ -249,15 +320,20 @@ async fn participant(
     let (mut inbox, reader) = spawn_reader(recv);
     let driver = Driver::with_setup(store.clone(), setup);
     let mut seen = None;
-    let outcome = driver
-        .run(&mut send, &mut inbox, |p| {
-            if let Progress::Finalized { txid } = p {
-                seen = Some(*txid);
-                finalized.fetch_add(1, Ordering::Relaxed);
-            }
-            ControlFlow::Continue(())
-        })
-        .await;
+    let mut sink = FaultySink { stream: &mut send, client: &client, fault: link.fault };
+    let run = driver.run(&mut sink, &mut inbox, |p| {
+        if let Progress::Finalized { txid } = p {
+            seen = Some(*txid);
+            finalized.fetch_add(1, Ordering::Relaxed);
+        }
+        ControlFlow::Continue(())
+    });
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        () = round_over(link.over), if link.fault.is_some() => {
+            Err(DriverError::Link(LinkError::ChannelClosed))
+        }
+    };
     result.finalized = seen;
     match outcome {
         Ok(Outcome::Confirmed { .. }) => result.confirmed = true,
@@ -271,6 +347,55 @@ async fn participant(
     client.close("done");
     reader.abort();
     result
+}
+
+/// Writes `batch-K.json` for every batch the service finalized: the funding transaction
+/// as the ledger accepted it (signed), its prevouts, and the signed tree the service
+/// stored.
+fn export_batches(store: &dyn CoordinatorStore, ledger: &Ledger, dir: &Path) -> Result<()> {
+    let mut docs = Vec::new();
+    for record in store.batches_of_round(1)? {
+        if !matches!(record.status, BatchStatus::Finalized { .. } | BatchStatus::Confirmed { .. }) {
+            continue;
+        }
+        let batch = record.batch;
+        let txid = record.funding_tx.compute_txid();
+        let funding = ledger.transaction(&txid).with_context(|| {
+            format!("batch {batch}: funding transaction {txid} not on the ledger")
+        })?;
+        let nodes = store
+            .signed_tree(1, batch)?
+            .with_context(|| format!("batch {batch}: the service stored no signed tree"))?;
+        let prevouts = crate::export::ledger_prevouts(ledger, &funding)
+            .with_context(|| format!("batch {batch}: funding transaction {txid}"))?;
+        docs.push((batch, crate::export::batch_json_parts(&funding, &prevouts, &nodes)?));
+    }
+    crate::export::write_batches(dir, &docs)
+}
+
+/// The safety invariant, as the in-memory run checks it: every deposit spent by a
+/// funding transaction the service finalized belongs to a participant that stored its
+/// exit paths for that transaction (a faulty one aside).
+fn check_safety(
+    store: &dyn CoordinatorStore,
+    users: &[crate::local::User],
+    faulty: &[bool],
+    results: &[PeerResult],
+) -> Result<()> {
+    let owner: std::collections::HashMap<bitcoin::OutPoint, usize> =
+        users.iter().enumerate().map(|(i, u)| (u.outpoint, i)).collect();
+    for funding in store_funding(store)? {
+        let txid = funding.compute_txid();
+        for input in &funding.input {
+            let Some(&i) = owner.get(&input.previous_output) else { continue };
+            let stored = results[i].store.as_ref().and_then(|s| s.exit_paths().ok());
+            let has_paths = stored.is_some_and(|p| p.iter().any(|p| p.funding_txid == txid));
+            if !has_paths && !faulty[i] {
+                bail!("user {i}'s deposit was spent by {txid} without its exit paths stored");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The funding transactions the service broadcast, as stored.

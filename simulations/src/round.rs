@@ -361,14 +361,10 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
     let start = Instant::now();
     let clock = SimulatedClock { origin: start, origin_ms: SIMULATED_EPOCH_MS };
     let mut secrets = ParticipantRandomness::new(config.seed);
-    let mut faulty = vec![false; config.users];
+    let faults = draw_faults(config, &mut rng);
+    let faulty: Vec<bool> = faults.iter().map(Option::is_some).collect();
     let mut peers = Vec::with_capacity(config.users);
-    for (i, user) in users.iter().enumerate() {
-        let fault = match config.fault {
-            Some(f) if config.faults > 0.0 && rng.gen_bool(config.faults.min(1.0)) => Some(f),
-            _ => None,
-        };
-        faulty[i] = fault.is_some();
+    for (user, fault) in users.iter().zip(faults) {
         let mut setup = user_setup(user, &coordinator_key, exit_csv, &caches, secrets.next())?;
         setup.clock = Box::new(clock);
         peers.push(Peer::new(store(user)?, setup, fault));
@@ -443,6 +439,18 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
         timeline: None,
     };
     Ok(RoundOutcome { report, net, users, faulty })
+}
+
+/// Each user's injected fault: `config.fault` for a `config.faults` share of them, drawn
+/// from the run's `rng` right after the deposits, so both transports pick the same
+/// culprits for the same seed.
+pub(crate) fn draw_faults<R: Rng>(config: &RoundConfig, rng: &mut R) -> Vec<Option<Fault>> {
+    (0..config.users)
+        .map(|_| match config.fault {
+            Some(f) if config.faults > 0.0 && rng.gen_bool(config.faults.min(1.0)) => Some(f),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The timeline of the round in `events` (the in-memory network's log, simulated time),
@@ -670,6 +678,7 @@ fn check_safety(net: &MemNet, users: &[User], faulty: &[bool]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `batch-K.json` for every funding transaction the round broadcast.
 fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
     let mut trees: std::collections::HashMap<u32, Vec<Transaction>> = Default::default();
     for (_, e) in &net.events {
@@ -677,6 +686,7 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
             trees.insert(*batch, nodes.clone());
         }
     }
+    let mut docs = Vec::with_capacity(net.broadcast.len());
     for (k, (txid, tx)) in net.broadcast.iter().enumerate() {
         let batch = net
             .events
@@ -687,25 +697,11 @@ fn export_batches(net: &MemNet, dir: &std::path::Path) -> Result<()> {
             })
             .unwrap_or(k as u32);
         let nodes = trees.get(&batch).cloned().unwrap_or_default();
-        let prevouts: Vec<TxOut> = tx
-            .input
-            .iter()
-            .map(|i| {
-                net.ledger
-                    .transaction(&i.previous_output.txid)
-                    .and_then(|t| t.output.get(i.previous_output.vout as usize).cloned())
-            })
-            .collect::<Option<_>>()
-            .context("funding prevout not on the ledger")?;
-        let json = crate::export::batch_json_parts(tx, &prevouts, &nodes)?;
-        std::fs::create_dir_all(dir)?;
-        if net.broadcast.len() == 1 {
-            // One batch: also under the foundation's name.
-            std::fs::write(dir.join("batch.json"), &json)?;
-        }
-        std::fs::write(dir.join(format!("batch-{batch}.json")), json)?;
+        let prevouts = crate::export::ledger_prevouts(&net.ledger, tx)
+            .with_context(|| format!("batch {batch}: funding transaction {txid}"))?;
+        docs.push((batch, crate::export::batch_json_parts(tx, &prevouts, &nodes)?));
     }
-    Ok(())
+    crate::export::write_batches(dir, &docs)
 }
 
 /// What each user's driver stored: the funding txid it saw finalized and its paths.

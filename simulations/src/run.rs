@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, FeeRate, OutPoint, TxOut, Txid};
 use rand::{Rng, SeedableRng};
+use serde::{Serialize, Serializer};
 
 use cohort_common::batch::{group_batches, BatchLimits, MemberSize};
 use cohort_common::chain::Chain;
@@ -18,7 +19,7 @@ use cohort_common::params::{
 };
 use cohort_common::scripts::DepositScript;
 
-use crate::export::write_batch;
+use crate::export::{batch_json, write_batches};
 use crate::local::{
     build_batch, publish_path, reclaim_leaf, BatchTimings, ExitCost, SignedBatch, User,
 };
@@ -40,8 +41,8 @@ pub struct Config {
     pub export: Option<PathBuf>,
 }
 
-/// What a run measured.
-#[derive(Debug, Clone)]
+/// What a run measured; `--json` writes it (durations in milliseconds).
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Users.
     pub users: usize,
@@ -56,14 +57,18 @@ pub struct Report {
     /// The same users each paid to their own output in one plain transaction per batch.
     pub baseline_vbytes: u64,
     /// Time to create and confirm the deposits.
+    #[serde(rename = "deposits_ms", serialize_with = "as_ms")]
     pub deposits: Duration,
     /// Phases of building the batches.
     pub timings: BatchTimings,
     /// Broadcast and confirmation of the funding transactions.
+    #[serde(rename = "confirm_ms", serialize_with = "as_ms")]
     pub confirm: Duration,
     /// Exits executed: user index, nodes published, vbytes.
+    #[serde(serialize_with = "exits_as_objects")]
     pub exits: Vec<(usize, ExitCost)>,
     /// Time of the exits.
+    #[serde(rename = "exit_time_ms", serialize_with = "as_ms")]
     pub exit_time: Duration,
 }
 
@@ -104,6 +109,26 @@ impl std::fmt::Display for Report {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// A duration as (fractional) milliseconds.
+pub(crate) fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(ms(*d))
+}
+
+/// The exits as `{"user", "nodes", "vbytes"}` objects, as the engine runs write them.
+fn exits_as_objects<S: Serializer>(exits: &[(usize, ExitCost)], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Exit {
+        user: usize,
+        nodes: usize,
+        vbytes: u64,
+    }
+    s.collect_seq(exits.iter().map(|(user, c)| Exit {
+        user: *user,
+        nodes: c.nodes,
+        vbytes: c.vbytes,
+    }))
 }
 
 /// Runs the simulation on a fresh embedded ledger.
@@ -168,12 +193,11 @@ pub fn run(config: &Config) -> Result<Report> {
     let confirm = start.elapsed();
 
     if let Some(dir) = &config.export {
-        for (k, (_, batch)) in batches.iter().enumerate() {
-            write_batch(dir, &format!("batch-{k}.json"), batch)?;
-        }
-        if let [(_, only)] = batches.as_slice() {
-            write_batch(dir, "batch.json", only)?;
-        }
+        let docs = (0u32..)
+            .zip(&batches)
+            .map(|(k, (_, batch))| Ok((k, batch_json(batch)?)))
+            .collect::<Result<Vec<_>>>()?;
+        write_batches(dir, &docs)?;
     }
 
     // Exits: first, middle and last users (and more if asked), over all batches.
@@ -256,7 +280,10 @@ fn exit_sample<R: Rng>(
     rng: &mut R,
 ) -> Result<Vec<(usize, ExitCost)>> {
     let n = users.len();
-    let want = count.clamp(1, n);
+    let want = count.min(n);
+    if want == 0 {
+        return Ok(Vec::new());
+    }
     let mut chosen: Vec<usize> = vec![0, n / 2, n - 1];
     chosen.dedup();
     chosen.truncate(want);
