@@ -38,8 +38,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitcoin::{Amount, OutPoint, Txid};
@@ -74,6 +73,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Client::join`] waits for its own chain source to show the confirmation the
 /// coordinator announced (a node may be a block behind).
 pub const OWN_CONFIRMATION_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a join's end waits for the coordinator to read the session's last messages
+/// and close the connection before closing it from this side.
+pub const SESSION_LINGER: Duration = Duration::from_secs(2);
 
 /// How many progress events a slow [`Client::subscribe`] receiver may fall behind before
 /// it skips the oldest ([`broadcast::error::RecvError::Lagged`]).
@@ -269,9 +272,9 @@ pub struct Client<C> {
     chain: C,
     uri: String,
     progress: broadcast::Sender<Progress>,
-    gate: std::sync::Mutex<SignGate>,
     fixed_gate: Option<SignGate>,
-    joining: AtomicBool,
+    /// The running join's gate (`None`: no join running).
+    running: Mutex<Option<SignGate>>,
 }
 
 impl<C> std::fmt::Debug for Client<C> {
@@ -300,9 +303,8 @@ impl<C> Client<C> {
             wallet,
             chain,
             progress: broadcast::channel(PROGRESS_BUFFER).0,
-            gate: std::sync::Mutex::new(SignGate::new()),
             fixed_gate: None,
-            joining: AtomicBool::new(false),
+            running: Mutex::new(None),
         }
     }
 
@@ -349,16 +351,9 @@ impl<C> Client<C> {
     /// round. After deposit signatures the round runs to its end and this answers
     /// [`CancelError::DepositsSigned`].
     pub fn cancel(&self) -> Result<(), CancelError> {
-        if !self.joining.load(Ordering::SeqCst) {
-            return Err(CancelError::NotRunning);
-        }
-        self.current_gate().cancel()
-    }
-
-    fn current_gate(&self) -> SignGate {
-        match self.gate.lock() {
-            Ok(gate) => gate.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        match lock(&self.running).as_ref() {
+            Some(gate) => gate.cancel(),
+            None => Err(CancelError::NotRunning),
         }
     }
 
@@ -444,16 +439,17 @@ impl<C: ChainSource> Client<C> {
         request: JoinRequest,
         mut observer: impl FnMut(&Progress) -> ControlFlow<()> + Send,
     ) -> Result<JoinReport, ClientError> {
-        if self.joining.swap(true, Ordering::SeqCst) {
-            return Err(ClientError::JoinRunning);
-        }
-        let gate = self.fixed_gate.clone().unwrap_or_default();
-        match self.gate.lock() {
-            Ok(mut slot) => *slot = gate.clone(),
-            Err(poisoned) => *poisoned.into_inner() = gate.clone(),
-        }
+        let gate = {
+            let mut running = lock(&self.running);
+            if running.is_some() {
+                return Err(ClientError::JoinRunning);
+            }
+            let gate = self.fixed_gate.clone().unwrap_or_default();
+            *running = Some(gate.clone());
+            gate
+        };
         let mut guard =
-            JoinGuard { client_joining: &self.joining, store: &self.store, offered: Vec::new() };
+            JoinGuard { running: &self.running, store: &self.store, offered: Vec::new() };
         let (records, _, heights) = self.refresh_deposits().await?;
         let offered = choose(&request.deposits, records, &heights)?;
         guard.offered = offered.iter().map(|d| d.outpoint).collect();
@@ -480,6 +476,15 @@ impl<C: ChainSource> Client<C> {
                 })
                 .await;
             reader.abort();
+            // End the session cleanly: the coordinator reads all that was sent (a
+            // `Cancel` above all, so leaving costs no ban) before it sees the end, and then
+            // closes the connection itself.
+            let linger = async {
+                if send.finish().await.is_ok() {
+                    link.closed().await;
+                }
+            };
+            let _ = tokio::time::timeout(SESSION_LINGER, linger).await;
             Ok::<_, ClientError>((outcome?, steps))
         }
         .await;
@@ -639,7 +644,7 @@ pub async fn fetch_info(uri: &str) -> Result<CoordinatorInfo, ClientError> {
 /// takes joins again, and deposits still only registered (no deposit signature sent)
 /// are the wallet's to offer again at once.
 struct JoinGuard<'a> {
-    client_joining: &'a AtomicBool,
+    running: &'a Mutex<Option<SignGate>>,
     store: &'a Arc<dyn ParticipantStore>,
     offered: Vec<OutPoint>,
 }
@@ -656,7 +661,7 @@ impl Drop for JoinGuard<'_> {
                 }
             }
         }
-        self.client_joining.store(false, Ordering::SeqCst);
+        *lock(self.running) = None;
     }
 }
 
@@ -700,6 +705,11 @@ fn choose(
             Ok(chosen)
         }
     }
+}
+
+/// Locks `m`; a holder that panicked left nothing half-written in these slots.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn confirmations(tip: u32, height: Option<u32>) -> u32 {

@@ -34,6 +34,7 @@ const FUND: Amount = Amount::from_sat(300_000);
 
 struct Dev {
     service: CoordinatorService,
+    store: Arc<MemoryStore>,
     ledger: Arc<Ledger>,
     uri: String,
     dir: PathBuf,
@@ -68,16 +69,17 @@ fn start_with(name: &str, participants: usize, key: Keypair, network: bitcoin::N
         admin_socket: None,
     };
     let ledger = Arc::new(Ledger::new());
+    let store = Arc::new(MemoryStore::new());
     let service = CoordinatorService::start(
         config,
         &Identity::generate().unwrap(),
         key,
-        Arc::new(MemoryStore::new()),
+        store.clone(),
         ChainBackend::Dev(ledger.clone()),
     )
     .unwrap();
     let uri = service.uri("127.0.0.1").unwrap().to_string();
-    Dev { service, ledger, uri, dir }
+    Dev { service, store, ledger, uri, dir }
 }
 
 impl Dev {
@@ -492,5 +494,39 @@ async fn ctrl_c_cancels_a_cohort_join_before_deposit_signatures() {
     let status = cli::status(&a).unwrap();
     assert_eq!(status.deposits[0].outpoint, deposit);
     assert_eq!(status.deposits[0].status, DepositStatus::Unspent);
+    dev.service.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_after_the_proposal_costs_the_others_one_retry_and_the_canceller_no_ban() {
+    use cohort_coordinator::store::CoordinatorStore;
+    let dev = start("late-cancel", 3);
+    let (a, deposit) = library_wallet(&dev, "a").await;
+    let (b, _) = dev.wallet("b").await;
+    let (c, _) = dev.wallet("c").await;
+    let joined = a.join_observed(JoinRequest::default(), |p| {
+        if matches!(p, Progress::TreeSigned { .. }) {
+            assert_eq!(a.cancel(), Ok(()), "tree signatures are not deposit signatures");
+        }
+        ControlFlow::Continue(())
+    });
+    let args = cli::JoinArgs::default();
+    let go = |_: &Progress| ControlFlow::Continue(());
+    let (ra, rb, rc) = tokio::join!(joined, cli::join(&b, &args, go), cli::join(&c, &args, go));
+    let ra = ra.unwrap();
+    assert!(matches!(ra.outcome, Outcome::Cancelled { .. }), "{:?}", ra.outcome);
+    assert!(!ra.steps.iter().any(|p| matches!(p, Progress::DepositsSigned { .. })));
+    for report in [rb.unwrap(), rc.unwrap()] {
+        assert!(report.confirmed(), "{report}");
+        // The batch was proposed again without the canceller.
+        assert!(report.steps.iter().any(|p| matches!(p, Progress::Aborted { .. })), "{report}");
+    }
+    assert!(dev.unspent(&deposit), "the canceller's deposit is still its own");
+    assert_eq!(a.status().unwrap().deposits[0].status, DepositStatus::Unspent);
+    let bans = dev.store.bans(cohort_participant::driver::now_ms()).unwrap();
+    assert!(
+        bans.is_empty(),
+        "a cancel before deposit signatures is not banned: {bans:?} (ours {deposit})"
+    );
     dev.service.shutdown("test over").await;
 }

@@ -119,6 +119,12 @@ impl Client {
         })
     }
 
+    /// Resolves once the connection is closed, by either side.
+    pub async fn closed(&self) {
+        // Why it closed does not matter to a caller that only waits for it.
+        let _ = self.connection.closed().await;
+    }
+
     /// Closes the connection with a reason (code [`close_code::NORMAL`]).
     pub fn close(&self, reason: &str) {
         self.close_with(close_code::NORMAL, reason);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cohort_common::messages::{
-    Goodbye, Reason, SideRequest, SideResponse, ToCoordinator, ToParticipant,
+    Cancel, Goodbye, Reason, SideRequest, SideResponse, ToCoordinator, ToParticipant,
 };
 use cohort_transport::{Client, FramedRecv, FramedSend, TransportError};
 use tokio::sync::mpsc;
@@ -247,12 +247,20 @@ impl Driver {
     }
 }
 
-/// Leaves a cancelled round in `phase`: says goodbye (best effort: the coordinator also
-/// sees the session end). Nothing more is signed.
+/// Leaves a cancelled round in `phase`: a `Cancel` (before deposit signatures the
+/// coordinator excludes the participant without a ban, and the batch retries without it),
+/// then a `Goodbye`, both best effort (the coordinator also sees the session end).
+/// Nothing more is signed.
 async fn leave<S: SessionSink>(sink: &mut S, phase: PhaseName) -> Outcome {
-    let bye = Goodbye { reason: Reason::new("cancelled by the participant") };
-    if let Err(e) = sink.send_msg(ToCoordinator::Goodbye(bye)).await {
-        tracing::debug!(error = %e, "goodbye not delivered");
+    let reason = || Reason::new("cancelled by the participant");
+    for msg in [
+        ToCoordinator::Cancel(Cancel { reason: reason() }),
+        ToCoordinator::Goodbye(Goodbye { reason: reason() }),
+    ] {
+        if let Err(e) = sink.send_msg(msg).await {
+            tracing::debug!(error = %e, "leaving a cancelled round: not delivered");
+            break;
+        }
     }
     Outcome::Cancelled { phase }
 }
