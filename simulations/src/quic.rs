@@ -1,7 +1,7 @@
 //! `cohort-sim --transport quic`: N participants over real loopback QUIC to one
 //! coordinator service in the same process, on the embedded ledger the service serves.
 //! Each participant runs the participant's tokio driver ([`Driver::run`], what `cohort
-//! join` runs) with an in-memory store; a faulty one sends through a [`faults`] sink that
+//! join` runs) with an in-memory store; a faulty one sends through a `faults` sink that
 //! misbehaves as the in-memory network's faults do.
 //!
 //! The coordinator service runs on its own tokio runtime (threads `coord-rt`), its
