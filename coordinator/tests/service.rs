@@ -343,16 +343,25 @@ async fn a_broadcast_with_no_answer_is_resumed_after_a_restart() {
     assert!(service.recovery().aborted.is_empty(), "{:?}", service.recovery());
     assert_eq!(service.recovery().rebroadcast, vec![stored.clone()]);
     let status = |store: &SqliteStore| store.batches_of_round(1).unwrap().pop().unwrap().status;
+    // The batch's status and its registrations' are separate writes: wait for both.
+    let completed = |store: &SqliteStore| {
+        let regs = store.registrations_of_round(1).unwrap();
+        regs.iter().all(|r| r.status == RegistrationStatus::Completed).then_some(()).ok_or(regs)
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&store) != (BatchStatus::Finalized { txid }) {
-        assert!(Instant::now() < deadline, "never finalized: {:?}", status(&store));
+    while status(&store) != (BatchStatus::Finalized { txid }) || completed(&store).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "never finalized with every registration completed: {:?} {:?}",
+            status(&store),
+            completed(&store)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for d in &deposits {
         assert!(fx.ledger.utxo(&d.outpoint).unwrap().is_none(), "deposit spent by the funding tx");
     }
-    let regs = store.registrations_of_round(1).unwrap();
-    assert!(regs.iter().all(|r| r.status == RegistrationStatus::Completed), "{regs:?}");
+    assert!(completed(&store).is_ok(), "{:?}", completed(&store));
 
     // Killed again while the finalized transaction waits for a block: the restarted
     // coordinator watches it still, and records its confirmation.
