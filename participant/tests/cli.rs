@@ -27,7 +27,7 @@ use cohort_participant::exit::ExitToolError;
 use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
 use cohort_participant::wallet::WalletError;
 use cohort_transport::Client as Link;
-use cohort_transport::{Identity, Limits};
+use cohort_transport::Identity;
 use tokio::sync::broadcast;
 
 const FUND: Amount = Amount::from_sat(300_000);
@@ -57,17 +57,7 @@ fn start_with(name: &str, participants: usize, key: Keypair, network: bitcoin::N
     engine.registration_window = Duration::from_secs(30);
     engine.max_registrations = participants;
     engine.phase_timeout = Duration::from_secs(3);
-    let config = ServiceConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        engine,
-        round_interval: Duration::from_millis(300),
-        limits: Limits::default(),
-        confirmation_poll: Duration::from_millis(100),
-        network,
-        deposit_csv: 200,
-        metrics_listen: None,
-        admin_socket: None,
-    };
+    let config = ServiceConfig { network, deposit_csv: 200, ..ServiceConfig::local(engine) };
     let ledger = Arc::new(Ledger::new());
     let store = Arc::new(MemoryStore::new());
     let service = CoordinatorService::start(

@@ -30,7 +30,7 @@ use cohort_participant::driver::Outcome;
 use cohort_participant::exit::ReclaimItem;
 use cohort_participant::store::{ParticipantStore, SqliteStore};
 use cohort_participant::wallet::Wallet;
-use cohort_transport::{Identity, Limits};
+use cohort_transport::Identity;
 
 const DEPOSIT_CSV: u16 = 200;
 const EXIT_CSV: u16 = 20;
@@ -47,17 +47,8 @@ fn coordinator(
     engine.registration_window = Duration::from_secs(30);
     engine.max_registrations = participants;
     engine.phase_timeout = Duration::from_secs(5);
-    let config = ServiceConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        engine,
-        round_interval: Duration::from_millis(300),
-        limits: Limits::default(),
-        confirmation_poll: Duration::from_millis(100),
-        network,
-        deposit_csv: DEPOSIT_CSV,
-        metrics_listen: None,
-        admin_socket: None,
-    };
+    let config =
+        ServiceConfig { network, deposit_csv: DEPOSIT_CSV, ..ServiceConfig::local(engine) };
     CoordinatorService::start(
         config,
         &Identity::generate().unwrap(),

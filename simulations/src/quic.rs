@@ -23,7 +23,6 @@ use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::params::DEFAULT_DEPOSIT_CSV;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{BatchStatus, CoordinatorStore, MemoryStore, RegistrationStatus};
 use cohort_participant::driver::{
@@ -104,15 +103,9 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
     let engine = config.coordinator_config(payout, Duration::from_secs(120), phase);
     let exit_csv = engine.exit_csv;
     let service_config = ServiceConfig {
-        listen: "127.0.0.1:0".parse().context("listen address")?,
-        engine,
         round_interval: Duration::from_secs(3600),
-        limits: Limits::default(),
         confirmation_poll: Duration::from_millis(200),
-        network: bitcoin::Network::Regtest,
-        deposit_csv: DEFAULT_DEPOSIT_CSV,
-        metrics_listen: None,
-        admin_socket: None,
+        ..ServiceConfig::local(engine)
     };
 
     let coord_rt = tokio::runtime::Builder::new_multi_thread()

@@ -141,6 +141,26 @@ pub struct ServiceConfig {
     pub admin_socket: Option<PathBuf>,
 }
 
+impl ServiceConfig {
+    /// A service with `engine` on an ephemeral loopback port, for regtest, with default
+    /// limits, no metrics endpoint and no admin socket, opening a round 300 ms after the
+    /// last and looking for confirmations every 100 ms: what tests and the simulator
+    /// start, overriding the fields they care about.
+    pub fn local(engine: CoordinatorConfig) -> Self {
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            engine,
+            round_interval: Duration::from_millis(300),
+            limits: Limits::default(),
+            confirmation_poll: Duration::from_millis(100),
+            network: bitcoin::Network::Regtest,
+            deposit_csv: cohort_common::params::DEFAULT_DEPOSIT_CSV,
+            metrics_listen: None,
+            admin_socket: None,
+        }
+    }
+}
+
 #[allow(clippy::large_enum_variant)] // One event at a time through the channel.
 enum Input {
     Server(ServerEvent),

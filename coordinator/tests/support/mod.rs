@@ -66,15 +66,12 @@ impl Fixture {
         engine.max_registrations = N;
         engine.phase_timeout = Duration::from_secs(5);
         let config = ServiceConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            engine,
             round_interval: Duration::from_secs(60),
-            limits: Limits::default(),
             confirmation_poll: Duration::from_millis(200),
-            network: bitcoin::Network::Regtest,
             deposit_csv: 1_000,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_socket: Some(self.dir.join("admin.sock")),
+            ..ServiceConfig::local(engine)
         };
         let store = Arc::new(SqliteStore::open(self.dir.join("coordinator.sqlite")).unwrap());
         let service = CoordinatorService::start(
