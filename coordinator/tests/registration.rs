@@ -1,5 +1,6 @@
 //! The round engine refuses every bad registration with its typed reason, against a
-//! real chain view (the embedded ledger).
+//! real chain view (the embedded ledger); it co-signs a cooperative withdrawal only after
+//! its checks, and keeps a withdrawn deposit out of every later round.
 
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,18 +11,20 @@ use bitcoin::secp256k1::{Message, SECP256K1};
 use bitcoin::{Amount, OutPoint, ScriptBuf};
 use rand::SeedableRng;
 
+use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::messages::{
     DepositRegistration, LeafRequest, RefusalReason, Register, RegisterBody, RemainderRequest,
-    ToCoordinator, ToParticipant,
+    ToCoordinator, ToParticipant, Withdraw, WithdrawBody, WithdrawInput,
 };
-use cohort_common::musig::new_secnonce;
+use cohort_common::musig::{self, new_secnonce, Contribution};
 use cohort_common::params::LeafOutput;
 use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{
-    ChainFacts, Coordinator, CoordinatorConfig, DepositLookup, Inbound,
+    withdraw_lookup, ChainFacts, ChainOutage, Coordinator, CoordinatorConfig, DepositLookup,
+    Inbound,
 };
 
 struct World {
@@ -303,4 +306,138 @@ fn spent_and_unconfirmed_deposits_are_refused() {
     body.deposits[0].user_key = user.public;
     let r = submit_signed(&mut w, 41, &body, &user);
     assert_eq!(r, Err(RefusalReason::Unconfirmed(OutPoint { txid, vout: 0 })));
+}
+
+/// A withdrawal of `outpoint` (owned by `user`, its address with `csv`) paying `pay` sat to
+/// a fresh key, with the user's nonce secret kept to sign later.
+fn withdrawal(
+    w: &mut World,
+    outpoint: OutPoint,
+    user: &Keypair,
+    csv: u16,
+    pay: u64,
+) -> (Withdraw, musig2::SecNonce) {
+    let tx = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: outpoint,
+            sequence: bitcoin::Sequence::ENABLE_RBF_NO_LOCKTIME,
+            ..Default::default()
+        }],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(pay),
+            script_pubkey: p2tr_single(&Keypair::from_rng(&mut w.rng)),
+        }],
+    };
+    let secnonce = new_secnonce(&user.point, None, None);
+    let input = WithdrawInput {
+        outpoint,
+        user_key: user.public,
+        deposit_csv: csv,
+        nonce: secnonce.public_nonce(),
+    };
+    (sign_withdrawal(WithdrawBody { tx, inputs: vec![input] }, user), secnonce)
+}
+
+fn sign_withdrawal(body: WithdrawBody, user: &Keypair) -> Withdraw {
+    let msg = Message::from_digest(body.ownership_message().unwrap());
+    let kp = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &user.secret);
+    Withdraw { ownership_sigs: vec![SECP256K1.sign_schnorr(&msg, &kp)], body }
+}
+
+/// What the engine answers, with the chain data a driver looks up.
+fn ask(
+    w: &mut World,
+    request: &Withdraw,
+) -> Result<cohort_coordinator::engine::Cosigned, RefusalReason> {
+    let max = w.engine.max_deposits_per_registration();
+    let lookups = withdraw_lookup(&w.ledger, request, max).map_err(ChainOutage::from);
+    w.engine.withdraw(w.now, request, lookups)
+}
+
+#[test]
+fn a_withdrawal_is_cosigned_after_its_checks_and_its_deposit_joins_no_round() {
+    let mut w = world();
+    // A deposit in the running round cannot be withdrawn.
+    let (body, user, registered) = registration(&mut w, 100_000, 14_400);
+    submit_signed(&mut w, 40, &body, &user).unwrap();
+    let (request, _) = withdrawal(&mut w, registered, &user, 14_400, 90_000);
+    assert_eq!(ask(&mut w, &request), Err(RefusalReason::InRound(registered)));
+
+    let (_, user, outpoint) = registration(&mut w, 100_000, 14_400);
+    let (request, secnonce) = withdrawal(&mut w, outpoint, &user, 14_400, 99_000);
+
+    // Refused, each for its reason: another key's signature, more paid out than the
+    // deposit holds, an input already signed, a deposit the chain does not know, another
+    // timeout than the address's.
+    let stranger = Keypair::from_rng(&mut w.rng);
+    let forged = sign_withdrawal(request.body.clone(), &stranger);
+    assert_eq!(ask(&mut w, &forged), Err(RefusalReason::BadOwnershipSignature { deposit: 0 }));
+    let changed = |w: &mut World, f: &dyn Fn(&mut WithdrawBody)| {
+        let mut body = request.body.clone();
+        f(&mut body);
+        let request = sign_withdrawal(body, &user);
+        ask(w, &request)
+    };
+    let r = changed(&mut w, &|b| b.tx.output[0].value = Amount::from_sat(100_001));
+    assert!(matches!(r, Err(RefusalReason::BadWithdrawal(_))), "{r:?}");
+    let r = changed(&mut w, &|b| b.tx.input[0].witness.push([1u8; 64]));
+    assert!(matches!(r, Err(RefusalReason::BadWithdrawal(_))), "{r:?}");
+    let r = changed(&mut w, &|b| b.tx.version = bitcoin::transaction::Version(3));
+    assert!(matches!(r, Err(RefusalReason::BadWithdrawal(_))), "{r:?}");
+    let unknown = OutPoint {
+        txid: bitcoin::Txid::from_raw_hash(bitcoin::hashes::Hash::from_byte_array([0x42; 32])),
+        vout: 0,
+    };
+    let r = changed(&mut w, &|b| {
+        b.tx.input[0].previous_output = unknown;
+        b.inputs[0].outpoint = unknown;
+    });
+    assert_eq!(r, Err(RefusalReason::UnknownDeposit(unknown)));
+    let r = changed(&mut w, &|b| b.inputs[0].deposit_csv = 14_399);
+    assert_eq!(r, Err(RefusalReason::NotDepositAddress(outpoint)));
+    assert!(!w.engine.is_withdrawing(&outpoint), "nothing refused is recorded");
+
+    // The good one: the coordinator's half completes a signature Bitcoin Core accepts.
+    let cosigned = ask(&mut w, &request).unwrap();
+    assert!(w.engine.is_withdrawing(&outpoint));
+    let tx = &request.body.tx;
+    assert_eq!(cosigned.answer.txid, tx.compute_txid());
+    let prevouts: Vec<_> = cosigned.deposits.iter().map(|(_, o)| o.clone()).collect();
+    let script = DepositScript::new(user.public, w.coordinator.public, 14_400).unwrap();
+    let ctx = script.signing_context().unwrap();
+    let sighash = cohort_common::scripts::key_spend_sighash(tx, 0, &prevouts).unwrap();
+    let (theirs, their_psig) = (cosigned.answer.nonces[0].clone(), cosigned.answer.partials[0]);
+    let ours = secnonce.public_nonce();
+    let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()]).unwrap();
+    let psig = musig::sign_partial(&ctx, &user.scalar(), secnonce, &agg, &sighash).unwrap();
+    let sig = musig::combine(
+        &ctx,
+        &agg,
+        &sighash,
+        &[
+            Contribution { signer: user.point, pubnonce: ours, psig },
+            Contribution { signer: w.coordinator.point, pubnonce: theirs, psig: their_psig },
+        ],
+    )
+    .unwrap();
+    let mut signed = tx.clone();
+    signed.input[0].witness = cohort_common::scripts::key_spend_witness(&sig);
+    assert_eq!(w.ledger.broadcast(&signed).unwrap(), tx.compute_txid());
+
+    // Spent in the mempool by its withdrawal, the deposit can be co-signed again (a
+    // replacement at a higher fee), from the output recorded the first time.
+    let (bump, _) = withdrawal(&mut w, outpoint, &user, 14_400, 98_000);
+    assert!(ask(&mut w, &bump).is_ok());
+
+    // It joins no round again, on this engine or on one restored from the record.
+    let (mut body, _, _) = registration(&mut w, 100_000, 14_400);
+    body.deposits[0].outpoint = outpoint;
+    body.deposits[0].user_key = user.public;
+    let r = submit_signed(&mut w, 41, &body, &user);
+    assert_eq!(r, Err(RefusalReason::Withdrawing(outpoint)));
+    let mut restored = world();
+    restored.engine.restore_withdrawal(cosigned.deposits.clone());
+    assert!(restored.engine.is_withdrawing(&outpoint));
 }

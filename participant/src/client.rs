@@ -1,7 +1,7 @@
 //! The participant as a library, for wallets and swap clients: a [`Client`] holds a
 //! wallet's store, its own chain source and its pinned coordinator, and offers what the
 //! `cohort` commands do ([`Client::join`], [`Client::deposits`], [`Client::status`],
-//! [`Client::exit`], [`Client::reclaim`]) with a stream of [`Progress`] events
+//! [`Client::exit`], [`Client::reclaim`], [`Client::withdraw`]) with a stream of [`Progress`] events
 //! ([`Client::subscribe`]) and cancellation before deposit signatures
 //! ([`Client::cancel`], or dropping the join's future).
 //!
@@ -41,7 +41,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bitcoin::{Amount, OutPoint, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, TxOut, Txid};
 use cohort_common::messages::{ServerInfo, SideRequest, SideResponse};
 use cohort_common::params::LeafOutput;
 use cohort_transport::{Client as Link, CoordinatorUri, Limits};
@@ -49,16 +49,22 @@ use tokio::sync::broadcast;
 
 use crate::chain::{ChainSource, ChainSourceError, DevChain};
 use crate::driver::{
-    spawn_reader, CancelError, Driver, DriverError, DriverSetup, Outcome, Progress, SignGate,
+    now_ms, spawn_reader, CancelError, Driver, DriverError, DriverSetup, Outcome, Progress,
+    SignGate,
 };
 use crate::exit::{
     exit_leaf, exit_leaf_dev, reclaim_deposits, reclaim_deposits_dev, status_when_gone, ExitReport,
     ExitToolError, ReclaimItem,
 };
-use crate::report::{DepositRow, DepositsReport, ExitPathRow, JoinReport, StatusReport};
+use crate::report::{
+    DepositRow, DepositsReport, ExitPathRow, JoinReport, StatusReport, WithdrawReport,
+};
 use crate::session::{OwnedDeposit, ProposalLimits, SessionConfig};
-use crate::store::{DepositRecord, DepositStatus, ParticipantStore, StoreError};
+use crate::store::{
+    DepositRecord, DepositStatus, HistoryEvent, ParticipantStore, StoreError, WithdrawalRecord,
+};
 use crate::wallet::{CoordinatorInfo, Wallet, WalletError};
+use crate::withdraw::{self, WithdrawError, DEFAULT_MAX_FEE_RATE_SAT_VB};
 
 /// Default [`JoinRequest::max_fee`], in sat.
 pub const DEFAULT_MAX_FEE_SAT: u64 = 50_000;
@@ -161,6 +167,21 @@ pub enum ClientError {
     /// The exit tools failed.
     #[error(transparent)]
     Exit(#[from] ExitToolError),
+    /// A cooperative withdrawal failed before anything was published.
+    #[error(transparent)]
+    Withdraw(#[from] WithdrawError),
+    /// A cooperative withdrawal is signed and stored, but the chain did not take it.
+    #[error(
+        "withdrawal {txid} is signed and stored, but the chain source refused it: {reason}; \
+         `cohort withdraw --bump {txid}` replaces it at a higher fee, and the deposits can \
+         still be reclaimed after their timeout"
+    )]
+    NotPublished {
+        /// The withdrawal.
+        txid: Txid,
+        /// What the chain source said.
+        reason: String,
+    },
 }
 
 /// Parses a `cohort://<pin>@host:port` URI.
@@ -257,6 +278,33 @@ impl Default for JoinRequest {
             leaves: Vec::new(),
             max_fee: Amount::from_sat(DEFAULT_MAX_FEE_SAT),
             limits: ProposalLimits::default(),
+        }
+    }
+}
+
+/// What [`Client::withdraw`] spends, where, and at what fee rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithdrawRequest {
+    /// The deposits to spend: every confirmed one not in a round or a withdrawal, or the
+    /// ones named.
+    pub deposits: DepositChoice,
+    /// Where the withdrawal pays (all of it, less the mining fee).
+    pub destination: ScriptBuf,
+    /// The fee rate (`None`: the chain source's estimate).
+    pub fee_rate: Option<FeeRate>,
+    /// The highest fee rate accepted, whatever the estimate says.
+    pub max_fee_rate: FeeRate,
+}
+
+impl WithdrawRequest {
+    /// Every confirmed deposit to `destination` at the estimated rate, capped at
+    /// [`DEFAULT_MAX_FEE_RATE_SAT_VB`].
+    pub fn to(destination: ScriptBuf) -> Self {
+        WithdrawRequest {
+            deposits: DepositChoice::AllConfirmed,
+            destination,
+            fee_rate: None,
+            max_fee_rate: FeeRate::from_sat_per_kwu(DEFAULT_MAX_FEE_RATE_SAT_VB * 250),
         }
     }
 }
@@ -418,6 +466,136 @@ impl<C: ChainSource> Client<C> {
     /// path (the coordinator is not needed).
     pub async fn reclaim(&self) -> Result<Vec<ReclaimItem>, ClientError> {
         Ok(reclaim_deposits(self.store.as_ref(), &self.wallet, &self.chain).await?)
+    }
+
+    /// Spends deposits to an address at once with the coordinator's co-signature (a
+    /// MuSig2 key-path spend, no timeout to wait for), through the wallet's own chain
+    /// source: built and checked here, co-signed by the coordinator after its checks,
+    /// stored, then published. Deposits in a round, a batch that may still confirm, or
+    /// another withdrawal are not offered; [`Client::bump_withdrawal`] replaces a
+    /// withdrawal that does not confirm.
+    pub async fn withdraw(&self, request: WithdrawRequest) -> Result<WithdrawReport, ClientError> {
+        let (records, _, heights) = self.refresh_deposits().await?;
+        let chosen = choose_withdrawable(&request.deposits, records, &heights)?;
+        let deposits: Vec<(OutPoint, TxOut)> =
+            chosen.iter().map(|d| (d.outpoint, d.txout.clone())).collect();
+        let rate = match request.fee_rate {
+            Some(rate) => rate,
+            None => self.chain.fee_rate().await?,
+        };
+        let plan = withdraw::plan(&deposits, &request.destination, rate)?;
+        self.cosign_and_publish(plan, request.max_fee_rate, None).await
+    }
+
+    /// Replaces the withdrawal `txid` (not confirmed yet) by one with the same deposits
+    /// and destination at `fee_rate` (`None`: the chain's estimate), raised if need be to
+    /// the lowest fee a node relays as a replacement.
+    pub async fn bump_withdrawal(
+        &self,
+        txid: Txid,
+        fee_rate: Option<FeeRate>,
+        max_fee_rate: FeeRate,
+    ) -> Result<WithdrawReport, ClientError> {
+        let (records, _, _) = self.refresh_deposits().await?;
+        let stored = self
+            .store
+            .withdrawals()?
+            .into_iter()
+            .find(|w| w.tx.compute_txid() == txid)
+            .ok_or(WithdrawError::UnknownWithdrawal(txid))?;
+        let mut prevouts = Vec::with_capacity(stored.tx.input.len());
+        for input in &stored.tx.input {
+            let not_pending = |why| WithdrawError::NotPending { txid, why };
+            let d = records
+                .iter()
+                .find(|d| d.outpoint == input.previous_output)
+                .ok_or(not_pending("a deposit it spends is not in the wallet"))?;
+            match &d.status {
+                DepositStatus::Withdrawing { txids } if txids.last() == Some(&txid) => {}
+                DepositStatus::Withdrawing { .. } => {
+                    return Err(not_pending("a later withdrawal replaced it; bump that one").into())
+                }
+                DepositStatus::Withdrawn { .. } => {
+                    return Err(not_pending("a withdrawal of its deposits confirmed").into())
+                }
+                _ => return Err(not_pending("its deposits are no longer withdrawing").into()),
+            }
+            prevouts.push(d.txout.clone());
+        }
+        let rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.chain.fee_rate().await?,
+        };
+        let plan = withdraw::bump_plan(&stored.tx, &prevouts, rate)?;
+        self.cosign_and_publish(plan, max_fee_rate, Some(txid)).await
+    }
+
+    /// Gets `plan` co-signed, stores it and marks its deposits withdrawing, then
+    /// publishes it.
+    async fn cosign_and_publish(
+        &self,
+        plan: withdraw::Plan,
+        max_fee_rate: FeeRate,
+        replaces: Option<Txid>,
+    ) -> Result<WithdrawReport, ClientError> {
+        let rate = withdraw::rate_sat_vb(&plan);
+        let cap = max_fee_rate.to_sat_per_vb_ceil();
+        if rate > cap {
+            return Err(WithdrawError::FeeRateTooHigh { rate, cap }.into());
+        }
+        let link = connect_checked(self.wallet.coordinator(), &self.uri).await?;
+        let signed = withdraw::cosign(&link, &self.wallet, &plan).await;
+        link.close("done");
+        let tx = signed?;
+        let txid = tx.compute_txid();
+        // Stored before it is published: a crash after leaves it to publish again.
+        self.store.put_withdrawal(&WithdrawalRecord { tx: tx.clone(), at_ms: now_ms() })?;
+        for input in &tx.input {
+            let outpoint = input.previous_output;
+            let mut txids = match self.store.deposit(&outpoint)?.map(|d| d.status) {
+                Some(DepositStatus::Withdrawing { txids }) => txids,
+                _ => Vec::new(),
+            };
+            txids.push(txid);
+            self.store.set_deposit_status(&outpoint, &DepositStatus::Withdrawing { txids })?;
+        }
+        let destination = bitcoin::Address::from_script(
+            &plan.tx.output[0].script_pubkey,
+            self.wallet.coordinator().network,
+        )
+        .map_or_else(|_| plan.tx.output[0].script_pubkey.to_hex_string(), |a| a.to_string());
+        let detail = format!(
+            "{txid}: {} sat to {destination}, fee {} sat{}",
+            plan.amount.to_sat(),
+            plan.fee.to_sat(),
+            replaces.map(|r| format!(", replaces {r}")).unwrap_or_default()
+        );
+        self.history("withdrawal_signed", &detail)?;
+        if let Err(e) = self.chain.broadcast(&tx).await {
+            let reason = e.to_string();
+            self.history("withdrawal_not_published", &format!("{txid}: {reason}"))?;
+            return Err(ClientError::NotPublished { txid, reason });
+        }
+        self.history("withdrawal_broadcast", &txid.to_string())?;
+        Ok(WithdrawReport {
+            txid,
+            replaces,
+            deposits: tx.input.iter().map(|i| i.previous_output).collect(),
+            destination,
+            amount_sat: plan.amount.to_sat(),
+            fee_sat: plan.fee.to_sat(),
+            vsize: plan.vsize,
+            fee_rate_sat_vb: rate,
+        })
+    }
+
+    fn history(&self, kind: &str, detail: &str) -> Result<(), StoreError> {
+        self.store.append_history(&HistoryEvent {
+            at_ms: now_ms(),
+            round: None,
+            kind: kind.to_owned(),
+            detail: detail.to_owned(),
+        })
     }
 
     /// Joins the next round with `request` and follows it to its end: the deposits are
@@ -585,6 +763,7 @@ impl<C: ChainSource> Client<C> {
                 DepositStatus::Batched { .. }
                     | DepositStatus::Spent
                     | DepositStatus::Reclaimed { .. }
+                    | DepositStatus::Withdrawn { .. }
             );
             if !on_chain && !settled {
                 let status = status_when_gone(&self.chain, &d.status).await?;
@@ -705,6 +884,47 @@ fn choose(
             Ok(chosen)
         }
     }
+}
+
+/// The deposits a withdrawal spends: unspent ones, and ones signed into batches none of
+/// which reached the chain (the coordinator refuses those still in its running round).
+fn choose_withdrawable(
+    choice: &DepositChoice,
+    records: Vec<DepositRecord>,
+    heights: &[(OutPoint, Option<u32>)],
+) -> Result<Vec<DepositRecord>, WithdrawError> {
+    let on_chain = |d: &DepositRecord| heights.iter().find(|(o, _)| *o == d.outpoint);
+    let free = |d: &DepositRecord| {
+        matches!(d.status, DepositStatus::Unspent | DepositStatus::InBatch { .. })
+    };
+    let chosen: Vec<DepositRecord> = match choice {
+        DepositChoice::AllConfirmed => records
+            .into_iter()
+            .filter(|d| free(d) && on_chain(d).is_some_and(|(_, h)| h.is_some()))
+            .collect(),
+        DepositChoice::Only(wanted) => {
+            let mut chosen = Vec::with_capacity(wanted.len());
+            for &outpoint in wanted {
+                let not = |why| WithdrawError::NotWithdrawable { outpoint, why };
+                let d = records
+                    .iter()
+                    .find(|d| d.outpoint == outpoint)
+                    .ok_or(not("not a deposit of this wallet on its chain source"))?;
+                if !free(d) {
+                    return Err(not("in a round, a withdrawal, or spent"));
+                }
+                if on_chain(d).is_none() {
+                    return Err(not("not unspent on the chain source"));
+                }
+                chosen.push(d.clone());
+            }
+            chosen
+        }
+    };
+    if chosen.is_empty() {
+        return Err(WithdrawError::NoDeposits);
+    }
+    Ok(chosen)
 }
 
 /// Locks `m`; a holder that panicked left nothing half-written in these slots.

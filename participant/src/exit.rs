@@ -299,20 +299,33 @@ pub enum ReclaimItem {
 
 /// The status of a stored deposit the chain no longer shows unspent. A deposit signed into
 /// batches is `Batched` once one of its funding transactions confirmed, and keeps its list
-/// while one waits in the mempool; otherwise the chain says it is spent, by something
-/// this wallet has no record of.
+/// while one waits in the mempool; a withdrawing one likewise becomes `Withdrawn`;
+/// otherwise the chain says it is spent, by something this wallet has no record of.
 pub async fn status_when_gone<C: ChainSource>(
     chain: &C,
     status: &DepositStatus,
 ) -> Result<DepositStatus, ChainSourceError> {
-    if let DepositStatus::InBatch { funding_txids } = status {
-        for &funding_txid in funding_txids {
-            match chain.confirmations(funding_txid).await? {
-                Some(0) => return Ok(status.clone()),
-                Some(_) => return Ok(DepositStatus::Batched { funding_txid }),
-                None => {}
+    match status {
+        DepositStatus::InBatch { funding_txids } => {
+            for &funding_txid in funding_txids {
+                match chain.confirmations(funding_txid).await? {
+                    Some(0) => return Ok(status.clone()),
+                    Some(_) => return Ok(DepositStatus::Batched { funding_txid }),
+                    None => {}
+                }
             }
         }
+        DepositStatus::Withdrawing { txids } => {
+            // The newest first: a replacement is the one likely in the mempool.
+            for &txid in txids.iter().rev() {
+                match chain.confirmations(txid).await? {
+                    Some(0) => return Ok(status.clone()),
+                    Some(_) => return Ok(DepositStatus::Withdrawn { txid }),
+                    None => {}
+                }
+            }
+        }
+        _ => {}
     }
     Ok(DepositStatus::Spent)
 }
@@ -360,6 +373,7 @@ async fn reclaim_with<C: ChainSource, D: DevChain>(
             DepositStatus::Unspent
                 | DepositStatus::Registered { .. }
                 | DepositStatus::InBatch { .. }
+                | DepositStatus::Withdrawing { .. }
         ) {
             continue;
         }

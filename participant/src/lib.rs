@@ -23,3 +23,4 @@ pub mod report;
 pub mod session;
 pub mod store;
 pub mod wallet;
+pub mod withdraw;

@@ -106,6 +106,19 @@ fn status_text(s: &DepositStatus) -> String {
         DepositStatus::Batched { funding_txid } => format!("batched in {funding_txid}"),
         DepositStatus::Spent => "spent".into(),
         DepositStatus::Reclaimed { txid } => format!("reclaimed by {txid}"),
+        DepositStatus::Withdrawing { txids } => match &txids[..] {
+            [one] => format!("withdrawing in {one}, not confirmed"),
+            many => format!(
+                "withdrawing in {} (replacing {}), not confirmed",
+                many[many.len() - 1],
+                many[..many.len() - 1]
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+        DepositStatus::Withdrawn { txid } => format!("withdrawn by {txid}"),
     }
 }
 
@@ -314,6 +327,47 @@ impl fmt::Display for ExitReport {
         }
         if self.exited {
             write!(f, "\nexited")?;
+        }
+        Ok(())
+    }
+}
+
+/// `withdraw`: a cooperative withdrawal, signed and published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WithdrawReport {
+    /// The withdrawal.
+    pub txid: bitcoin::Txid,
+    /// The withdrawal it replaces, for a fee bump.
+    pub replaces: Option<bitcoin::Txid>,
+    /// The deposits it spends.
+    pub deposits: Vec<OutPoint>,
+    /// Where it pays (an address, or the script in hex when it has none).
+    pub destination: String,
+    /// What the destination receives.
+    pub amount_sat: u64,
+    /// The mining fee.
+    pub fee_sat: u64,
+    /// Its virtual size.
+    pub vsize: u64,
+    /// Its fee rate, sat/vB rounded up.
+    pub fee_rate_sat_vb: u64,
+}
+
+impl fmt::Display for WithdrawReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "withdrawal {} published: {} sat to {} from {} deposit(s), fee {} sat ({} sat/vB, {} vB)",
+            self.txid,
+            self.amount_sat,
+            self.destination,
+            self.deposits.len(),
+            self.fee_sat,
+            self.fee_rate_sat_vb,
+            self.vsize
+        )?;
+        if let Some(old) = self.replaces {
+            write!(f, "\nreplaces {old}")?;
         }
         Ok(())
     }

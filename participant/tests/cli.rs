@@ -17,7 +17,7 @@ use cohort_common::ledger::Ledger;
 use cohort_common::params::{LeafOutput, TreeParams};
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
-use cohort_coordinator::store::MemoryStore;
+use cohort_coordinator::store::{CoordinatorStore, MemoryStore};
 use cohort_participant::chain::RemoteChain;
 use cohort_participant::cli::{self, CliError, Context};
 use cohort_participant::client::{self, Client, ClientError, DepositChoice, JoinRequest};
@@ -26,6 +26,7 @@ use cohort_participant::driver::{DriverError, Outcome, Progress};
 use cohort_participant::exit::ExitToolError;
 use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
 use cohort_participant::wallet::WalletError;
+use cohort_participant::withdraw::WithdrawError;
 use cohort_transport::Client as Link;
 use cohort_transport::Identity;
 use tokio::sync::broadcast;
@@ -517,6 +518,135 @@ async fn a_cancel_after_the_proposal_costs_the_others_one_retry_and_the_cancelle
     assert!(
         bans.is_empty(),
         "a cancel before deposit signatures is not banned: {bans:?} (ours {deposit})"
+    );
+    dev.service.shutdown("test over").await;
+}
+
+/// `cohort withdraw` with the wallet's arguments and these changes.
+fn withdraw_args(address: &str, change: impl FnOnce(&mut cli::WithdrawArgs)) -> cli::WithdrawArgs {
+    let mut args = cli::WithdrawArgs { address: Some(address.to_owned()), ..Default::default() };
+    change(&mut args);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_withdrawal_spends_a_deposit_at_once_and_the_deposit_joins_no_round() {
+    let dev = start("withdraw", 2);
+    let (a, first) = dev.wallet("a").await;
+    let second = cli::dev_fund(&a, FUND).await.unwrap().outpoint;
+    let (b, _) = dev.wallet("b").await;
+    let to = p2tr_single(&Keypair::random());
+    let address =
+        bitcoin::Address::from_script(&to, bitcoin::Network::Regtest).unwrap().to_string();
+    let first_only = |args: &mut cli::WithdrawArgs| args.deposits = vec![first.to_string()];
+
+    // Refused before anything is signed: an address of another network, a deposit that is
+    // not the wallet's, a fee rate above the cap, deposits too small for the fee.
+    let mainnet = bitcoin::Address::from_script(&to, bitcoin::Network::Bitcoin).unwrap();
+    let r = cli::withdraw(&a, &withdraw_args(&mainnet.to_string(), |_| {})).await;
+    assert!(matches!(r, Err(CliError::BadArgument(_))), "{r:?}");
+    let stranger = OutPoint { vout: 9, ..first };
+    let r =
+        cli::withdraw(&a, &withdraw_args(&address, |w| w.deposits = vec![stranger.to_string()]))
+            .await;
+    assert!(
+        matches!(
+            r,
+            Err(CliError::Client(ClientError::Withdraw(WithdrawError::NotWithdrawable { .. })))
+        ),
+        "{r:?}"
+    );
+    let r = cli::withdraw(
+        &a,
+        &withdraw_args(&address, |w| {
+            first_only(w);
+            w.fee_rate = Some(50);
+            w.max_fee_rate = Some(10);
+        }),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(CliError::Client(ClientError::Withdraw(WithdrawError::FeeRateTooHigh {
+                rate: 50,
+                cap: 10
+            })))
+        ),
+        "{r:?}"
+    );
+    let r = cli::withdraw(
+        &a,
+        &withdraw_args(&address, |w| {
+            first_only(w);
+            w.fee_rate = Some(100_000);
+            w.max_fee_rate = Some(100_000);
+        }),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(CliError::Client(ClientError::Withdraw(WithdrawError::TooSmall { .. })))),
+        "{r:?}"
+    );
+    assert!(dev.store.withdrawals().unwrap().is_empty(), "the coordinator signed nothing");
+
+    // The first deposit, at 2 sat/vB: co-signed, published, paying the address.
+    let report = cli::withdraw(
+        &a,
+        &withdraw_args(&address, |w| {
+            first_only(w);
+            w.fee_rate = Some(2);
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.deposits, vec![first]);
+    assert_eq!(report.amount_sat + report.fee_sat, FUND.to_sat());
+    assert_eq!(report.fee_sat, 2 * report.vsize);
+    let tx = dev.ledger.transaction(&report.txid).expect("the ledger has the withdrawal");
+    assert_eq!(
+        tx.output,
+        vec![bitcoin::TxOut {
+            value: Amount::from_sat(report.amount_sat),
+            script_pubkey: to.clone()
+        }]
+    );
+    assert!(!dev.unspent(&first) && dev.unspent(&second));
+    let recorded = dev.store.withdrawals().unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].tx.compute_txid(), report.txid);
+    let status = |ctx: &Context, outpoint: OutPoint| {
+        let status = cli::status(ctx).unwrap();
+        status.deposits.into_iter().find(|d| d.outpoint == outpoint).unwrap().status
+    };
+    assert_eq!(status(&a, first), DepositStatus::Withdrawing { txids: vec![report.txid] });
+    // Nothing is left to withdraw twice.
+    let r = cli::withdraw(&a, &withdraw_args(&address, first_only)).await;
+    assert!(
+        matches!(
+            r,
+            Err(CliError::Client(ClientError::Withdraw(WithdrawError::NotWithdrawable { .. })))
+        ),
+        "{r:?}"
+    );
+
+    // Confirmed, it is withdrawn; the next round takes only the other deposit.
+    dev.ledger.mine(1);
+    let deposits = cli::deposits(&a).await.unwrap();
+    let row = deposits.deposits.iter().find(|d| d.outpoint == first).unwrap();
+    assert_eq!(row.status, DepositStatus::Withdrawn { txid: report.txid });
+    assert!(row.to_string().contains("withdrawn by"), "{row}");
+    let never = |_: &Progress| false;
+    let (ra, rb) = tokio::join!(join_until(&a, never), join_until(&b, never));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.deposits, vec![second]);
+    assert!(matches!(ra.outcome, Outcome::Confirmed { .. }), "{ra:?}");
+    assert!(matches!(rb.outcome, Outcome::Confirmed { .. }), "{rb:?}");
+    // A batched deposit is not withdrawable.
+    let r = cli::withdraw(&a, &withdraw_args(&address, |_| {})).await;
+    assert!(
+        matches!(r, Err(CliError::Client(ClientError::Withdraw(WithdrawError::NoDeposits)))),
+        "{r:?}"
     );
     dev.service.shutdown("test over").await;
 }

@@ -13,7 +13,7 @@ use cohort_coordinator::timeline::Outcome;
 use cohort_participant::driver::DriverError;
 use cohort_participant::store::{
     DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, MemoryStore, ParticipantStore,
-    StoreError,
+    StoreError, WithdrawalRecord,
 };
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::round::{
@@ -235,6 +235,12 @@ impl ParticipantStore for FullDisk {
     }
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.0.setting(key)
+    }
+    fn put_withdrawal(&self, w: &WithdrawalRecord) -> Result<(), StoreError> {
+        self.0.put_withdrawal(w)
+    }
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        self.0.withdrawals()
     }
 }
 

@@ -20,6 +20,7 @@ mod batch;
 mod chain;
 mod params_check;
 mod round;
+mod withdraw;
 
 pub use batch::{
     Abort, AbortReason, Cancel, Confirmed, DepositPartial, DepositSigs, Finalized, LeafNonces,
@@ -32,6 +33,7 @@ pub use round::{
     ownership_message, DepositRegistration, LeafRequest, RefusalReason, Refused, Register,
     RegisterBody, Registered, RemainderRequest, RoundAnnounce, RoundParams,
 };
+pub use withdraw::{Withdraw, WithdrawBody, WithdrawInput, WithdrawSigned, WITHDRAW_TAG};
 
 use std::fmt;
 
@@ -136,6 +138,9 @@ pub enum ToCoordinator {
     Cancel(Cancel),
     /// Last frame of a session.
     Goodbye(Goodbye),
+    /// Asks the coordinator to co-sign a cooperative withdrawal of deposits. Last, so
+    /// that adding it kept every earlier variant's wire index.
+    Withdraw(Withdraw),
 }
 
 /// Every message the coordinator sends to a participant.
@@ -164,6 +169,9 @@ pub enum ToParticipant {
     NonceRequest(NonceRequest),
     /// Last frame of a session.
     Goodbye(Goodbye),
+    /// The coordinator's half of a cooperative withdrawal's signatures (a refused one
+    /// gets a `Refused`). Last, so that adding it kept every earlier variant's wire index.
+    WithdrawSigned(WithdrawSigned),
 }
 
 /// First frame each way.

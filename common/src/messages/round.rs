@@ -259,6 +259,13 @@ pub enum RefusalReason {
         /// `true` for the deposits, `false` for the leaves.
         deposits: bool,
     },
+    /// The coordinator co-signed a withdrawal of this deposit: it joins no round again.
+    Withdrawing(OutPoint),
+    /// The deposit is in the running round: it cannot be withdrawn until the round is
+    /// over for it.
+    InRound(OutPoint),
+    /// The withdrawal transaction is not one the coordinator co-signs, and why.
+    BadWithdrawal(Reason),
 }
 
 impl fmt::Display for RefusalReason {
@@ -320,6 +327,11 @@ impl fmt::Display for RefusalReason {
             OutsideMoneyRange { deposits: false } => {
                 write!(f, "the leaves sum above 21,000,000 BTC")
             }
+            Withdrawing(o) => {
+                write!(f, "deposit {o} has a co-signed withdrawal and joins no round")
+            }
+            InRound(o) => write!(f, "deposit {o} is in the running round"),
+            BadWithdrawal(reason) => write!(f, "withdrawal refused: {reason}"),
             Other(reason) => write!(f, "{reason}"),
         }
     }

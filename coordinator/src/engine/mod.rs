@@ -22,7 +22,8 @@
 //! Files: `register.rs` (registration checks, chain data), `batch.rs` (a batch's
 //! phases), `attempt.rs` (one built attempt: proposals, combination), `slots.rs`
 //! (per-member contributions), `failure.rs` (exclusion, bans, renonce, deadlines),
-//! `events.rs` (what the driver is told), `config.rs`.
+//! `withdraw.rs` (co-signing cooperative withdrawals), `events.rs` (what the driver is
+//! told), `config.rs`.
 
 mod attempt;
 mod batch;
@@ -31,6 +32,7 @@ mod events;
 mod failure;
 mod register;
 mod slots;
+mod withdraw;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
@@ -56,6 +58,7 @@ pub use config::CoordinatorConfig;
 pub use events::Event;
 pub use register::{is_standard_leaf, ChainFacts, ChainOutage, DepositLookup, Inbound, Taken};
 pub use slots::{Offer, SlotError, Slots};
+pub use withdraw::{lookup as withdraw_lookup, Cosigned};
 
 use batch::{Ctx, Outcome};
 
@@ -145,6 +148,8 @@ pub struct Coordinator {
     round: Option<Round>,
     peers: HashMap<PeerId, Option<u64>>,
     bans: HashMap<OutPoint, BanState>,
+    /// Deposits with a co-signed withdrawal, kept out of every round.
+    withdrawing: withdraw::Withdrawing,
     /// Messages by registration, routed to peers after each call.
     sends: Vec<(u64, ToParticipant)>,
     outbox: VecDeque<(PeerId, ToParticipant)>,
@@ -175,6 +180,7 @@ impl Coordinator {
             round: None,
             peers: HashMap::new(),
             bans: HashMap::new(),
+            withdrawing: HashMap::new(),
             sends: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -327,6 +333,12 @@ impl Coordinator {
         if let ToCoordinator::Goodbye(_) = msg {
             return self.peer_disconnected(now, peer);
         }
+        if let ToCoordinator::Withdraw(_) = msg {
+            // A driver answers withdrawals itself ([`Coordinator::withdraw`]): the answer
+            // must wait for its record to be stored.
+            let why = "withdrawals are not served on this connection";
+            return self.refuse(peer, RefusalReason::Other(Reason::new(why)));
+        }
         let Some(reg) = self.registration_of(peer) else { return };
         match msg {
             ToCoordinator::TreeSigs(sigs) => {
@@ -337,7 +349,10 @@ impl Coordinator {
             }
             ToCoordinator::Renonce(renonce) => self.on_renonce(now, reg, renonce),
             ToCoordinator::Cancel(_) => self.on_cancel(now, peer, reg),
-            ToCoordinator::Register(_) | ToCoordinator::Goodbye(_) | ToCoordinator::Hello(_) => {}
+            ToCoordinator::Register(_)
+            | ToCoordinator::Goodbye(_)
+            | ToCoordinator::Hello(_)
+            | ToCoordinator::Withdraw(_) => {}
         }
     }
 

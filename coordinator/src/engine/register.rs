@@ -134,7 +134,7 @@ pub fn check_cheap(
     reg: &Register,
     params: &RoundParams,
     taken: &Taken,
-    banned: &dyn Fn(&OutPoint) -> bool,
+    banned: &dyn Fn(&OutPoint) -> Option<RefusalReason>,
 ) -> Result<Amount, RefusalReason> {
     let body = &reg.body;
     if body.round != params.round {
@@ -187,8 +187,8 @@ pub fn check_cheap(
         if !seen.insert(op) || taken.outpoints.contains(&op) {
             return Err(RefusalReason::DuplicateDeposit(op));
         }
-        if banned(&op) {
-            return Err(RefusalReason::Banned(op));
+        if let Some(reason) = banned(&op) {
+            return Err(reason);
         }
         if dep.deposit_csv > params.max_deposit_csv {
             return Err(RefusalReason::DepositCsvTooLarge {
@@ -208,7 +208,7 @@ pub fn check(
     challenge: &[u8; 32],
     facts: &ChainFacts,
     taken: &Taken,
-    banned: &dyn Fn(&OutPoint) -> bool,
+    banned: &dyn Fn(&OutPoint) -> Option<RefusalReason>,
 ) -> Result<Checked, RefusalReason> {
     let requested = check_cheap(reg, params, taken, banned)?;
     let body = &reg.body;
@@ -294,8 +294,7 @@ impl Coordinator {
     /// data.
     pub fn precheck_registration(&mut self, now: Instant, peer: PeerId, reg: &Register) -> bool {
         let result = self.open_round_for(peer).and_then(|round| {
-            let banned = |op: &OutPoint| self.bans.get(op).is_some_and(|b| b.until > now);
-            check_cheap(reg, &round.params, &round.taken, &banned)
+            check_cheap(reg, &round.params, &round.taken, &|op| self.kept_out(op, now))
         });
         match result {
             Ok(_) => true,
@@ -304,6 +303,12 @@ impl Coordinator {
                 false
             }
         }
+    }
+
+    /// Why a deposit may not be registered whatever the round: a ban in force at `now`,
+    /// or a co-signed withdrawal.
+    fn kept_out(&self, outpoint: &OutPoint, now: Instant) -> Option<RefusalReason> {
+        kept_out(&self.bans, &self.withdrawing, outpoint, now)
     }
 
     /// The round a registration from `peer` may enter: one is open for registration and
@@ -330,8 +335,8 @@ impl Coordinator {
         if let Err(reason) = self.open_round_for(peer) {
             return self.refuse(peer, reason);
         }
-        let bans = &self.bans;
-        let banned = |op: &OutPoint| bans.get(op).is_some_and(|b| b.until > now);
+        let (bans, withdrawing) = (&self.bans, &self.withdrawing);
+        let banned = |op: &OutPoint| kept_out(bans, withdrawing, op, now);
         let Some(round) = &mut self.round else { return };
         let facts = match facts {
             Ok(facts) => facts,
@@ -372,6 +377,20 @@ impl Coordinator {
             self.close_registration(now);
         }
     }
+}
+
+/// See [`Coordinator::kept_out`] (a function of the two maps, so that the round can be
+/// borrowed mutably beside them).
+fn kept_out(
+    bans: &std::collections::HashMap<OutPoint, super::BanState>,
+    withdrawing: &super::withdraw::Withdrawing,
+    outpoint: &OutPoint,
+    now: Instant,
+) -> Option<RefusalReason> {
+    if withdrawing.contains_key(outpoint) {
+        return Some(RefusalReason::Withdrawing(*outpoint));
+    }
+    bans.get(outpoint).filter(|b| b.until > now).map(|_| RefusalReason::Banned(*outpoint))
 }
 
 /// What an accepted registration brings to its batch's attempts.

@@ -9,8 +9,9 @@
 //! the [`CoordinatorStore`]; the result of storing a `PersistBatch` goes back to the
 //! engine, which only then asks for the `Broadcast`; that goes to the [`Chain`], and on
 //! a dev chain a block is mined right after it so rounds finish on their own). A
-//! `Register` is handed to the engine with the chain data it needs, looked up here. Side requests are
-//! answered on tokio's blocking pool by [`SideRequests`], outside the engine.
+//! `Register` is handed to the engine with the chain data it needs, looked up here; so is a
+//! `Withdraw`, whose co-signature is stored before it is sent. Side requests are answered
+//! on tokio's blocking pool by [`SideRequests`], outside the engine.
 //!
 //! Restart: before the first round, [`recover`] aborts the batch attempts the store holds
 //! unfinished without a complete funding transaction (nothing of theirs can be on the
@@ -39,15 +40,19 @@ use bitcoin::{FeeRate, OutPoint, Script, Transaction, Txid};
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
-use cohort_common::messages::{ServerInfo, SideRequest, SideResponse, ToCoordinator};
+use cohort_common::messages::{
+    Reason, RefusalReason, Refused, ServerInfo, SideRequest, SideResponse, ToCoordinator,
+    ToParticipant, Withdraw, WithdrawSigned,
+};
 use cohort_common::params::PROTOCOL_VERSION;
 use cohort_transport::{CoordinatorUri, Identity, Limits, Outbox, PeerId, Server, ServerEvent};
 
 use crate::admin::Mode;
 use crate::engine::{
-    BatchPhase, Coordinator, CoordinatorConfig, Event, Inbound, PersistError, RoundStage,
+    withdraw_lookup, BatchPhase, ChainOutage, Coordinator, CoordinatorConfig, Event, Inbound,
+    PersistError, RoundStage,
 };
-use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError};
+use crate::store::{BatchRecord, BatchStatus, CoordinatorStore, StoreError, WithdrawalRecord};
 use crate::timeline::Timeline;
 
 pub use admin::AdminSocketError;
@@ -476,6 +481,9 @@ impl Driver {
                 self.metrics.peers_changed(1);
                 self.timed(|e| e.peer_connected(now, peer));
             }
+            ServerEvent::Message { peer, msg: ToCoordinator::Withdraw(request) } => {
+                self.on_withdraw(now, peer, &request);
+            }
             ServerEvent::Message { peer, msg } => {
                 // A registration that fails the cheap checks is refused before any of its
                 // deposits is looked up: a flood of them costs the chain nothing.
@@ -498,6 +506,58 @@ impl Driver {
             }
         }
         self.pump(now);
+    }
+
+    /// Answers a cooperative withdrawal: the engine's co-signature once it is stored, or
+    /// a refusal.
+    fn on_withdraw(&mut self, now: Instant, peer: PeerId, request: &Withdraw) {
+        let answer = match self.withdrawal(now, request) {
+            Ok(signed) => {
+                let deposits = request.body.inputs.len();
+                tracing::info!(peer, txid = %signed.txid, deposits, "withdrawal co-signed");
+                ToParticipant::WithdrawSigned(signed)
+            }
+            Err(reason) => {
+                tracing::info!(peer, %reason, "withdrawal refused");
+                ToParticipant::Refused(Refused { reason })
+            }
+        };
+        if let Some(outbox) = self.outboxes.get(&peer) {
+            outbox.send(answer);
+        }
+    }
+
+    fn withdrawal(
+        &mut self,
+        now: Instant,
+        request: &Withdraw,
+    ) -> Result<WithdrawSigned, RefusalReason> {
+        // A deposit of a funding transaction stored complete may still confirm.
+        for input in &request.body.inputs {
+            let op = input.outpoint;
+            let spends =
+                |b: &BatchRecord| b.funding_tx.input.iter().any(|i| i.previous_output == op);
+            if self.rebroadcast.iter().any(spends) {
+                return Err(RefusalReason::InRound(op));
+            }
+        }
+        // Only a request from the deposits' owner is looked up on the chain.
+        self.timed(|e| e.precheck_withdrawal(request))?;
+        let max = self.engine.max_deposits_per_registration();
+        let lookups = withdraw_lookup(self.chain.as_ref(), request, max).map_err(ChainOutage::from);
+        let cosigned = self.timed(|e| e.withdraw(now, request, lookups))?;
+        let record = WithdrawalRecord {
+            tx: request.body.tx.clone(),
+            prevouts: cosigned.deposits.into_iter().map(|(_, txout)| txout).collect(),
+            at_ms: now_ms(),
+        };
+        // The co-signature goes out only once the coordinator will remember it.
+        if let Err(e) = self.persister.store().put_withdrawal(&record) {
+            tracing::error!(error = %e, "cannot store a withdrawal");
+            let why = "the coordinator cannot record the withdrawal now; try again";
+            return Err(RefusalReason::Other(Reason::new(why)));
+        }
+        Ok(cosigned.answer)
     }
 
     /// Runs `f` on the engine, counting its time.

@@ -34,12 +34,15 @@ pub struct Recovery {
     pub last_round: Option<u64>,
     /// Bans restored into the engine.
     pub bans: usize,
+    /// Deposits with a co-signed withdrawal restored into the engine (kept out of rounds).
+    pub withdrawing: usize,
 }
 
 /// Prepares a fresh engine from the store: aborts the unfinished batch attempts that
 /// never had a complete funding transaction (nothing of theirs can be on the network),
 /// hands back the ones that did ([`Recovery::rebroadcast`]: their deposits may already
-/// be spent), continues the round numbering, and restores the bans in force.
+/// be spent), continues the round numbering, and restores the bans in force and the deposits
+/// with a co-signed withdrawal.
 pub fn recover(
     store: &dyn CoordinatorStore,
     engine: &mut Coordinator,
@@ -70,6 +73,11 @@ pub fn recover(
         if ban.until_ms > now_ms {
             recovery.bans += 1;
         }
+    }
+    for w in store.withdrawals()? {
+        let before = engine.withdrawals();
+        engine.restore_withdrawal(w.deposits());
+        recovery.withdrawing += engine.withdrawals() - before;
     }
     Ok(recovery)
 }

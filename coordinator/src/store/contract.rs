@@ -9,7 +9,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, T
 
 use super::{
     BanRecord, BatchRecord, BatchStatus, CoordinatorStore, RegistrationRecord, RegistrationStatus,
-    RoundRecord, RoundState, StoreError, MAX_STORED_INT,
+    RoundRecord, RoundState, StoreError, WithdrawalRecord, MAX_STORED_INT,
 };
 
 /// Runs every check, each on its own fresh store.
@@ -21,6 +21,7 @@ pub(crate) fn run_all<S: CoordinatorStore>(make: impl Fn() -> S) {
     signed_trees(&make());
     bans_expire_and_only_grow(&make());
     out_of_range_integers_refused(&make());
+    withdrawals_round_trip(&make());
     let store = make();
     populate(&store);
     assert_populated(&store);
@@ -381,4 +382,26 @@ pub(crate) fn assert_populated(s: &impl CoordinatorStore) {
             reason: "equivocated".into()
         }]
     );
+}
+
+fn withdrawals_round_trip(s: &impl CoordinatorStore) {
+    assert!(s.withdrawals().unwrap().is_empty());
+    let record = |tag: u8, at_ms| WithdrawalRecord {
+        tx: sample_tx(tag),
+        prevouts: vec![sample_tx(tag).output[0].clone()],
+        at_ms,
+    };
+    let (first, second) = (record(5, 2_000), record(6, 1_000));
+    s.put_withdrawal(&first).unwrap();
+    s.put_withdrawal(&second).unwrap();
+    // The same transaction again replaces its record.
+    s.put_withdrawal(&first).unwrap();
+    assert_eq!(s.withdrawals().unwrap(), vec![second.clone(), first.clone()]);
+    let deposits: Vec<_> = first.deposits().collect();
+    assert_eq!(deposits, vec![(op(5, 5), first.prevouts[0].clone())]);
+    // Prevouts that do not match the inputs are refused, and nothing is written.
+    let mut broken = record(7, 3_000);
+    broken.prevouts.clear();
+    assert!(matches!(s.put_withdrawal(&broken), Err(StoreError::Invalid(_))));
+    assert_eq!(s.withdrawals().unwrap().len(), 2);
 }

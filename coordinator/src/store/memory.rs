@@ -7,8 +7,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bitcoin::{OutPoint, Transaction};
 
 use super::{
-    check_int, BanRecord, BatchRecord, BatchStatus, CoordinatorStore, RegistrationRecord,
-    RegistrationStatus, RoundRecord, RoundState, StoreError, MAX_ROUNDS_READ,
+    check_int, check_withdrawal, BanRecord, BatchRecord, BatchStatus, CoordinatorStore,
+    RegistrationRecord, RegistrationStatus, RoundRecord, RoundState, StoreError, WithdrawalRecord,
+    MAX_ROUNDS_READ,
 };
 
 /// A coordinator store held in memory.
@@ -27,6 +28,9 @@ struct Inner {
     /// Each attempt with its signed tree, if stored.
     batches: BTreeMap<(u64, u32, u32), Attempt>,
     bans: BTreeMap<OutPoint, BanRecord>,
+    /// By txid, each with its insertion number (oldest first).
+    withdrawals: BTreeMap<bitcoin::Txid, (u64, WithdrawalRecord)>,
+    next_withdrawal: u64,
 }
 
 impl MemoryStore {
@@ -264,6 +268,24 @@ impl CoordinatorStore for MemoryStore {
         let before = inner.bans.len();
         inner.bans.retain(|_, b| now_ms < b.until_ms);
         Ok(before - inner.bans.len())
+    }
+
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError> {
+        check_withdrawal(withdrawal)?;
+        let mut inner = self.lock();
+        let number = inner.next_withdrawal;
+        inner.next_withdrawal += 1;
+        let txid = withdrawal.tx.compute_txid();
+        let first = inner.withdrawals.get(&txid).map_or(number, |(n, _)| *n);
+        inner.withdrawals.insert(txid, (first, withdrawal.clone()));
+        Ok(())
+    }
+
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        let inner = self.lock();
+        let mut all: Vec<_> = inner.withdrawals.values().cloned().collect();
+        all.sort_by_key(|(n, w)| (w.at_ms, *n));
+        Ok(all.into_iter().map(|(_, w)| w).collect())
     }
 }
 

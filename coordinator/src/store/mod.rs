@@ -5,7 +5,7 @@
 //! sockets or the round engine: the driver writes what the engine decided and, after a
 //! restart, reads back [`CoordinatorStore::unfinished_batches`] to pick up where it was.
 
-use bitcoin::{OutPoint, Transaction, Txid};
+use bitcoin::{OutPoint, Transaction, TxOut, Txid};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -149,6 +149,34 @@ pub struct BanRecord {
     pub reason: String,
 }
 
+/// A cooperative withdrawal the coordinator co-signed: its deposits join no round again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalRecord {
+    /// The transaction as co-signed (unsigned; input `i` spends deposit `i`).
+    pub tx: Transaction,
+    /// The outputs its inputs spend, in input order.
+    pub prevouts: Vec<TxOut>,
+    /// When it was co-signed, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// What both backends refuse to store: prevouts that do not match the inputs, a time
+/// out of range.
+pub(crate) fn check_withdrawal(w: &WithdrawalRecord) -> Result<(), StoreError> {
+    if w.prevouts.len() != w.tx.input.len() {
+        return Err(StoreError::Invalid("a withdrawal's prevouts do not match its inputs"));
+    }
+    check_int("withdrawal time", w.at_ms)?;
+    Ok(())
+}
+
+impl WithdrawalRecord {
+    /// Its deposits and what they hold, in input order.
+    pub fn deposits(&self) -> impl Iterator<Item = (OutPoint, TxOut)> + '_ {
+        self.tx.input.iter().map(|i| i.previous_output).zip(self.prevouts.iter().cloned())
+    }
+}
+
 /// A coordinator's persistent state. Every method takes `&self` and is safe to call from
 /// several threads; each call is atomic. Every `u64` argument must be at most
 /// [`MAX_STORED_INT`], else [`StoreError::OutOfRange`].
@@ -255,4 +283,11 @@ pub trait CoordinatorStore: Send + Sync {
 
     /// Deletes the bans expired at `now_ms`; returns how many.
     fn purge_expired_bans(&self, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// Records a co-signed withdrawal (durable before it returns: the co-signature is
+    /// sent only after); the same transaction again replaces its record.
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError>;
+
+    /// Every co-signed withdrawal, oldest first.
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError>;
 }

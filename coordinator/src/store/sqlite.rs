@@ -14,8 +14,9 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction as SqlTx};
 
 use super::{
-    check_int, corrupt, tx_from, txid_from, BanRecord, BatchRecord, BatchStatus, CoordinatorStore,
-    RegistrationRecord, RegistrationStatus, RoundRecord, RoundState, StoreError, MAX_ROUNDS_READ,
+    check_int, check_withdrawal, corrupt, tx_from, txid_from, BanRecord, BatchRecord, BatchStatus,
+    CoordinatorStore, RegistrationRecord, RegistrationStatus, RoundRecord, RoundState, StoreError,
+    WithdrawalRecord, MAX_ROUNDS_READ,
 };
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
@@ -83,6 +84,15 @@ ALTER TABLE bans ADD COLUMN offences INTEGER NOT NULL DEFAULT 1;
     // A finalized attempt is watched until it confirms, across restarts.
     r#"
 UPDATE batches SET finished = 0 WHERE status = 'finalized';
+"#,
+    // Co-signed cooperative withdrawals: their deposits join no round again.
+    r#"
+CREATE TABLE withdrawals (
+    txid BLOB PRIMARY KEY NOT NULL,
+    tx BLOB NOT NULL,
+    prevouts BLOB NOT NULL,
+    at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -650,6 +660,44 @@ impl CoordinatorStore for SqliteStore {
             "DELETE FROM bans WHERE until_ms <= ?1",
             params![check_int("time", now_ms)?],
         )?)
+    }
+
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError> {
+        check_withdrawal(withdrawal)?;
+        let txid = withdrawal.tx.compute_txid();
+        self.lock().execute(
+            "INSERT INTO withdrawals (txid, tx, prevouts, at_ms) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (txid) DO UPDATE SET prevouts = excluded.prevouts",
+            params![
+                txid.to_byte_array(),
+                serialize(&withdrawal.tx),
+                serialize(&withdrawal.prevouts),
+                check_int("withdrawal time", withdrawal.at_ms)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        collect(
+            &self.lock(),
+            "SELECT txid, tx, prevouts, at_ms FROM withdrawals ORDER BY at_ms, txid",
+            [],
+            |row| {
+                let txid: Vec<u8> = row.get(0)?;
+                let txid = txid_from(&txid, "withdrawal txid")?;
+                let tx_bytes: Vec<u8> = row.get(1)?;
+                let tx = tx_from(&tx_bytes, || format!("withdrawal {txid}"))?;
+                let prevouts: Vec<u8> = row.get(2)?;
+                let prevouts: Vec<bitcoin::TxOut> = cohort_common::bounded::decode(&prevouts)
+                    .map_err(|e| corrupt(format!("withdrawal {txid} prevouts: {e}")))?;
+                let record = WithdrawalRecord { tx, prevouts, at_ms: get_u64(row, 3, "at_ms")? };
+                if record.tx.compute_txid() != txid || check_withdrawal(&record).is_err() {
+                    return Err(corrupt(format!("withdrawal {txid}: record does not match")));
+                }
+                Ok(record)
+            },
+        )
     }
 }
 

@@ -98,6 +98,27 @@ enum Command {
         /// `<funding_txid>:<leaf>` or the number `cohort status` shows.
         leaf: String,
     },
+    /// Spend deposits to an address now, co-signed by the coordinator (no timeout to wait
+    /// for), or replace such a withdrawal at a higher fee (--bump).
+    Withdraw {
+        /// Where to send them: an address on the wallet's network.
+        #[arg(required_unless_present = "bump", conflicts_with = "bump")]
+        address: Option<String>,
+        /// Withdraw only this deposit (TXID:VOUT; repeat for several). Default: every
+        /// confirmed deposit not in a round or a withdrawal.
+        #[arg(long = "deposit", value_name = "OUTPOINT", conflicts_with = "bump")]
+        deposits: Vec<String>,
+        /// Fee rate in sat/vB (default: the chain source's estimate).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fee_rate: Option<u64>,
+        /// Refuse to pay a fee rate above this, in sat/vB (default 500).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        max_fee_rate: Option<u64>,
+        /// Replace the withdrawal TXID (not confirmed yet) with the same deposits and
+        /// address at a higher fee.
+        #[arg(long, value_name = "TXID")]
+        bump: Option<String>,
+    },
     /// Spend unspent deposits back through their timeout path.
     Reclaim {
         /// Dev chain: mine until the deposits are spendable.
@@ -200,6 +221,10 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
         }
         Command::Status => print(json, &cli::status(&ctx)?),
         Command::Exit { leaf } => print(json, &cli::exit(&ctx, &leaf).await?),
+        Command::Withdraw { address, deposits, fee_rate, max_fee_rate, bump } => {
+            let args = cli::WithdrawArgs { address, deposits, fee_rate, max_fee_rate, bump };
+            print(json, &cli::withdraw(&ctx, &args).await?)
+        }
         Command::Reclaim { mine } => print(json, &cli::reclaim(&ctx, mine).await?),
         Command::Dev(Dev::Fund { amount_sat }) => {
             print(json, &cli::dev_fund(&ctx, Amount::from_sat(amount_sat)).await?)

@@ -14,11 +14,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, Network, Txid};
+use bitcoin::{Amount, FeeRate, Network, OutPoint, Txid};
 use cohort_transport::CoordinatorUri;
 
 use crate::chain::{ChainSetting, ChainSourceError, DevChain, ProbeError};
-use crate::client::{fetch_info, Client, ClientError, JoinRequest};
+use crate::client::{fetch_info, Client, ClientError, DepositChoice, JoinRequest, WithdrawRequest};
 use crate::driver::{DriverError, Progress};
 use crate::exit::{ExitReport, ExitToolError};
 use crate::session::ProposalLimits;
@@ -28,7 +28,7 @@ use crate::wallet::{Wallet, WalletError};
 pub use crate::client::{CONNECT_TIMEOUT, DEFAULT_MAX_FEE_SAT, OWN_CONFIRMATION_WAIT};
 pub use crate::report::{
     AddressReport, DepositRow, DepositsReport, ExitPathRow, FundReport, InitReport, JoinReport,
-    MineReport, ReclaimReport, StatusReport,
+    MineReport, ReclaimReport, StatusReport, WithdrawReport,
 };
 use chain_args::open_chain;
 pub use chain_args::{ChainArgs, ChainKind, WalletChain};
@@ -93,6 +93,9 @@ pub enum CliError {
     /// The chain source settings do not fit together or with the command.
     #[error("{0}")]
     ChainSettings(String),
+    /// An argument does not parse or does not fit the wallet.
+    #[error("{0}")]
+    BadArgument(String),
     /// What the wallet's client could not do (the coordinator, the chain, the store).
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -114,7 +117,8 @@ through_client!(
     WalletError,
     StoreError,
     DriverError,
-    ExitToolError
+    ExitToolError,
+    crate::withdraw::WithdrawError
 );
 
 /// Where a command keeps its state, and the chain options it was given.
@@ -367,6 +371,81 @@ pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
     };
     chain.close();
     Ok(result?)
+}
+
+/// What `cohort withdraw` was given, as typed.
+#[derive(Debug, Clone, Default)]
+pub struct WithdrawArgs {
+    /// The destination address (not with `bump`).
+    pub address: Option<String>,
+    /// `TXID:VOUT` of the deposits to withdraw (empty: every confirmed free one).
+    pub deposits: Vec<String>,
+    /// Fee rate in sat/vB (`None`: the chain source's estimate).
+    pub fee_rate: Option<u64>,
+    /// Fee rate cap in sat/vB (`None`: [`crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB`]).
+    pub max_fee_rate: Option<u64>,
+    /// The withdrawal to replace at a higher fee.
+    pub bump: Option<String>,
+}
+
+/// `cohort withdraw ADDRESS` / `cohort withdraw --bump TXID`: a cooperative withdrawal
+/// through the coordinator ([`Client::withdraw`], [`Client::bump_withdrawal`]), published
+/// through the wallet's own chain source.
+pub async fn withdraw(ctx: &Context, args: &WithdrawArgs) -> Result<WithdrawReport, CliError> {
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
+    let network = wallet.coordinator().network;
+    let rate = |sat_vb: u64| FeeRate::from_sat_per_kwu(sat_vb.saturating_mul(250));
+    let fee_rate = args.fee_rate.map(rate);
+    let max_fee_rate =
+        rate(args.max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
+    let bump = match &args.bump {
+        Some(t) => Some(
+            Txid::from_str(t)
+                .map_err(|_| CliError::BadArgument(format!("--bump {t:?} is not a txid")))?,
+        ),
+        None => None,
+    };
+    let destination = match &args.address {
+        Some(a) => Some(parse_address(a, network)?),
+        None => None,
+    };
+    let mut wanted = std::collections::BTreeSet::new();
+    for d in &args.deposits {
+        let outpoint = OutPoint::from_str(d)
+            .map_err(|_| CliError::BadArgument(format!("--deposit {d:?} is not TXID:VOUT")))?;
+        wanted.insert(outpoint);
+    }
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let client = Client::new(store, wallet, &chain);
+    let result = match (bump, destination) {
+        (Some(txid), _) => client.bump_withdrawal(txid, fee_rate, max_fee_rate).await,
+        (None, Some(destination)) => {
+            let deposits = if wanted.is_empty() {
+                DepositChoice::AllConfirmed
+            } else {
+                DepositChoice::Only(wanted)
+            };
+            let request = WithdrawRequest { deposits, destination, fee_rate, max_fee_rate };
+            client.withdraw(request).await
+        }
+        (None, None) => Err(CliError::BadArgument("give an address or --bump TXID".into()))?,
+    };
+    drop(client);
+    chain.close();
+    Ok(result?)
+}
+
+/// An address on the wallet's network, as its script.
+fn parse_address(text: &str, network: Network) -> Result<bitcoin::ScriptBuf, CliError> {
+    let unchecked = bitcoin::Address::from_str(text)
+        .map_err(|e| CliError::BadArgument(format!("{text:?} is not an address: {e}")))?;
+    let address = unchecked.require_network(network).map_err(|_| {
+        CliError::BadArgument(format!(
+            "{text} is not an address on {network}, the wallet's network"
+        ))
+    })?;
+    Ok(address.script_pubkey())
 }
 
 /// `cohort reclaim [--mine]`: spends every unspent deposit through its timeout path,

@@ -9,7 +9,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, T
 
 use super::{
     DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, StoreError,
-    MAX_STORED_INT,
+    WithdrawalRecord, MAX_STORED_INT,
 };
 
 /// Runs every check, each on its own fresh store.
@@ -25,6 +25,7 @@ pub(crate) fn run_all<S: ParticipantStore>(make: impl Fn() -> S) {
     history_is_newest_first_and_bounded(&make());
     out_of_range_integers_refused(&make());
     settings_round_trip(&make());
+    withdrawals_round_trip(&make());
     let store = make();
     populate(&store);
     assert_populated(&store);
@@ -151,6 +152,9 @@ fn deposit_statuses_round_trip(s: &impl ParticipantStore) {
         DepositStatus::InBatch { funding_txids: vec![txid(40), txid(42), txid(43)] },
         DepositStatus::Batched { funding_txid: txid(42) },
         DepositStatus::Reclaimed { txid: txid(41) },
+        DepositStatus::Withdrawing { txids: vec![txid(44)] },
+        DepositStatus::Withdrawing { txids: vec![txid(44), txid(45)] },
+        DepositStatus::Withdrawn { txid: txid(45) },
         DepositStatus::Spent,
         DepositStatus::Unspent,
     ] {
@@ -159,6 +163,10 @@ fn deposit_statuses_round_trip(s: &impl ParticipantStore) {
     }
     assert!(matches!(
         s.set_deposit_status(&d.outpoint, &DepositStatus::InBatch { funding_txids: vec![] }),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.set_deposit_status(&d.outpoint, &DepositStatus::Withdrawing { txids: vec![] }),
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(s.deposit(&d.outpoint).unwrap().unwrap().status, DepositStatus::Unspent);
@@ -294,4 +302,20 @@ pub(crate) fn assert_populated(s: &impl ParticipantStore) {
     assert_eq!(s.setting("coordinator").unwrap().as_deref(), Some("kept"));
     let next = s.next_key_index().unwrap();
     assert!(next >= 2, "key index {next} handed out again");
+}
+
+fn withdrawals_round_trip(s: &impl ParticipantStore) {
+    assert!(s.withdrawals().unwrap().is_empty());
+    let (first, second) = (
+        WithdrawalRecord { tx: sample_tx(7), at_ms: 5_000 },
+        WithdrawalRecord { tx: sample_tx(8), at_ms: 4_000 },
+    );
+    s.put_withdrawal(&first).unwrap();
+    s.put_withdrawal(&second).unwrap();
+    // The same transaction again keeps the first record; the order is the order stored.
+    s.put_withdrawal(&WithdrawalRecord { at_ms: 9_000, ..first.clone() }).unwrap();
+    assert_eq!(s.withdrawals().unwrap(), vec![first, second]);
+    let huge = WithdrawalRecord { tx: sample_tx(9), at_ms: u64::MAX };
+    assert!(s.put_withdrawal(&huge).is_err());
+    assert_eq!(s.withdrawals().unwrap().len(), 2);
 }

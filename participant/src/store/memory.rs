@@ -8,7 +8,7 @@ use bitcoin::{OutPoint, Txid};
 
 use super::{
     check_int, DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore,
-    StoreError, MAX_HISTORY_READ,
+    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 
 /// A participant store held in memory.
@@ -26,6 +26,7 @@ struct Inner {
     exit_paths: BTreeMap<(Txid, u32), (ExitPathRecord, bool)>,
     history: Vec<HistoryEvent>,
     settings: BTreeMap<String, String>,
+    withdrawals: Vec<WithdrawalRecord>,
 }
 
 impl MemoryStore {
@@ -188,6 +189,20 @@ impl ParticipantStore for MemoryStore {
 
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self.lock().settings.get(key).cloned())
+    }
+
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError> {
+        check_int("withdrawal time", withdrawal.at_ms)?;
+        let mut inner = self.lock();
+        let txid = withdrawal.tx.compute_txid();
+        if !inner.withdrawals.iter().any(|w| w.tx.compute_txid() == txid) {
+            inner.withdrawals.push(withdrawal.clone());
+        }
+        Ok(())
+    }
+
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        Ok(self.lock().withdrawals.clone())
     }
 }
 

@@ -54,6 +54,18 @@ pub enum DepositStatus {
         /// The reclaim transaction.
         txid: Txid,
     },
+    /// Signed into one or more cooperative withdrawals (each a replacement of the one
+    /// before, at a higher fee), none confirmed yet. The coordinator puts it in no round
+    /// again; until a withdrawal confirms it can still be reclaimed.
+    Withdrawing {
+        /// Every withdrawal it was signed into, oldest first (at least one).
+        txids: Vec<Txid>,
+    },
+    /// Spent on the chain by one of its cooperative withdrawals.
+    Withdrawn {
+        /// That withdrawal.
+        txid: Txid,
+    },
 }
 
 /// A deposit output this wallet controls.
@@ -94,6 +106,16 @@ pub struct ExitPathRecord {
     pub leaf_key_index: Option<u32>,
     /// The leaf output's relative timelock, if it has a timeout path.
     pub exit_csv: Option<u16>,
+}
+
+/// A cooperative withdrawal this wallet signed, fully signed, kept to publish it again
+/// and to replace it at a higher fee.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalRecord {
+    /// The signed transaction (each input a deposit of this wallet).
+    pub tx: Transaction,
+    /// When it was signed, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Something that happened, for the user to read back.
@@ -176,4 +198,11 @@ pub trait ParticipantStore: Send + Sync {
 
     /// A setting's value, if set.
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores a signed withdrawal before it is published; the same transaction again
+    /// keeps the first record.
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError>;
+
+    /// Every stored withdrawal, oldest first.
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError>;
 }

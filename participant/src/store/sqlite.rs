@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     check_int, DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore,
-    StoreError, MAX_HISTORY_READ,
+    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
@@ -66,6 +66,15 @@ CREATE TABLE settings (
     key TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+"#,
+    // Signed cooperative withdrawals, to publish again or replace.
+    r#"
+CREATE TABLE withdrawals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    txid BLOB NOT NULL UNIQUE,
+    tx BLOB NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -135,6 +144,15 @@ fn status_to_sql(status: &DepositStatus) -> Result<(&'static str, Value), StoreE
         DepositStatus::Reclaimed { txid } => {
             ("reclaimed", Value::Blob(txid.to_byte_array().to_vec()))
         }
+        DepositStatus::Withdrawing { txids } => {
+            if txids.is_empty() {
+                return Err(StoreError::Invalid("a withdrawing deposit with no withdrawal"));
+            }
+            ("withdrawing", Value::Blob(txids.iter().flat_map(|t| t.to_byte_array()).collect()))
+        }
+        DepositStatus::Withdrawn { txid } => {
+            ("withdrawn", Value::Blob(txid.to_byte_array().to_vec()))
+        }
     })
 }
 
@@ -157,6 +175,11 @@ fn status_from_sql(kind: &str, arg: Value) -> Result<DepositStatus, StoreError> 
         }
         ("spent", Value::Null) => DepositStatus::Spent,
         ("reclaimed", Value::Blob(b)) => DepositStatus::Reclaimed { txid: txid_from(&b, what)? },
+        ("withdrawing", Value::Blob(b)) if !b.is_empty() && b.len() % 32 == 0 => {
+            let txids = b.chunks_exact(32).map(|t| txid_from(t, what)).collect::<Result<_, _>>()?;
+            DepositStatus::Withdrawing { txids }
+        }
+        ("withdrawn", Value::Blob(b)) => DepositStatus::Withdrawn { txid: txid_from(&b, what)? },
         (kind, arg) => return Err(corrupt(format!("{what}: {kind} with {arg:?}"))),
     })
 }
@@ -444,6 +467,43 @@ impl ParticipantStore for SqliteStore {
             .lock()
             .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
             .optional()?)
+    }
+
+    fn put_withdrawal(&self, withdrawal: &WithdrawalRecord) -> Result<(), StoreError> {
+        let txid = withdrawal.tx.compute_txid();
+        self.lock().execute(
+            "INSERT INTO withdrawals (txid, tx, at_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (txid) DO NOTHING",
+            params![
+                txid.to_byte_array(),
+                serialize(&withdrawal.tx),
+                check_int("withdrawal time", withdrawal.at_ms)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT txid, tx, at_ms FROM withdrawals ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let txid: Vec<u8> = row.get(0)?;
+            let txid = txid_from(&txid, "withdrawal txid")?;
+            let bytes: Vec<u8> = row.get(1)?;
+            let tx = cohort_common::store::tx_from(&bytes, || format!("withdrawal {txid}"))?;
+            if tx.compute_txid() != txid {
+                return Err(corrupt(format!(
+                    "withdrawal {txid}: the transaction has another txid"
+                )));
+            }
+            let at_ms: i64 = row.get(2)?;
+            let at_ms = u64::try_from(at_ms)
+                .map_err(|_| corrupt(format!("withdrawal {txid}: time {at_ms}")))?;
+            out.push(WithdrawalRecord { tx, at_ms });
+        }
+        Ok(out)
     }
 }
 
