@@ -26,10 +26,13 @@ use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfi
 use cohort_coordinator::store::MemoryStore;
 use cohort_participant::chain::{ChainSetting, ProbeError};
 use cohort_participant::cli::{self, ChainArgs, ChainKind, CliError, Context};
+use cohort_participant::client::ClientError;
 use cohort_participant::driver::Outcome;
 use cohort_participant::exit::ReclaimItem;
+use cohort_participant::store::DepositStatus;
 use cohort_participant::store::{ParticipantStore, SqliteStore};
 use cohort_participant::wallet::Wallet;
+use cohort_participant::withdraw::WithdrawError;
 use cohort_transport::Identity;
 
 const DEPOSIT_CSV: u16 = 200;
@@ -145,9 +148,9 @@ async fn a_participant_uses_its_own_node_for_everything() {
     let service = coordinator(chain.clone(), 2, Network::Regtest);
     let uri = service.uri("127.0.0.1").unwrap().to_string();
 
-    // Three wallets on the node: a and b join a round, c only reclaims.
+    // Four wallets on the node: a and b join a round, c only reclaims, d withdraws.
     let mut ctxs = Vec::new();
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "d"] {
         let ctx = Context::new(dir.join(name)).with_chain(node_args(&node));
         let init = cli::init(&ctx, &uri).await.unwrap();
         assert!(!init.coordinator.dev);
@@ -156,7 +159,7 @@ async fn a_participant_uses_its_own_node_for_everything() {
         // Later commands use the stored setting.
         ctxs.push(Context::new(dir.join(name)));
     }
-    let (a, b, c) = (&ctxs[0], &ctxs[1], &ctxs[2]);
+    let (a, b, c, d) = (&ctxs[0], &ctxs[1], &ctxs[2], &ctxs[3]);
     let mut payments = Vec::new();
     for ctx in &ctxs {
         let w = wallet(ctx);
@@ -190,6 +193,40 @@ async fn a_participant_uses_its_own_node_for_everything() {
         assert!(report.own_confirmations.unwrap() >= 1);
         assert!(chain.confirmations(&txid).unwrap().unwrap() >= 1);
     }
+
+    // d withdraws its deposit cooperatively, then replaces the withdrawal at a higher fee:
+    // the node takes the replacement and drops the first.
+    let to = p2tr_single(&Keypair::random());
+    let address = bitcoin::Address::from_script(&to, Network::Regtest).unwrap().to_string();
+    let args = cli::WithdrawArgs {
+        address: Some(address),
+        fee_rate: Some(2),
+        ..cli::WithdrawArgs::default()
+    };
+    let first = cli::withdraw(d, &args).await.unwrap();
+    assert_eq!(chain.confirmations(&first.txid).unwrap(), Some(0), "in the node's mempool");
+    let bump = cli::WithdrawArgs {
+        bump: Some(first.txid.to_string()),
+        fee_rate: Some(5),
+        ..cli::WithdrawArgs::default()
+    };
+    let second = cli::withdraw(d, &bump).await.unwrap();
+    assert_eq!(second.replaces, Some(first.txid));
+    assert_eq!(
+        (second.deposits.clone(), second.destination.clone()),
+        (first.deposits.clone(), first.destination.clone())
+    );
+    assert!(second.fee_sat >= first.fee_sat + second.vsize, "{second}");
+    assert_eq!(chain.confirmations(&first.txid).unwrap(), None, "replaced");
+    assert_eq!(chain.confirmations(&second.txid).unwrap(), Some(0));
+    mine(&chain, 1, &miner_spk).unwrap();
+    let deposits = cli::deposits(d).await.unwrap();
+    assert_eq!(deposits.deposits[0].status, DepositStatus::Withdrawn { txid: second.txid });
+    let r = cli::withdraw(d, &bump).await;
+    assert!(
+        matches!(r, Err(CliError::Client(ClientError::Withdraw(WithdrawError::NotPending { .. })))),
+        "{r:?}"
+    );
     service.shutdown("test over").await;
 
     // a exits with the coordinator gone, one step per block.
