@@ -23,7 +23,7 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
 use cohort_common::consensus::verify_tx;
 use cohort_common::messages::{
     Goodbye, Reason, RefusalReason, ToCoordinator, ToParticipant, Withdraw, WithdrawBody,
-    WithdrawInput,
+    WithdrawInput, WithdrawSigned,
 };
 use cohort_common::musig::{self, Contribution, MusigError};
 use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
@@ -236,13 +236,40 @@ pub async fn cosign(
     wallet: &Wallet,
     plan: &Plan,
 ) -> Result<Transaction, WithdrawError> {
+    let (request, pending) = prepare(wallet, plan)?;
+    let answer = exchange(link, request).await?;
+    pending.finish(answer)
+}
+
+/// A request sent and the secrets to finish it with, in memory only: each secret nonce
+/// is consumed by the one signature it makes.
+pub struct Pending {
+    plan: Plan,
+    key: cohort_common::keys::Keypair,
+    coordinator: musig2::secp::Point,
+    ctx: musig::KeyAggContext,
+    sighashes: Vec<[u8; 32]>,
+    secnonces: Vec<musig2::SecNonce>,
+    ours: Vec<musig2::PubNonce>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("txid", &self.plan.tx.compute_txid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request for `plan` (a fresh nonce per input, an ownership signature per input)
+/// and what [`Pending::finish`] needs once the coordinator answers.
+pub fn prepare(wallet: &Wallet, plan: &Plan) -> Result<(Withdraw, Pending), WithdrawError> {
+    let sign_err = |e: &dyn std::fmt::Display| WithdrawError::Sign(e.to_string());
     let key = wallet.deposit_key();
-    let script: DepositScript =
-        wallet.deposit_script().map_err(|e| WithdrawError::Sign(e.to_string()))?;
-    let ctx = script.signing_context().map_err(|e| WithdrawError::Sign(e.to_string()))?;
+    let script: DepositScript = wallet.deposit_script().map_err(|e| sign_err(&e))?;
+    let ctx = script.signing_context().map_err(|e| sign_err(&e))?;
     let secret = key.scalar();
-    let sighashes = key_spend_sighashes(&plan.tx, &plan.prevouts)
-        .map_err(|e| WithdrawError::Sign(e.to_string()))?;
+    let sighashes = key_spend_sighashes(&plan.tx, &plan.prevouts).map_err(|e| sign_err(&e))?;
     let secnonces: Vec<_> =
         sighashes.iter().map(|m| musig::new_secnonce(&key.point, Some(&secret), Some(m))).collect();
     let ours: Vec<_> = secnonces.iter().map(|n| n.public_nonce()).collect();
@@ -259,59 +286,73 @@ pub async fn cosign(
         })
         .collect();
     let body = WithdrawBody { tx: plan.tx.clone(), inputs };
-    let message = Message::from_digest(
-        body.ownership_message().map_err(|e| WithdrawError::Sign(e.to_string()))?,
-    );
+    let message = Message::from_digest(body.ownership_message().map_err(|e| sign_err(&e))?);
     let keypair = bitcoin::secp256k1::Keypair::from_secret_key(SECP256K1, &key.secret);
     let ownership_sigs =
         plan.tx.input.iter().map(|_| SECP256K1.sign_schnorr(&message, &keypair)).collect();
-    let answer = exchange(link, Withdraw { body, ownership_sigs }).await?;
-    let txid = plan.tx.compute_txid();
-    if answer.txid != txid {
-        return Err(WithdrawError::BadAnswer(format!(
-            "co-signed {} instead of {txid}",
-            answer.txid
-        )));
+    let pending = Pending {
+        plan: plan.clone(),
+        key,
+        coordinator: cohort_common::keys::to_point(&wallet.coordinator().key),
+        ctx,
+        sighashes,
+        secnonces,
+        ours,
+    };
+    Ok((Withdraw { body, ownership_sigs }, pending))
+}
+
+impl Pending {
+    /// Checks the coordinator's answer, signs the wallet's half of every input and
+    /// returns the signed transaction, checked with Bitcoin Core's interpreter. A wrong
+    /// answer (another transaction, missing or invalid signatures) is an error, and the
+    /// signatures made so far are dropped with the transaction: nothing leaves.
+    pub fn finish(self, answer: WithdrawSigned) -> Result<Transaction, WithdrawError> {
+        let Pending { plan, key, coordinator, ctx, sighashes, secnonces, ours } = self;
+        let txid = plan.tx.compute_txid();
+        if answer.txid != txid {
+            return Err(WithdrawError::BadAnswer(format!(
+                "co-signed {} instead of {txid}",
+                answer.txid
+            )));
+        }
+        let count = plan.tx.input.len();
+        if answer.nonces.len() != count || answer.partials.len() != count {
+            return Err(WithdrawError::BadAnswer(format!(
+                "{} nonces and {} partial signatures for {count} inputs",
+                answer.nonces.len(),
+                answer.partials.len()
+            )));
+        }
+        let secret = key.scalar();
+        let mut tx = plan.tx.clone();
+        let parts = secnonces.into_iter().zip(ours).zip(answer.nonces).zip(answer.partials);
+        for (i, (((secnonce, ours), theirs), their_psig)) in parts.enumerate() {
+            let m = &sighashes[i];
+            let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()])?;
+            let psig = musig::sign_partial(&ctx, &secret, secnonce, &agg, m)?;
+            let contributions = [
+                Contribution { signer: key.point, pubnonce: ours, psig },
+                Contribution { signer: coordinator, pubnonce: theirs, psig: their_psig },
+            ];
+            let sig = match musig::combine(&ctx, &agg, m, &contributions) {
+                Ok(sig) => sig,
+                Err(MusigError::InvalidPartials { .. }) => {
+                    return Err(WithdrawError::BadAnswer(format!(
+                        "the partial signature of input {i} is invalid"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tx.input[i].witness = key_spend_witness(&sig);
+        }
+        verify_tx(&tx, &plan.prevouts).map_err(|e| WithdrawError::Invalid(e.to_string()))?;
+        Ok(tx)
     }
-    let count = plan.tx.input.len();
-    if answer.nonces.len() != count || answer.partials.len() != count {
-        return Err(WithdrawError::BadAnswer(format!(
-            "{} nonces and {} partial signatures for {count} inputs",
-            answer.nonces.len(),
-            answer.partials.len()
-        )));
-    }
-    let coordinator = cohort_common::keys::to_point(&wallet.coordinator().key);
-    let mut tx = plan.tx.clone();
-    let parts = secnonces.into_iter().zip(ours).zip(answer.nonces).zip(answer.partials);
-    for (i, (((secnonce, ours), theirs), their_psig)) in parts.enumerate() {
-        let m = &sighashes[i];
-        let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()])?;
-        let psig = musig::sign_partial(&ctx, &secret, secnonce, &agg, m)?;
-        let contributions = [
-            Contribution { signer: key.point, pubnonce: ours, psig },
-            Contribution { signer: coordinator, pubnonce: theirs, psig: their_psig },
-        ];
-        let sig = match musig::combine(&ctx, &agg, m, &contributions) {
-            Ok(sig) => sig,
-            Err(MusigError::InvalidPartials { .. }) => {
-                return Err(WithdrawError::BadAnswer(format!(
-                    "the partial signature of input {i} is invalid"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tx.input[i].witness = key_spend_witness(&sig);
-    }
-    verify_tx(&tx, &plan.prevouts).map_err(|e| WithdrawError::Invalid(e.to_string()))?;
-    Ok(tx)
 }
 
 /// One withdrawal request on a session of its own: the answer, the session ended cleanly.
-async fn exchange(
-    link: &Link,
-    request: Withdraw,
-) -> Result<cohort_common::messages::WithdrawSigned, WithdrawError> {
+async fn exchange(link: &Link, request: Withdraw) -> Result<WithdrawSigned, WithdrawError> {
     let ended = |e: cohort_transport::TransportError| WithdrawError::Ended(e.to_string());
     let (mut send, mut recv) = link.open_session().await.map_err(ended)?;
     send.send(&ToCoordinator::Withdraw(request)).await.map_err(ended)?;
@@ -342,4 +383,129 @@ async fn exchange(
         let _ = tokio::time::timeout(crate::client::SESSION_LINGER, link.closed()).await;
     }
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bitcoin::hashes::Hash;
+    use bitcoin::secp256k1::SecretKey;
+    use cohort_common::chain::Utxo;
+    use cohort_common::exit::p2tr_single;
+    use cohort_common::keys::Keypair;
+    use cohort_coordinator::engine::{Coordinator, CoordinatorConfig, DepositLookup};
+
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::wallet::CoordinatorInfo;
+
+    /// A wallet of the coordinator `c`, and two of its deposits.
+    fn setup(c: &Keypair) -> (Wallet, Vec<(OutPoint, TxOut)>) {
+        let info = CoordinatorInfo {
+            uri: "cohort://00@localhost:1".into(),
+            key: c.public,
+            network: bitcoin::Network::Regtest,
+            deposit_csv: 100,
+            exit_csv: 10,
+            dev: false,
+            dev_chain: None,
+        };
+        let wallet = Wallet::create_with_seed(&MemoryStore::new(), [3; 32], info).unwrap();
+        let script = wallet.deposit_script().unwrap().script_pubkey();
+        let deposits = (0..2)
+            .map(|i| {
+                let outpoint =
+                    OutPoint { txid: bitcoin::Txid::from_byte_array([i + 1; 32]), vout: 0 };
+                (outpoint, TxOut { value: Amount::from_sat(50_000), script_pubkey: script.clone() })
+            })
+            .collect();
+        (wallet, deposits)
+    }
+
+    /// The real engine's answer to `request`, the deposits unspent on its chain.
+    fn engine_answer(
+        c: &Keypair,
+        request: &Withdraw,
+        deposits: &[(OutPoint, TxOut)],
+    ) -> WithdrawSigned {
+        let config = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
+        let mut engine = Coordinator::new(c.clone(), config).unwrap();
+        let lookups = deposits
+            .iter()
+            .map(|(_, txout)| {
+                DepositLookup::Unspent(Utxo { txout: txout.clone(), height: Some(1) })
+            })
+            .collect();
+        engine.withdraw(Instant::now(), request, Ok(lookups)).unwrap().answer
+    }
+
+    fn coordinator() -> Keypair {
+        Keypair::from_secret(SecretKey::from_slice(&[9; 32]).unwrap())
+    }
+
+    #[test]
+    fn a_plan_pays_the_destination_all_but_the_fee_and_signals_replacement() {
+        let (_, deposits) = setup(&coordinator());
+        let to = p2tr_single(&Keypair::random());
+        let plan = plan(&deposits, &to, FeeRate::from_sat_per_kwu(750)).unwrap();
+        // Two key-path inputs and one P2TR output: 674 WU once signed.
+        assert_eq!(plan.vsize, 169);
+        assert_eq!(plan.fee, Amount::from_sat(3 * 169));
+        assert_eq!(plan.amount + plan.fee, Amount::from_sat(100_000));
+        assert!(plan.tx.input.iter().all(|i| i.sequence.is_rbf()));
+        assert_eq!(rate_sat_vb(&plan), 3);
+        let small =
+            [(deposits[0].0, TxOut { value: Amount::from_sat(400), ..deposits[0].1.clone() })];
+        let r = super::plan(&small, &to, FeeRate::from_sat_per_kwu(750));
+        assert!(matches!(r, Err(WithdrawError::TooSmall { .. })), "{r:?}");
+        assert!(matches!(super::plan(&[], &to, FeeRate::ZERO), Err(WithdrawError::NoDeposits)));
+    }
+
+    #[test]
+    fn a_bump_pays_at_least_the_old_fee_and_the_relay_increment() {
+        let (_, deposits) = setup(&coordinator());
+        let to = p2tr_single(&Keypair::random());
+        let old = plan(&deposits, &to, FeeRate::from_sat_per_kwu(750)).unwrap();
+        // At the same or a lower rate, the increment decides.
+        let low = bump_plan(&old.tx, &old.prevouts, FeeRate::from_sat_per_kwu(250)).unwrap();
+        assert_eq!(low.fee, old.fee + Amount::from_sat(old.vsize));
+        assert_eq!(low.tx.input, old.tx.input);
+        assert_eq!(low.tx.output[0].script_pubkey, to);
+        // A higher rate is paid as asked.
+        let high = bump_plan(&old.tx, &old.prevouts, FeeRate::from_sat_per_kwu(2_500)).unwrap();
+        assert_eq!(high.fee, Amount::from_sat(10 * old.vsize));
+    }
+
+    #[test]
+    fn the_coordinators_answer_completes_the_signature_and_a_wrong_one_signs_nothing() {
+        let c = coordinator();
+        let (wallet, deposits) = setup(&c);
+        let to = p2tr_single(&Keypair::random());
+        let plan = plan(&deposits, &to, FeeRate::from_sat_per_kwu(500)).unwrap();
+
+        let (request, pending) = prepare(&wallet, &plan).unwrap();
+        let answer = engine_answer(&c, &request, &deposits);
+        let tx = pending.finish(answer).unwrap();
+        assert_eq!(tx.compute_txid(), plan.tx.compute_txid());
+        assert!(tx.input.iter().all(|i| i.witness.len() == 1));
+        // The fee was priced on the size the signed transaction has.
+        assert_eq!(tx.vsize() as u64, plan.vsize);
+
+        let tampered: [(&str, fn(&mut WithdrawSigned)); 4] = [
+            ("another txid", |a| a.txid = bitcoin::Txid::from_byte_array([7; 32])),
+            ("a missing partial", |a| {
+                a.partials.pop();
+            }),
+            ("swapped partials", |a| a.partials.swap(0, 1)),
+            ("swapped nonces", |a| a.nonces.swap(0, 1)),
+        ];
+        for (what, tamper) in tampered {
+            let (request, pending) = prepare(&wallet, &plan).unwrap();
+            let mut answer = engine_answer(&c, &request, &deposits);
+            tamper(&mut answer);
+            let r = pending.finish(answer);
+            assert!(matches!(r, Err(WithdrawError::BadAnswer(_))), "{what}: {r:?}");
+        }
+    }
 }
