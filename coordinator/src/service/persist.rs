@@ -246,3 +246,35 @@ impl Persister {
         self.store.set_batch_status(round, batch, attempt, &status)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::hashes::Hash;
+    use bitcoin::{Amount, OutPoint, ScriptBuf, TxIn, TxOut, Txid};
+    use cohort_common::exit::p2tr_single;
+    use cohort_common::keys::Keypair;
+
+    use super::*;
+    use crate::engine::CoordinatorConfig;
+    use crate::store::{MemoryStore, WithdrawalRecord};
+
+    #[test]
+    fn a_restart_keeps_co_signed_withdrawals_out_of_rounds() {
+        let store = MemoryStore::new();
+        let deposit = OutPoint { txid: Txid::from_byte_array([4; 32]), vout: 1 };
+        let tx = bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![TxIn { previous_output: deposit, ..TxIn::default() }],
+            output: vec![TxOut { value: Amount::from_sat(9_000), script_pubkey: ScriptBuf::new() }],
+        };
+        let prevout = TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() };
+        store.put_withdrawal(&WithdrawalRecord { tx, prevouts: vec![prevout], at_ms: 1 }).unwrap();
+        let key = Keypair::random();
+        let config = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
+        let mut engine = Coordinator::new(key, config).unwrap();
+        let recovery = recover(&store, &mut engine, Instant::now()).unwrap();
+        assert_eq!(recovery.withdrawing, 1);
+        assert!(engine.is_withdrawing(&deposit));
+    }
+}
