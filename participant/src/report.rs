@@ -77,16 +77,39 @@ pub struct DepositRow {
     pub confirmations: Option<u32>,
     /// Its stored status.
     pub status: DepositStatus,
+    /// Blocks until its timeout path opens, for a confirmed deposit still the wallet's
+    /// (unspent, signed into batches none confirmed, or withdrawing): 0 means it can be
+    /// reclaimed now.
+    pub timeout_in: Option<u32>,
+    /// Whether the timeout is less than [`EXPIRING_BLOCKS`] away: a coordinator with the
+    /// default safety margin takes such a deposit into no round; withdraw it, or reclaim
+    /// it once the timeout has passed.
+    pub expiring: bool,
 }
 
+/// How close a deposit's timeout may come before it is shown as expiring: the default
+/// safety margin within which a coordinator refuses it for a round.
+pub const EXPIRING_BLOCKS: u32 = cohort_common::params::DEFAULT_SAFETY_MARGIN;
+
 impl DepositRow {
-    /// A row from a record.
+    /// A row from a record, with its confirmations when the chain was asked.
     pub fn new(d: &DepositRecord, confirmations: Option<u32>) -> Self {
+        let still_ours = matches!(
+            d.status,
+            DepositStatus::Unspent
+                | DepositStatus::InBatch { .. }
+                | DepositStatus::Withdrawing { .. }
+        );
+        let timeout_in = confirmations
+            .filter(|c| still_ours && *c > 0)
+            .map(|c| u32::from(d.deposit_csv).saturating_sub(c));
         DepositRow {
             outpoint: d.outpoint,
             amount_sat: d.txout.value.to_sat(),
             confirmations,
             status: d.status.clone(),
+            timeout_in,
+            expiring: timeout_in.is_some_and(|t| t < EXPIRING_BLOCKS),
         }
     }
 }
@@ -127,6 +150,15 @@ impl fmt::Display for DepositRow {
         write!(f, "{} {:>12} sat  {}", self.outpoint, self.amount_sat, status_text(&self.status))?;
         if let Some(c) = self.confirmations {
             write!(f, ", {c} confirmation(s)")?;
+        }
+        match self.timeout_in {
+            Some(0) => write!(f, "; timed out: reclaim it (or withdraw it)")?,
+            Some(t) if self.expiring => write!(
+                f,
+                "; expiring: times out in {t} blocks and joins no round now (withdraw it, or \
+                 reclaim it after the timeout)"
+            )?,
+            _ => {}
         }
         Ok(())
     }

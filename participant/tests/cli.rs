@@ -648,5 +648,21 @@ async fn a_withdrawal_spends_a_deposit_at_once_and_the_deposit_joins_no_round() 
         matches!(r, Err(CliError::Client(ClientError::Withdraw(WithdrawError::NoDeposits)))),
         "{r:?}"
     );
+
+    // A deposit whose timeout (200 blocks here) nears is shown expiring, then timed out.
+    let third = cli::dev_fund(&b, FUND).await.unwrap().outpoint;
+    let row = |report: &cli::DepositsReport| {
+        report.deposits.iter().find(|d| d.outpoint == third).unwrap().clone()
+    };
+    let fresh = row(&cli::deposits(&b).await.unwrap());
+    assert_eq!((fresh.timeout_in, fresh.expiring), (Some(199), false));
+    dev.ledger.mine(60);
+    let near = row(&cli::deposits(&b).await.unwrap());
+    assert_eq!((near.timeout_in, near.expiring), (Some(139), true));
+    assert!(near.to_string().contains("expiring: times out in 139 blocks"), "{near}");
+    dev.ledger.mine(139);
+    let due = row(&cli::deposits(&b).await.unwrap());
+    assert_eq!(due.timeout_in, Some(0));
+    assert!(due.to_string().contains("timed out: reclaim it"), "{due}");
     dev.service.shutdown("test over").await;
 }
