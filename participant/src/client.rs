@@ -57,7 +57,7 @@ use crate::exit::{
     ExitToolError, ReclaimItem,
 };
 use crate::report::{
-    DepositRow, DepositsReport, ExitPathRow, JoinReport, StatusReport, WithdrawReport,
+    DepositRow, DepositsReport, ExitPathRow, JoinReport, SendReport, StatusReport, WithdrawReport,
 };
 use crate::session::{OwnedDeposit, ProposalLimits, SessionConfig};
 use crate::store::{
@@ -167,6 +167,9 @@ pub enum ClientError {
     /// The exit tools failed.
     #[error(transparent)]
     Exit(#[from] ExitToolError),
+    /// The wallet's own coins cannot pay what `send` asks.
+    #[error(transparent)]
+    Send(#[from] crate::send::SendError),
     /// A cooperative withdrawal failed before anything was published.
     #[error(transparent)]
     Withdraw(#[from] WithdrawError),
@@ -485,6 +488,47 @@ impl<C: ChainSource> Client<C> {
         };
         let plan = withdraw::plan(&deposits, &request.destination, rate)?;
         self.cosign_and_publish(plan, request.max_fee_rate, None).await
+    }
+
+    /// Pays `amount` of the wallet's own confirmed coins (what exits and reclaims paid
+    /// it, and its fee wallet: all at the fee key's address) to `destination` at
+    /// `fee_rate` (`None`: the chain's estimate), through the wallet's own chain source.
+    pub async fn send(
+        &self,
+        destination: ScriptBuf,
+        amount: crate::send::SendAmount,
+        fee_rate: Option<FeeRate>,
+        max_fee_rate: FeeRate,
+    ) -> Result<SendReport, ClientError> {
+        let coins: Vec<(OutPoint, TxOut)> = self
+            .chain
+            .script_utxos(&self.wallet.fee_script())
+            .await?
+            .into_iter()
+            .filter(|u| u.height.is_some())
+            .map(|u| (u.outpoint, u.txout))
+            .collect();
+        let rate = match fee_rate {
+            Some(rate) => rate,
+            None => self.chain.fee_rate().await?,
+        };
+        let (cap, asked) = (max_fee_rate.to_sat_per_vb_ceil(), rate.to_sat_per_vb_ceil());
+        if asked > cap {
+            return Err(WithdrawError::FeeRateTooHigh { rate: asked, cap }.into());
+        }
+        let sent = crate::send::send(&self.wallet.fee_key(), &coins, &destination, amount, rate)?;
+        let txid = self.chain.broadcast(&sent.tx).await?;
+        let to = bitcoin::Address::from_script(&destination, self.wallet.coordinator().network)
+            .map_or_else(|_| destination.to_hex_string(), |a| a.to_string());
+        self.history("sent", &format!("{txid}: {} sat to {to}", sent.amount.to_sat()))?;
+        Ok(SendReport {
+            txid,
+            destination: to,
+            amount_sat: sent.amount.to_sat(),
+            fee_sat: sent.fee.to_sat(),
+            change_sat: sent.change.to_sat(),
+            inputs: sent.tx.input.len(),
+        })
     }
 
     /// Replaces the withdrawal `txid` (not confirmed yet) by one with the same deposits

@@ -20,6 +20,7 @@ pub mod client;
 pub mod driver;
 pub mod exit;
 pub mod report;
+pub mod send;
 pub mod session;
 pub mod store;
 pub mod wallet;

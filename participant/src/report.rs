@@ -405,6 +405,38 @@ impl fmt::Display for WithdrawReport {
     }
 }
 
+/// `send`: the wallet's own coins paid to an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SendReport {
+    /// The transaction.
+    pub txid: bitcoin::Txid,
+    /// Where it pays.
+    pub destination: String,
+    /// What the destination receives.
+    pub amount_sat: u64,
+    /// The mining fee.
+    pub fee_sat: u64,
+    /// What came back to the wallet.
+    pub change_sat: u64,
+    /// How many coins it spent.
+    pub inputs: usize,
+}
+
+impl fmt::Display for SendReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {} sat to {} in {} ({} coin(s), fee {} sat, change {} sat)",
+            self.amount_sat,
+            self.destination,
+            self.txid,
+            self.inputs,
+            self.fee_sat,
+            self.change_sat
+        )
+    }
+}
+
 /// `reclaim`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReclaimReport {

@@ -188,6 +188,23 @@ async fn three_wallets_join_a_round_and_one_exits() {
         cli::exit(&a, &path.id).await,
         Err(CliError::Client(ClientError::Exit(ExitToolError::AlreadyExited { .. })))
     ));
+
+    // What the exit paid the wallet can be sent on: part of it, then all the rest.
+    let to = p2tr_single(&Keypair::random());
+    let address =
+        bitcoin::Address::from_script(&to, bitcoin::Network::Regtest).unwrap().to_string();
+    let part =
+        cli::send(&a, &address, Some(Amount::from_sat(20_000)), Some(2), None).await.unwrap();
+    assert_eq!(part.amount_sat, 20_000);
+    assert!(part.change_sat > 0, "{part}");
+    dev.ledger.mine(1);
+    let rest = cli::send(&a, &address, None, Some(2), None).await.unwrap();
+    assert_eq!(rest.change_sat, 0);
+    dev.ledger.mine(1);
+    let paid = dev.ledger.script_utxos(&to).unwrap();
+    assert_eq!(paid.len(), 2);
+    let r = cli::send(&a, &address, None, None, None).await;
+    assert!(matches!(r, Err(CliError::Client(ClientError::Send(_)))), "{r:?}");
     dev.service.shutdown("test over").await;
 }
 

@@ -119,6 +119,24 @@ enum Command {
         #[arg(long, value_name = "TXID")]
         bump: Option<String>,
     },
+    /// Pay the wallet's own coins (what exits and reclaims paid it, and its fee wallet)
+    /// to an address.
+    Send {
+        /// Where to: an address on the wallet's network.
+        address: String,
+        /// How much, in sat.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        amount: Option<u64>,
+        /// Everything, less the fee.
+        #[arg(long)]
+        all: bool,
+        /// Fee rate in sat/vB (default: the chain source's estimate).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fee_rate: Option<u64>,
+        /// Refuse to pay a fee rate above this, in sat/vB (default 500).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        max_fee_rate: Option<u64>,
+    },
     /// Spend unspent deposits back through their timeout path.
     Reclaim {
         /// Dev chain: mine until the deposits are spendable.
@@ -224,6 +242,10 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
         Command::Withdraw { address, deposits, fee_rate, max_fee_rate, bump } => {
             let args = cli::WithdrawArgs { address, deposits, fee_rate, max_fee_rate, bump };
             print(json, &cli::withdraw(&ctx, &args).await?)
+        }
+        Command::Send { address, amount, all: _, fee_rate, max_fee_rate } => {
+            let amount = amount.map(Amount::from_sat);
+            print(json, &cli::send(&ctx, &address, amount, fee_rate, max_fee_rate).await?)
         }
         Command::Reclaim { mine } => print(json, &cli::reclaim(&ctx, mine).await?),
         Command::Dev(Dev::Fund { amount_sat }) => {

@@ -28,7 +28,7 @@ use crate::wallet::{Wallet, WalletError};
 pub use crate::client::{CONNECT_TIMEOUT, DEFAULT_MAX_FEE_SAT, OWN_CONFIRMATION_WAIT};
 pub use crate::report::{
     AddressReport, DepositRow, DepositsReport, ExitPathRow, FundReport, InitReport, JoinReport,
-    MineReport, ReclaimReport, StatusReport, WithdrawReport,
+    MineReport, ReclaimReport, SendReport, StatusReport, WithdrawReport,
 };
 use chain_args::open_chain;
 pub use chain_args::{ChainArgs, ChainKind, WalletChain};
@@ -118,7 +118,8 @@ through_client!(
     StoreError,
     DriverError,
     ExitToolError,
-    crate::withdraw::WithdrawError
+    crate::withdraw::WithdrawError,
+    crate::send::SendError
 );
 
 /// Where a command keeps its state, and the chain options it was given.
@@ -432,6 +433,28 @@ pub async fn withdraw(ctx: &Context, args: &WithdrawArgs) -> Result<WithdrawRepo
         (None, None) => Err(CliError::BadArgument("give an address or --bump TXID".into()))?,
     };
     drop(client);
+    chain.close();
+    Ok(result?)
+}
+
+/// `cohort send ADDRESS (--amount SAT | --all)`: pays the wallet's own confirmed coins
+/// (exit and reclaim outputs, the fee wallet) to an address ([`Client::send`]).
+pub async fn send(
+    ctx: &Context,
+    address: &str,
+    amount: Option<Amount>,
+    fee_rate: Option<u64>,
+    max_fee_rate: Option<u64>,
+) -> Result<SendReport, CliError> {
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
+    let destination = parse_address(address, wallet.coordinator().network)?;
+    let rate = |sat_vb: u64| FeeRate::from_sat_per_kwu(sat_vb.saturating_mul(250));
+    let cap = rate(max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
+    let amount = amount.map_or(crate::send::SendAmount::All, crate::send::SendAmount::Exactly);
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let result =
+        Client::new(store, wallet, &chain).send(destination, amount, fee_rate.map(rate), cap).await;
     chain.close();
     Ok(result?)
 }
