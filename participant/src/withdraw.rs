@@ -492,7 +492,8 @@ mod tests {
         // The fee was priced on the size the signed transaction has.
         assert_eq!(tx.vsize() as u64, plan.vsize);
 
-        let tampered: [(&str, fn(&mut WithdrawSigned)); 4] = [
+        type Tamper = fn(&mut WithdrawSigned);
+        let tampered: [(&str, Tamper); 4] = [
             ("another txid", |a| a.txid = bitcoin::Txid::from_byte_array([7; 32])),
             ("a missing partial", |a| {
                 a.partials.pop();
