@@ -310,4 +310,22 @@ pub enum RejectReason {
         /// Version of the unconfirmed parent.
         parent_version: i32,
     },
+    /// A replacement of unconfirmed transactions pays too little (BIP-125 rules 3, 4 and
+    /// 6: at least their fees plus 1 sat/vB of its own size, and a higher fee rate than
+    /// each transaction it conflicts with).
+    #[error("replacement pays {} sat at {fee_rate_sat_vb} sat/vB; it needs {} sat and more than {replaced_rate_sat_vb} sat/vB",
+        fee.to_sat(), needed.to_sat())]
+    ReplacementTooCheap {
+        /// Its fee.
+        fee: Amount,
+        /// The least fee that replaces.
+        needed: Amount,
+        /// Its fee rate, sat/vB rounded down.
+        fee_rate_sat_vb: u64,
+        /// The highest fee rate among the transactions it conflicts with, sat/vB.
+        replaced_rate_sat_vb: u64,
+    },
+    /// A replacement would evict more transactions than a node does (100).
+    #[error("replacement would evict {0} transactions, more than 100")]
+    ReplacementTooLarge(usize),
 }

@@ -647,11 +647,28 @@ async fn a_withdrawal_spends_a_deposit_at_once_and_the_deposit_joins_no_round() 
         "{r:?}"
     );
 
+    // Replaced at a higher fee on the dev chain as on a node: the first one is evicted.
+    let bump = cli::WithdrawArgs {
+        bump: Some(report.txid.to_string()),
+        fee_rate: Some(4),
+        ..Default::default()
+    };
+    let bumped = cli::withdraw(&a, &bump).await.unwrap();
+    assert_eq!(bumped.replaces, Some(report.txid));
+    assert!(bumped.fee_sat >= report.fee_sat + bumped.vsize, "{bumped}");
+    assert_eq!(dev.ledger.confirmations(&report.txid).unwrap(), None);
+    assert_eq!(dev.ledger.confirmations(&bumped.txid).unwrap(), Some(0));
+    assert_eq!(
+        status(&a, first),
+        DepositStatus::Withdrawing { txids: vec![report.txid, bumped.txid] }
+    );
+    assert_eq!(dev.store.withdrawals().unwrap().len(), 2);
+
     // Confirmed, it is withdrawn; the next round takes only the other deposit.
     dev.ledger.mine(1);
     let deposits = cli::deposits(&a).await.unwrap();
     let row = deposits.deposits.iter().find(|d| d.outpoint == first).unwrap();
-    assert_eq!(row.status, DepositStatus::Withdrawn { txid: report.txid });
+    assert_eq!(row.status, DepositStatus::Withdrawn { txid: bumped.txid });
     assert!(row.to_string().contains("withdrawn by"), "{row}");
     let never = |_: &Progress| false;
     let (ra, rb) = tokio::join!(join_until(&a, never), join_until(&b, never));

@@ -12,8 +12,11 @@
 //! Blocks are mined on demand: the first block of [`Ledger::mine`] holds the whole
 //! mempool, empty blocks cost nothing, and block `h` is timestamped
 //! `GENESIS_TIME + 600 * h`, so median time past is well defined. Faucet transactions
-//! are coinbase-shaped but have no maturity delay. There are no reorgs, no RBF and
-//! no eviction: a conflicting transaction is rejected.
+//! are coinbase-shaped but have no maturity delay. There are no reorgs. A transaction
+//! conflicting with unconfirmed ones replaces them (and their descendants) as a Bitcoin
+//! Core node with full RBF does, when it pays their fees plus 1 sat/vB of its own size
+//! and a higher fee rate than each (neither side version 3; a package never replaces);
+//! otherwise it is rejected.
 //!
 //! Locking: one `RwLock`. Script checks run without it (between a read-locked
 //! contextual check and a write-locked re-check), so lookups never wait on them.
@@ -21,6 +24,7 @@
 mod policy;
 mod state;
 
+use std::collections::HashSet;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bitcoin::{Amount, FeeRate, OutPoint, Script, ScriptBuf, Transaction, Txid};
@@ -148,10 +152,19 @@ impl Ledger {
         state::median_time_past(self.read().tip)
     }
 
-    fn check_one(s: &State, tx: &Transaction, txid: Txid) -> Result<Checked, RejectReason> {
-        let checked = policy::check_context(View { state: s, pending: None }, tx, txid)?;
+    /// The checks of one transaction, and the mempool transactions it replaces (empty when
+    /// it conflicts with none).
+    fn check_one(
+        s: &State,
+        tx: &Transaction,
+        txid: Txid,
+    ) -> Result<(Checked, HashSet<Txid>), RejectReason> {
+        let (direct, evicted) = policy::replaced(s, tx);
+        let view = View { state: s, pending: None, evicted: Some(&evicted) };
+        let checked = policy::check_context(view, tx, txid)?;
         policy::check_alone(tx, &checked)?;
-        Ok(checked)
+        policy::check_replacement(s, &checked, &direct, &evicted)?;
+        Ok((checked, evicted))
     }
 
     fn check_pair(
@@ -161,8 +174,9 @@ impl Ledger {
         child: &Transaction,
         ctxid: Txid,
     ) -> Result<(Checked, Checked), RejectReason> {
-        let pc = policy::check_context(View { state: s, pending: None }, parent, ptxid)?;
-        let view = View { state: s, pending: Some((ptxid, parent)) };
+        let pc =
+            policy::check_context(View { state: s, pending: None, evicted: None }, parent, ptxid)?;
+        let view = View { state: s, pending: Some((ptxid, parent)), evicted: None };
         let cc = policy::check_context(view, child, ctxid)?;
         policy::check_package((parent, ptxid, &pc), (child, &cc))?;
         Ok((pc, cc))
@@ -192,12 +206,13 @@ impl Chain for Ledger {
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, ChainError> {
         policy::check_sanity(tx)?;
         let txid = tx.compute_txid();
-        let checked = Ledger::check_one(&self.read(), tx, txid)?;
+        let (checked, _) = Ledger::check_one(&self.read(), tx, txid)?;
         verify_scripts(tx, &checked)?;
         // The chain may have moved while scripts were checked: check again. Spent
         // outputs never change, so the script verdict still holds.
         let mut s = self.write();
-        Ledger::check_one(&s, tx, txid)?;
+        let (_, evicted) = Ledger::check_one(&s, tx, txid)?;
+        s.evict(&evicted);
         s.insert_mempool(txid, tx);
         Ok(txid)
     }

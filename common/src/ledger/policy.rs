@@ -39,6 +39,73 @@ pub fn min_relay_fee(vsize: u64) -> Amount {
     Amount::from_sat(vsize)
 }
 
+/// Most transactions one replacement may evict (Bitcoin Core's rule 5).
+const MAX_REPLACEMENT_EVICTIONS: usize = 100;
+
+/// The unconfirmed transactions `tx` conflicts with (`direct`) and, with their
+/// descendants, everything it would evict; both empty when it conflicts with none, or
+/// when it or a conflict is version 3 (TRUC sibling eviction is not modelled: such a
+/// conflict stays a double spend).
+pub(super) fn replaced(
+    s: &super::state::State,
+    tx: &Transaction,
+) -> (std::collections::HashSet<Txid>, std::collections::HashSet<Txid>) {
+    let direct = s.conflicts(tx);
+    let truc = tx.version.0 == 3
+        || direct.iter().any(|t| s.txs.get(t).is_some_and(|e| e.tx.version.0 == 3));
+    if direct.is_empty() || truc {
+        return Default::default();
+    }
+    let all = s.with_descendants(&direct);
+    (direct, all)
+}
+
+/// BIP-125 rules 3, 4, 5 and 6 for a replacement of `evicted` (conflicting directly
+/// with `direct`), as Bitcoin Core applies them with an incremental relay fee of
+/// 1 sat/vB.
+pub(super) fn check_replacement(
+    s: &super::state::State,
+    checked: &Checked,
+    direct: &std::collections::HashSet<Txid>,
+    evicted: &std::collections::HashSet<Txid>,
+) -> Result<(), RejectReason> {
+    if evicted.is_empty() {
+        return Ok(());
+    }
+    if evicted.len() > MAX_REPLACEMENT_EVICTIONS {
+        return Err(RejectReason::ReplacementTooLarge(evicted.len()));
+    }
+    let mut replaced_fees = Amount::ZERO;
+    for txid in evicted {
+        let (fee, _) = s.fee_and_vsize(txid).ok_or(RejectReason::ValueOverflow)?;
+        replaced_fees = replaced_fees.checked_add(fee).ok_or(RejectReason::ValueOverflow)?;
+    }
+    // Fee rates compared exactly, as fee × other's vsize.
+    let mut replaced_rate = (Amount::ZERO, 1u64);
+    for txid in direct {
+        let (fee, vsize) = s.fee_and_vsize(txid).ok_or(RejectReason::ValueOverflow)?;
+        if u128::from(fee.to_sat()) * u128::from(replaced_rate.1)
+            > u128::from(replaced_rate.0.to_sat()) * u128::from(vsize)
+        {
+            replaced_rate = (fee, vsize.max(1));
+        }
+    }
+    let needed = replaced_fees
+        .checked_add(min_relay_fee(checked.vsize))
+        .ok_or(RejectReason::ValueOverflow)?;
+    let higher_rate = u128::from(checked.fee.to_sat()) * u128::from(replaced_rate.1)
+        > u128::from(replaced_rate.0.to_sat()) * u128::from(checked.vsize.max(1));
+    if checked.fee < needed || !higher_rate {
+        return Err(RejectReason::ReplacementTooCheap {
+            fee: checked.fee,
+            needed,
+            fee_rate_sat_vb: checked.fee.to_sat() / checked.vsize.max(1),
+            replaced_rate_sat_vb: replaced_rate.0.to_sat() / replaced_rate.1,
+        });
+    }
+    Ok(())
+}
+
 /// Checks that need no chain state.
 pub fn check_sanity(tx: &Transaction) -> Result<(), RejectReason> {
     if tx.input.is_empty() {

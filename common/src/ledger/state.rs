@@ -143,6 +143,63 @@ impl State {
         }
     }
 
+    /// The unconfirmed transactions spending `tx`'s inputs (what it would replace).
+    pub fn conflicts(&self, tx: &Transaction) -> HashSet<Txid> {
+        tx.input
+            .iter()
+            .filter_map(|i| self.spent.get(&i.previous_output))
+            .filter(|t| self.txs.get(*t).is_some_and(|e| e.height.is_none()))
+            .copied()
+            .collect()
+    }
+
+    /// `txids` and every mempool transaction spending their outputs, recursively.
+    pub fn with_descendants(&self, txids: &HashSet<Txid>) -> HashSet<Txid> {
+        let mut all = txids.clone();
+        let mut todo: Vec<Txid> = txids.iter().copied().collect();
+        while let Some(txid) = todo.pop() {
+            let outputs = self.txs.get(&txid).map_or(0, |e| e.tx.output.len());
+            for vout in (0u32..).take(outputs) {
+                if let Some(child) = self.spent.get(&OutPoint::new(txid, vout)) {
+                    if all.insert(*child) {
+                        todo.push(*child);
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// The fee and virtual size of a mempool transaction.
+    pub fn fee_and_vsize(&self, txid: &Txid) -> Option<(Amount, u64)> {
+        let tx = &self.txs.get(txid)?.tx;
+        let mut input = Amount::ZERO;
+        for i in &tx.input {
+            let prev = &self.txs.get(&i.previous_output.txid)?.tx;
+            let txout = prev.output.get(usize::try_from(i.previous_output.vout).ok()?)?;
+            input = input.checked_add(txout.value)?;
+        }
+        let output = tx.output.iter().try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))?;
+        Some((input.checked_sub(output)?, tx.vsize() as u64))
+    }
+
+    /// Removes mempool transactions (a replacement's conflicts and their descendants):
+    /// their spends are undone and their outputs forgotten.
+    pub fn evict(&mut self, txids: &HashSet<Txid>) {
+        for txid in txids {
+            let Some(entry) = self.txs.remove(txid) else { continue };
+            for input in &entry.tx.input {
+                if self.spent.get(&input.previous_output) == Some(txid) {
+                    self.spent.remove(&input.previous_output);
+                }
+            }
+            for vout in (0u32..).take(entry.tx.output.len()) {
+                self.remove_unspent(&OutPoint::new(*txid, vout));
+            }
+        }
+        self.mempool.retain(|t| !txids.contains(t));
+    }
+
     /// Mines one block at `tip + 1` holding the whole mempool; returns the new tip.
     pub fn mine_one(&mut self) -> u32 {
         let height = self.tip.saturating_add(1);
@@ -227,6 +284,8 @@ pub(super) struct View<'a> {
     pub state: &'a State,
     /// The package parent, if checking a child.
     pub pending: Option<(Txid, &'a Transaction)>,
+    /// Mempool transactions a replacement would evict: seen as never accepted.
+    pub evicted: Option<&'a HashSet<Txid>>,
 }
 
 impl View<'_> {
@@ -247,7 +306,11 @@ impl View<'_> {
             }
         }
         let s = self.state;
-        if let Some(spender) = s.spent.get(outpoint) {
+        let evicted = |t: &Txid| self.evicted.is_some_and(|e| e.contains(t));
+        if evicted(&outpoint.txid) {
+            return Lookup::Missing;
+        }
+        if let Some(spender) = s.spent.get(outpoint).filter(|t| !evicted(t)) {
             let confirmed = s.txs.get(spender).is_some_and(|e| e.height.is_some());
             return Lookup::Spent { spender: *spender, confirmed };
         }

@@ -121,21 +121,45 @@ fn flipped_signature_bit_rejected() {
 }
 
 #[test]
-fn double_spend_rejected_in_mempool_and_after_mining() {
+fn a_conflict_replaces_only_when_it_pays_more_and_never_once_mined() {
     let ledger = Ledger::new();
     let (a, b) = (key(1), key(2));
     let prev = fund(&ledger, &a, 100_000);
-    let first = ledger.broadcast(&spend(&prev, &a, p2tr(&b), 99_000)).unwrap();
-    let second = spend(&prev, &a, p2tr(&a), 98_000);
-    let expect = |confirmed| RejectReason::DoubleSpend {
-        input: 0,
-        outpoint: prev.0,
-        spender: first,
-        confirmed,
-    };
-    assert_eq!(rejected(ledger.broadcast(&second)), expect(false));
+    let first_tx = spend(&prev, &a, p2tr(&b), 99_000);
+    let first = ledger.broadcast(&first_tx).unwrap();
+    // A child of the first: a replacement evicts it too, and must pay for it as well.
+    let child_prev = (OutPoint::new(first, 0), first_tx.output[0].clone());
+    let child = ledger.broadcast(&spend(&child_prev, &b, p2tr(&b), 98_500)).unwrap();
+
+    // Less than the fees it evicts (1,000 + 500 sat) plus 1 sat/vB of its own size.
+    let cheap = spend(&prev, &a, p2tr(&a), 98_500);
+    let reason = rejected(ledger.broadcast(&cheap));
+    assert!(
+        matches!(reason, RejectReason::ReplacementTooCheap { needed, .. } if needed == sats(1_500 + cheap.vsize() as u64)),
+        "{reason:?}"
+    );
+    assert_eq!(ledger.mempool(), vec![first, child]);
+
+    let better = spend(&prev, &a, p2tr(&a), 98_000);
+    let replacement = ledger.broadcast(&better).unwrap();
+    assert_eq!(ledger.mempool(), vec![replacement]);
+    assert_eq!(ledger.confirmations(&first).unwrap(), None, "evicted");
+    assert_eq!(ledger.confirmations(&child).unwrap(), None, "evicted with its parent");
+    assert_eq!(ledger.utxo(&child_prev.0).unwrap(), None, "its outputs are gone");
+    assert!(ledger.script_utxos(&p2tr(&b)).unwrap().is_empty());
+
+    // Once mined, a conflict is a double spend.
     ledger.mine(1);
-    assert_eq!(rejected(ledger.broadcast(&second)), expect(true));
+    let late = spend(&prev, &a, p2tr(&b), 90_000);
+    assert_eq!(
+        rejected(ledger.broadcast(&late)),
+        RejectReason::DoubleSpend {
+            input: 0,
+            outpoint: prev.0,
+            spender: replacement,
+            confirmed: true
+        }
+    );
 }
 
 /// A static deposit address: key path `internal`, one leaf `<U> CHECKSIGVERIFY <csv> CSV`.
