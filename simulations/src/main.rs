@@ -17,9 +17,7 @@ use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::quic::run_quic_round;
 use cohort_sim::round::{round_timeline, run_round, RoundConfig};
 use cohort_sim::run::{run, Config};
-use cohort_sim::sweep::{
-    check_out, check_sizes, run_sweep, SweepConfig, DEFAULT_SIZES, FIGURES_DIR, SCALING_FILE,
-};
+use cohort_sim::sweep::{run_sweep, SweepConfig, DEFAULT_SIZES, FIGURES_DIR, SCALING_FILE};
 
 /// Simulate N users joining a Cohort round on the embedded regtest ledger.
 #[derive(Debug, Parser)]
@@ -318,11 +316,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `cohort-sim sweep`: checks the sizes and the output directory, then runs every size
-/// in a child process of this very binary.
+/// `cohort-sim sweep`: every size in a child process of this very binary (the sizes and
+/// the output directory are checked before the first).
 fn run_sweep_command(args: SweepArgs) -> Result<()> {
-    check_sizes(&args.users)?;
-    check_out(&args.out)?;
     let exe = std::env::current_exe().context("finding this binary to run each size with")?;
     let command = std::iter::once("cohort-sim".to_owned())
         .chain(std::env::args().skip(1))

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::table::{short, thousands};
@@ -73,16 +74,27 @@ fn draw(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()>
     let points = || series.iter().flat_map(|(_, p)| p.iter().copied().filter(positive));
     let (x_lo, x_hi) = span(points().map(|(x, _)| x));
     let (y_lo, y_hi) = span(points().map(|(_, y)| y));
+    // Labels at every size measured, and at 1, 2, 5 times a power of ten up the side.
+    let mut sizes: Vec<f64> = points().map(|(x, _)| x).collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes.dedup();
+    let x_axis = (x_lo..x_hi).log_scale().with_key_points(sizes);
+    let y_axis = (y_lo..y_hi)
+        .log_scale()
+        .with_key_points(ticks(y_lo, y_hi, &[1.0, 2.0, 5.0]))
+        .with_light_points(ticks(y_lo, y_hi, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]));
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (900, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
+        // The legend beside the plot, never over a line.
+        let (plot, legend) = root.split_horizontally(720);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())
+            .build_cartesian_2d(x_axis, y_axis)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -92,30 +104,32 @@ fn draw(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()>
             .y_label_formatter(&|y| short(*y))
             .draw()
             .map_err(plot_error)?;
-        for (k, (name, line)) in series.iter().enumerate() {
+        for (k, (_, line)) in series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
             let line: Vec<(f64, f64)> = line.iter().copied().filter(positive).collect();
             chart
                 .draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-                });
+                .map_err(plot_error)?;
             chart
                 .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                 .map_err(plot_error)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
+        draw_legend(&legend, series)?;
         root.present().map_err(plot_error)?;
     }
     std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The names of `series` in their colours, one under the other, on `area`.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, series: &[Series]) -> Result<()> {
+    for (k, (name, _)) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let y = 60 + 24 * k as i32;
+        area.draw(&PathElement::new(vec![(4, y), (26, y)], colour.stroke_width(2)))
+            .map_err(plot_error)?;
+        area.draw(&Text::new(*name, (32, y - 7), ("sans-serif", 14))).map_err(plot_error)?;
+    }
+    Ok(())
 }
 
 /// A log axis' range around `values`: a little room on both sides, a decade where
@@ -129,6 +143,21 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
         return (lo / 3.0, hi * 3.0);
     }
     (lo / 1.5, hi * 1.5)
+}
+
+/// The values `m` × 10^k in `lo..=hi` for every multiplier `m` in `multipliers`, in
+/// increasing order.
+fn ticks(lo: f64, hi: f64, multipliers: &[f64]) -> Vec<f64> {
+    let mut out = Vec::new();
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+        return out;
+    }
+    let mut power = 10f64.powi(lo.log10().floor() as i32);
+    while power <= hi {
+        out.extend(multipliers.iter().map(|m| m * power).filter(|v| (lo..=hi).contains(v)));
+        power *= 10.0;
+    }
+    out
 }
 
 /// A plotters error as an `anyhow` one.
@@ -145,5 +174,13 @@ mod tests {
         assert_eq!(span([10.0, 1000.0].into_iter()), (10.0 / 1.5, 1500.0));
         assert_eq!(span([5.0].into_iter()), (5.0 / 3.0, 15.0));
         assert_eq!(span(std::iter::empty()), (1.0, 10.0));
+    }
+
+    #[test]
+    fn ticks_are_one_two_five_times_a_power_of_ten_inside_the_range() {
+        let rounded = |v: Vec<f64>| v.iter().map(|x| (x * 1e6).round() / 1e6).collect::<Vec<_>>();
+        assert_eq!(rounded(ticks(0.03, 3.0, &[1.0, 2.0, 5.0])), [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]);
+        assert_eq!(rounded(ticks(30.0, 200.0, &[1.0, 2.0, 5.0])), [50.0, 100.0, 200.0]);
+        assert_eq!(ticks(0.0, 1.0, &[1.0]), Vec::<f64>::new());
     }
 }
