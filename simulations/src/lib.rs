@@ -10,6 +10,7 @@
 //! - [`local`]: a batch built and signed with local keys (no engines), exits.
 //! - [`run`]: the local-key run (`cohort-sim --local`) and user funding.
 //! - [`export`]: the `batch.json` export of a signed batch.
+//! - [`sweep`]: `cohort-sim sweep`, the round at several sizes, tabulated and plotted.
 
 pub mod export;
 pub mod local;
@@ -17,3 +18,4 @@ pub mod memnet;
 pub mod quic;
 pub mod round;
 pub mod run;
+pub mod sweep;

@@ -17,11 +17,15 @@ use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::quic::run_quic_round;
 use cohort_sim::round::{round_timeline, run_round, RoundConfig};
 use cohort_sim::run::{run, Config};
+use cohort_sim::sweep::{run_sweep, SweepConfig, DEFAULT_SIZES, FIGURES_DIR, SCALING_FILE};
 
 /// Simulate N users joining a Cohort round on the embedded regtest ledger.
 #[derive(Debug, Parser)]
-#[command(name = "cohort-sim", version)]
+#[command(name = "cohort-sim", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    /// Run several sizes instead of one (`cohort-sim sweep --help`).
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     /// Number of users, each with one confirmed deposit.
     #[arg(long, default_value_t = 100)]
     users: usize,
@@ -70,6 +74,27 @@ struct Args {
     /// exclusions marked) as an SVG to this file, replacing it. In-memory transport only.
     #[arg(long)]
     timeline: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Run the in-memory round at each number of users, each in a fresh process of this
+    /// binary (same seed, defaults otherwise), and write SCALING.md with the table, plus
+    /// figures/scaling.csv, figures/scaling.json and SVG plots, into --out.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SweepArgs {
+    /// Numbers of users, comma-separated, increasing.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_SIZES)]
+    users: Vec<usize>,
+    /// Seed of every run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Existing directory to write SCALING.md and figures/ into.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -228,6 +253,9 @@ fn check_export(dir: &Path) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = checked(&Args::command().get_matches())?;
+    if let Some(Subcommand::Sweep(sweep)) = args.command {
+        return run_sweep_command(sweep);
+    }
     let tree = TreeParams { radix: args.radix, max_depth: args.max_depth };
     if args.local {
         let report = run(&Config {
@@ -285,6 +313,25 @@ fn main() -> Result<()> {
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
+    Ok(())
+}
+
+/// `cohort-sim sweep`: every size in a child process of this very binary (the sizes and
+/// the output directory are checked before the first).
+fn run_sweep_command(args: SweepArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this binary to run each size with")?;
+    let command = std::iter::once("cohort-sim".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let config = SweepConfig { sizes: args.users, seed: args.seed, out: args.out, command };
+    let runs = run_sweep(&config, &exe)?;
+    println!(
+        "{} sizes written to {} and {}",
+        runs.len(),
+        config.out.join(SCALING_FILE).display(),
+        config.out.join(FIGURES_DIR).display()
+    );
     Ok(())
 }
 

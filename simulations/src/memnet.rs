@@ -105,6 +105,9 @@ pub struct NetStats {
     pub coordinator_cpu: Duration,
     /// Process CPU time the ledger spent accepting broadcast funding transactions.
     pub ledger_cpu: Duration,
+    /// Process CPU time spent while the participants' drivers ran (in parallel on rayon's
+    /// pool, whose idle spinning between jobs is counted too).
+    pub participant_cpu: Duration,
     /// Simulated time at the end.
     pub simulated: Duration,
 }
@@ -441,6 +444,8 @@ impl MemNet {
                 *slot = d;
             }
         }
+        // Only participant work runs between these two readings.
+        let before = process_cpu();
         let outputs: Vec<(usize, PeerOutput)> = self
             .peers
             .par_iter_mut()
@@ -449,6 +454,7 @@ impl MemNet {
             .filter(|(_, (_, d))| !d.is_empty())
             .map(|(i, (peer, d))| (i, drive_peer(peer, now, std::mem::take(d))))
             .collect();
+        self.stats.participant_cpu += process_cpu().saturating_sub(before);
         for (i, out) in outputs {
             for msg in out.transmit {
                 self.stats.messages_from_participants += 1;

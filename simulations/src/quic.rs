@@ -246,6 +246,7 @@ pub fn run_quic_round(config: &RoundConfig) -> Result<RoundReport> {
         phase_ms,
         coordinator_cpu_ms: ms(coordinator_cpu),
         ledger_cpu_ms: ms(ledger_cpu),
+        participant_cpu_ms: None,
         messages_to_participants: 0,
         messages_from_participants: 0,
         bytes_to_participants: udp_rx,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use cohort_common::chain::Chain;
 use cohort_common::exit::{p2tr_single, reclaim_tx, FeeInput};
@@ -106,7 +106,7 @@ pub struct BatchReport {
 }
 
 /// What the confirmed batches cost on chain, against paying every leaf its own output.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChainFootprint {
     /// Virtual bytes of every funding transaction.
     pub funding_vbytes: u64,
@@ -174,6 +174,9 @@ pub struct RoundReport {
     pub coordinator_cpu_ms: u64,
     /// CPU time the embedded ledger spent checking the funding transactions.
     pub ledger_cpu_ms: u64,
+    /// CPU time inside the participants' drivers, all of them together (in-memory
+    /// transport; `None` over QUIC, where the clients share the process's runtime).
+    pub participant_cpu_ms: Option<u64>,
     /// Messages to participants.
     pub messages_to_participants: u64,
     /// Messages from participants.
@@ -195,7 +198,7 @@ pub struct RoundReport {
 }
 
 /// Wall time of each phase.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PhaseTimes {
     /// Funding every user's deposit.
     pub deposits: u64,
@@ -269,6 +272,14 @@ impl std::fmt::Display for RoundReport {
             writeln!(f, "  confirmation     {:>8} ms", p.confirmation)?;
             writeln!(f, "  exits            {:>8} ms", p.exits)?;
             writeln!(f, "coordinator CPU    {:.2} s", self.coordinator_cpu_ms as f64 / 1e3)?;
+            if let Some(cpu) = self.participant_cpu_ms {
+                writeln!(
+                    f,
+                    "participant CPU    {:.2} s ({} drivers together)",
+                    cpu as f64 / 1e3,
+                    self.users
+                )?;
+            }
             writeln!(
                 f,
                 "ledger CPU         {:.2} s (libbitcoinkernel script checks of the funding txs)",
@@ -428,6 +439,7 @@ pub fn run_round_with(config: &RoundConfig, store: &StoreMaker<'_>) -> Result<Ro
         phase_ms,
         coordinator_cpu_ms: ms(stats.coordinator_cpu),
         ledger_cpu_ms: ms(stats.ledger_cpu),
+        participant_cpu_ms: Some(ms(stats.participant_cpu)),
         messages_to_participants: stats.messages_to_participants,
         messages_from_participants: stats.messages_from_participants,
         bytes_to_participants: stats.bytes_to_participants,
