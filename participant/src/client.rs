@@ -57,7 +57,8 @@ use crate::exit::{
     ExitToolError, ReclaimItem,
 };
 use crate::report::{
-    DepositRow, DepositsReport, ExitPathRow, JoinReport, SendReport, StatusReport, WithdrawReport,
+    DepositRow, DepositsReport, ExitAllItem, ExitAllReport, ExitPathRow, JoinReport, SendReport,
+    StatusReport, WithdrawReport,
 };
 use crate::session::{OwnedDeposit, ProposalLimits, SessionConfig};
 use crate::store::{
@@ -465,6 +466,18 @@ impl<C: ChainSource> Client<C> {
         Ok(exit_leaf(self.store.as_ref(), &self.wallet, &self.chain, funding_txid, leaf).await?)
     }
 
+    /// [`Client::exit`] for every stored leaf not exited yet, each as far as the chain
+    /// allows; a leaf that cannot start (its batch attempt never reached the chain) is
+    /// reported, not fatal.
+    pub async fn exit_all(&self) -> Result<ExitAllReport, ClientError> {
+        let mut leaves = Vec::new();
+        for path in self.store.pending_exit_paths()? {
+            let result = self.exit(path.funding_txid, path.leaf).await;
+            leaves.push(exit_item(path.funding_txid, path.leaf, result)?);
+        }
+        Ok(ExitAllReport { leaves })
+    }
+
     /// Spends every unspent deposit whose timeout has passed back through its timeout
     /// path (the coordinator is not needed).
     pub async fn reclaim(&self) -> Result<Vec<ReclaimItem>, ClientError> {
@@ -833,6 +846,16 @@ impl<C: DevChain> Client<C> {
             .await?)
     }
 
+    /// [`Client::exit_all`] on a dev chain, mining as [`Client::exit_mining`] does.
+    pub async fn exit_all_mining(&self) -> Result<ExitAllReport, ClientError> {
+        let mut leaves = Vec::new();
+        for path in self.store.pending_exit_paths()? {
+            let result = self.exit_mining(path.funding_txid, path.leaf).await;
+            leaves.push(exit_item(path.funding_txid, path.leaf, result)?);
+        }
+        Ok(ExitAllReport { leaves })
+    }
+
     /// [`Client::reclaim`] on a dev chain, mining until the last deposit is spendable.
     pub async fn reclaim_mining(&self) -> Result<Vec<ReclaimItem>, ClientError> {
         Ok(reclaim_deposits_dev(self.store.as_ref(), &self.wallet, &self.chain).await?)
@@ -969,6 +992,22 @@ fn choose_withdrawable(
         return Err(WithdrawError::NoDeposits);
     }
     Ok(chosen)
+}
+
+/// One leaf's line of `exit --all`: what it did, or why it could not start; a failing
+/// store or chain source stops the whole command.
+fn exit_item(
+    funding_txid: Txid,
+    leaf: u32,
+    result: Result<ExitReport, ClientError>,
+) -> Result<ExitAllItem, ClientError> {
+    match result {
+        Ok(report) => Ok(ExitAllItem { funding_txid, leaf, report: Some(report), error: None }),
+        Err(ClientError::Exit(
+            e @ (ExitToolError::FundingMissing(_) | ExitToolError::AlreadyExited { .. }),
+        )) => Ok(ExitAllItem { funding_txid, leaf, report: None, error: Some(e.to_string()) }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Locks `m`; a holder that panicked left nothing half-written in these slots.

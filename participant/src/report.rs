@@ -364,6 +364,48 @@ impl fmt::Display for ExitReport {
     }
 }
 
+/// `exit --all`: every leaf not exited yet, each as far as the chain allows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitAllReport {
+    /// One item per stored exit path not exited before.
+    pub leaves: Vec<ExitAllItem>,
+}
+
+/// One leaf of `exit --all`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitAllItem {
+    /// The batch.
+    pub funding_txid: bitcoin::Txid,
+    /// The leaf.
+    pub leaf: u32,
+    /// What the exit did, when it could start.
+    pub report: Option<ExitReport>,
+    /// Why it could not (a batch attempt whose funding transaction never reached the
+    /// chain, say).
+    pub error: Option<String>,
+}
+
+impl fmt::Display for ExitAllReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.leaves.is_empty() {
+            return write!(f, "no leaf left to exit");
+        }
+        let mut first = true;
+        for item in &self.leaves {
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            match (&item.report, &item.error) {
+                (Some(report), _) => write!(f, "{report}")?,
+                (None, Some(e)) => write!(f, "leaf {}:{}: {e}", item.funding_txid, item.leaf)?,
+                (None, None) => write!(f, "leaf {}:{}", item.funding_txid, item.leaf)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `withdraw`: a cooperative withdrawal, signed and published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WithdrawReport {

@@ -189,6 +189,14 @@ async fn three_wallets_join_a_round_and_one_exits() {
         Err(CliError::Client(ClientError::Exit(ExitToolError::AlreadyExited { .. })))
     ));
 
+    // `exit --all` takes every leaf not exited yet: b's one, then none.
+    let all = cli::exit_all(&b).await.unwrap();
+    assert_eq!(all.leaves.len(), 1, "{all}");
+    assert!(all.leaves[0].report.as_ref().is_some_and(|r| r.exited), "{all}");
+    let none = cli::exit_all(&b).await.unwrap();
+    assert!(none.leaves.is_empty());
+    assert_eq!(none.to_string(), "no leaf left to exit");
+
     // What the exit paid the wallet can be sent on: part of it, then all the rest.
     let to = p2tr_single(&Keypair::random());
     let address =

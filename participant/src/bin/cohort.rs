@@ -96,7 +96,11 @@ enum Command {
     /// Leave a batch: publish the leaf's exit path and reclaim it.
     Exit {
         /// `<funding_txid>:<leaf>` or the number `cohort status` shows.
-        leaf: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        leaf: Option<String>,
+        /// Every leaf not exited yet.
+        #[arg(long)]
+        all: bool,
     },
     /// Spend deposits to an address now, co-signed by the coordinator (no timeout to wait
     /// for), or replace such a withdrawal at a higher fee (--bump).
@@ -238,7 +242,8 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
             return Ok(join_status(&report.outcome, report.confirmed()));
         }
         Command::Status => print(json, &cli::status(&ctx)?),
-        Command::Exit { leaf } => print(json, &cli::exit(&ctx, &leaf).await?),
+        Command::Exit { leaf: Some(leaf), .. } => print(json, &cli::exit(&ctx, &leaf).await?),
+        Command::Exit { leaf: None, .. } => print(json, &cli::exit_all(&ctx).await?),
         Command::Withdraw { address, deposits, fee_rate, max_fee_rate, bump } => {
             let args = cli::WithdrawArgs { address, deposits, fee_rate, max_fee_rate, bump };
             print(json, &cli::withdraw(&ctx, &args).await?)

@@ -27,8 +27,8 @@ use crate::wallet::{Wallet, WalletError};
 
 pub use crate::client::{CONNECT_TIMEOUT, DEFAULT_MAX_FEE_SAT, OWN_CONFIRMATION_WAIT};
 pub use crate::report::{
-    AddressReport, DepositRow, DepositsReport, ExitPathRow, FundReport, InitReport, JoinReport,
-    MineReport, ReclaimReport, SendReport, StatusReport, WithdrawReport,
+    AddressReport, DepositRow, DepositsReport, ExitAllReport, ExitPathRow, FundReport, InitReport,
+    JoinReport, MineReport, ReclaimReport, SendReport, StatusReport, WithdrawReport,
 };
 use chain_args::open_chain;
 pub use chain_args::{ChainArgs, ChainKind, WalletChain};
@@ -469,6 +469,19 @@ fn parse_address(text: &str, network: Network) -> Result<bitcoin::ScriptBuf, Cli
         ))
     })?;
     Ok(address.script_pubkey())
+}
+
+/// `cohort exit --all`: [`exit`] for every leaf not exited yet.
+pub async fn exit_all(ctx: &Context) -> Result<ExitAllReport, CliError> {
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
+    let chain =
+        open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
+    let result = match &chain {
+        WalletChain::CoordinatorDev(dev) => Client::new(store, wallet, dev).exit_all_mining().await,
+        WalletChain::Node(node) => Client::new(store, wallet, node).exit_all().await,
+    };
+    chain.close();
+    Ok(result?)
 }
 
 /// `cohort reclaim [--mine]`: spends every unspent deposit through its timeout path,
