@@ -15,6 +15,7 @@ bitcoind=${COHORT_BITCOIND:-$("$repo/scripts/bitcoind.sh")}
 cli_bin=$(dirname "$bitcoind")/bitcoin-cli
 transcript=${1:-/dev/stdout}
 work=$(mktemp -d)
+[ "$transcript" = /dev/stdout ] || : > "$transcript"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -57,6 +58,7 @@ phase_timeout_secs = 20
 deposit_csv = 400
 safety_margin = 20
 exit_csv = 20
+service_ppm = 1
 EOF
 "$target/cohort-coordinator" run --chain bitcoind --config coordinator.toml --data-dir coord \
   --listen "127.0.0.1:$quic" > coordinator.log 2>&1 &
@@ -90,8 +92,8 @@ miner=$!; pids+=($miner)
 cohort --data-dir bob join > bob-join.log 2>&1 &
 bob=$!
 run cohort --data-dir alice join
-expect "finalized: funding txid"
-expect "confirmed at height"
+expect "finalized (funding tx"
+expect "done: batch confirmed"
 wait "$bob" || { cat bob-join.log >> "$transcript"; say "FAILED: bob's join"; exit 1; }
 kill "$miner"; wait "$miner" 2>/dev/null || true
 run cohort --data-dir alice status

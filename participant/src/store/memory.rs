@@ -55,6 +55,9 @@ fn check_status(status: &DepositStatus) -> Result<(), StoreError> {
         DepositStatus::InBatch { funding_txids } if funding_txids.is_empty() => {
             Err(StoreError::Invalid("a deposit in a batch with no funding txid"))
         }
+        DepositStatus::Withdrawing { txids } if txids.is_empty() => {
+            Err(StoreError::Invalid("a withdrawing deposit with no withdrawal"))
+        }
         _ => Ok(()),
     }
 }
