@@ -353,7 +353,7 @@ fn ask(
 ) -> Result<cohort_coordinator::engine::Cosigned, RefusalReason> {
     let max = w.engine.max_deposits_per_registration();
     let lookups = withdraw_lookup(&w.ledger, request, max).map_err(ChainOutage::from);
-    w.engine.withdraw(w.now, request, lookups)
+    w.engine.withdraw(request, lookups)
 }
 
 #[test]

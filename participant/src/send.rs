@@ -165,7 +165,9 @@ fn fee_of(
     rate.fee_vb(tx.weight().to_vbytes_ceil()).ok_or(SendError::Shape("fee overflow".into()))
 }
 
-fn unsigned(coins: &[(OutPoint, TxOut)], output: Vec<TxOut>) -> Transaction {
+/// Version 2, no lock time, every input of `coins` signalling replacement, witnesses
+/// empty: the shape of a send and of a cooperative withdrawal.
+pub(crate) fn unsigned(coins: &[(OutPoint, TxOut)], output: Vec<TxOut>) -> Transaction {
     Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,

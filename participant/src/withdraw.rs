@@ -16,10 +16,8 @@
 
 use std::time::Duration;
 
-use bitcoin::absolute::LockTime;
 use bitcoin::secp256k1::{Message, SECP256K1};
-use bitcoin::transaction::Version;
-use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut};
 use cohort_common::consensus::verify_tx;
 use cohort_common::messages::{
     Goodbye, Reason, RefusalReason, ToCoordinator, ToParticipant, Withdraw, WithdrawBody,
@@ -30,6 +28,7 @@ use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScri
 use cohort_common::standard::{key_path_signed_weight, money_sum, MAX_STANDARD_WEIGHT};
 use cohort_transport::Client as Link;
 
+use crate::send::unsigned;
 use crate::wallet::Wallet;
 
 /// The fee rate increment a replacement pays at least, per vbyte, over the one it
@@ -140,7 +139,8 @@ pub fn plan(
     destination: &ScriptBuf,
     rate: FeeRate,
 ) -> Result<Plan, WithdrawError> {
-    let tx = unsigned(deposits, destination, Amount::ZERO);
+    let tx =
+        unsigned(deposits, vec![TxOut { value: Amount::ZERO, script_pubkey: destination.clone() }]);
     let vsize = key_path_signed_weight(&tx).to_vbytes_ceil();
     let fee = rate.fee_vb(vsize).ok_or(WithdrawError::Shape("fee overflow".into()))?;
     with_fee(deposits, destination, fee)
@@ -187,7 +187,7 @@ fn with_fee(
         .checked_sub(fee)
         .filter(|a| *a >= dust)
         .ok_or(WithdrawError::TooSmall { deposited, fee, dust })?;
-    let tx = unsigned(deposits, destination, amount);
+    let tx = unsigned(deposits, vec![TxOut { value: amount, script_pubkey: destination.clone() }]);
     let weight = key_path_signed_weight(&tx);
     if weight > MAX_STANDARD_WEIGHT {
         return Err(WithdrawError::Shape(format!(
@@ -197,27 +197,6 @@ fn with_fee(
     }
     let prevouts = deposits.iter().map(|(_, o)| o.clone()).collect();
     Ok(Plan { tx, prevouts, amount, fee, vsize: weight.to_vbytes_ceil() })
-}
-
-fn unsigned(
-    deposits: &[(OutPoint, TxOut)],
-    destination: &ScriptBuf,
-    amount: Amount,
-) -> Transaction {
-    Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: deposits
-            .iter()
-            .map(|(outpoint, _)| TxIn {
-                previous_output: *outpoint,
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                witness: Witness::new(),
-            })
-            .collect(),
-        output: vec![TxOut { value: amount, script_pubkey: destination.clone() }],
-    }
 }
 
 fn sum(amounts: impl Iterator<Item = Amount>) -> Result<Amount, WithdrawError> {
@@ -387,8 +366,6 @@ async fn exchange(link: &Link, request: Withdraw) -> Result<WithdrawSigned, With
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use bitcoin::hashes::Hash;
     use bitcoin::secp256k1::SecretKey;
     use cohort_common::chain::Utxo;
@@ -437,7 +414,7 @@ mod tests {
                 DepositLookup::Unspent(Utxo { txout: txout.clone(), height: Some(1) })
             })
             .collect();
-        engine.withdraw(Instant::now(), request, Ok(lookups)).unwrap().answer
+        engine.withdraw(request, Ok(lookups)).unwrap().answer
     }
 
     fn coordinator() -> Keypair {

@@ -11,7 +11,6 @@
 //! request, nothing else to sign, a standard weight, no value created).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use bitcoin::secp256k1::{Message, SECP256K1};
 use bitcoin::transaction::Version;
@@ -154,7 +153,6 @@ impl Coordinator {
     /// then is used.
     pub fn withdraw(
         &mut self,
-        _now: Instant,
         request: &Withdraw,
         lookups: Result<Vec<DepositLookup>, ChainOutage>,
     ) -> Result<Cosigned, RefusalReason> {

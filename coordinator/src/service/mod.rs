@@ -482,7 +482,7 @@ impl Driver {
                 self.timed(|e| e.peer_connected(now, peer));
             }
             ServerEvent::Message { peer, msg: ToCoordinator::Withdraw(request) } => {
-                self.on_withdraw(now, peer, &request);
+                self.on_withdraw(peer, &request);
             }
             ServerEvent::Message { peer, msg } => {
                 // A registration that fails the cheap checks is refused before any of its
@@ -510,8 +510,8 @@ impl Driver {
 
     /// Answers a cooperative withdrawal: the engine's co-signature once it is stored, or
     /// a refusal.
-    fn on_withdraw(&mut self, now: Instant, peer: PeerId, request: &Withdraw) {
-        let answer = match self.withdrawal(now, request) {
+    fn on_withdraw(&mut self, peer: PeerId, request: &Withdraw) {
+        let answer = match self.withdrawal(request) {
             Ok(signed) => {
                 let deposits = request.body.inputs.len();
                 tracing::info!(peer, txid = %signed.txid, deposits, "withdrawal co-signed");
@@ -527,11 +527,7 @@ impl Driver {
         }
     }
 
-    fn withdrawal(
-        &mut self,
-        now: Instant,
-        request: &Withdraw,
-    ) -> Result<WithdrawSigned, RefusalReason> {
+    fn withdrawal(&mut self, request: &Withdraw) -> Result<WithdrawSigned, RefusalReason> {
         // A deposit of a funding transaction stored complete may still confirm.
         for input in &request.body.inputs {
             let op = input.outpoint;
@@ -545,7 +541,7 @@ impl Driver {
         self.timed(|e| e.precheck_withdrawal(request))?;
         let max = self.engine.max_deposits_per_registration();
         let lookups = withdraw_lookup(self.chain.as_ref(), request, max).map_err(ChainOutage::from);
-        let cosigned = self.timed(|e| e.withdraw(now, request, lookups))?;
+        let cosigned = self.timed(|e| e.withdraw(request, lookups))?;
         let record = WithdrawalRecord {
             tx: request.body.tx.clone(),
             prevouts: cosigned.deposits.into_iter().map(|(_, txout)| txout).collect(),

@@ -395,10 +395,9 @@ pub struct WithdrawArgs {
 pub async fn withdraw(ctx: &Context, args: &WithdrawArgs) -> Result<WithdrawReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let network = wallet.coordinator().network;
-    let rate = |sat_vb: u64| FeeRate::from_sat_per_kwu(sat_vb.saturating_mul(250));
-    let fee_rate = args.fee_rate.map(rate);
+    let fee_rate = args.fee_rate.map(sat_per_vb);
     let max_fee_rate =
-        rate(args.max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
+        sat_per_vb(args.max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
     let bump = match &args.bump {
         Some(t) => Some(
             Txid::from_str(t)
@@ -448,15 +447,20 @@ pub async fn send(
 ) -> Result<SendReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let destination = parse_address(address, wallet.coordinator().network)?;
-    let rate = |sat_vb: u64| FeeRate::from_sat_per_kwu(sat_vb.saturating_mul(250));
-    let cap = rate(max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
+    let cap = sat_per_vb(max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB));
     let amount = amount.map_or(crate::send::SendAmount::All, crate::send::SendAmount::Exactly);
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
-    let result =
-        Client::new(store, wallet, &chain).send(destination, amount, fee_rate.map(rate), cap).await;
+    let result = Client::new(store, wallet, &chain)
+        .send(destination, amount, fee_rate.map(sat_per_vb), cap)
+        .await;
     chain.close();
     Ok(result?)
+}
+
+/// A fee rate given in sat/vB on the command line.
+fn sat_per_vb(sat_vb: u64) -> FeeRate {
+    FeeRate::from_sat_per_kwu(sat_vb.saturating_mul(250))
 }
 
 /// An address on the wallet's network, as its script.
