@@ -290,20 +290,13 @@ pub(super) fn thousands(n: u64) -> String {
     s
 }
 
-/// The UTC date of `at` as `YYYY-MM-DD` (the proleptic Gregorian calendar).
+/// The UTC date of `at` as `YYYY-MM-DD` (the proleptic Gregorian calendar), the date part
+/// of [`cohort_common::time::utc_time`].
 pub(super) fn utc_date(at: SystemTime) -> String {
-    let days = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let mut text = cohort_common::time::utc_time(u64::try_from(ms).unwrap_or(u64::MAX));
+    text.truncate("YYYY-MM-DD".len());
+    text
 }
 
 #[cfg(test)]
