@@ -145,12 +145,13 @@ async fn a_participant_uses_its_own_node_for_everything() {
 
     let dir: PathBuf = std::env::temp_dir().join(format!("cohort-own-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let service = coordinator(chain.clone(), 2, Network::Regtest);
+    let service = coordinator(chain.clone(), 5, Network::Regtest);
     let uri = service.uri("127.0.0.1").unwrap().to_string();
 
-    // Four wallets on the node: a and b join a round, c only reclaims, d withdraws.
+    // Seven wallets on the node: a, b, e, f and g join a round (five leaves, so some exit
+    // paths are three nodes deep), c only reclaims, d withdraws.
     let mut ctxs = Vec::new();
-    for name in ["a", "b", "c", "d"] {
+    for name in ["a", "b", "c", "d", "e", "f", "g"] {
         let ctx = Context::new(dir.join(name)).with_chain(node_args(&node));
         let init = cli::init(&ctx, &uri).await.unwrap();
         assert!(!init.coordinator.dev);
@@ -160,6 +161,7 @@ async fn a_participant_uses_its_own_node_for_everything() {
         ctxs.push(Context::new(dir.join(name)));
     }
     let (a, b, c, d) = (&ctxs[0], &ctxs[1], &ctxs[2], &ctxs[3]);
+    let (e, f, g) = (&ctxs[4], &ctxs[5], &ctxs[6]);
     let mut payments = Vec::new();
     for ctx in &ctxs {
         let w = wallet(ctx);
@@ -179,13 +181,20 @@ async fn a_participant_uses_its_own_node_for_everything() {
     let tip = chain.tip_height().unwrap();
     assert_eq!(cli::dev_mine(c, 2).await.unwrap().height, tip + 2);
 
-    // a and b join; blocks come while they do, and each sees the batch on its own node.
+    // a, b, e, f and g join; blocks come while they do, and each sees the batch on its
+    // own node.
     let blocks = Miner::start(chain.clone(), miner_spk.clone());
     let go = |_: &_| ControlFlow::Continue(());
     let args = cli::JoinArgs::default();
-    let (ra, rb) = tokio::join!(cli::join(a, &args, go), cli::join(b, &args, go));
+    let (ra, rb, re, rf, rg) = tokio::join!(
+        cli::join(a, &args, go),
+        cli::join(b, &args, go),
+        cli::join(e, &args, go),
+        cli::join(f, &args, go),
+        cli::join(g, &args, go)
+    );
     drop(blocks);
-    for report in [ra.unwrap(), rb.unwrap()] {
+    for report in [ra.unwrap(), rb.unwrap(), re.unwrap(), rf.unwrap(), rg.unwrap()] {
         let Outcome::Confirmed { funding_txid: Some(txid), .. } = report.outcome else {
             panic!("{report}")
         };
@@ -229,10 +238,18 @@ async fn a_participant_uses_its_own_node_for_everything() {
     );
     service.shutdown("test over").await;
 
-    // a exits with the coordinator gone, one step per block.
+    // A joiner whose path is three nodes deep exits with the coordinator gone, one step
+    // per block: each node with its CPFP child paid from its own fee wallet, then the
+    // leaf to its wallet.
+    let deep = [a, b, e, f, g]
+        .into_iter()
+        .find(|ctx| cli::status(ctx).unwrap().exit_paths.iter().any(|p| p.depth == 3))
+        .expect("a leaf three nodes deep");
     let mut rounds = 0;
+    let mut published = 0;
     let exited = loop {
-        let report = cli::exit(a, "1").await.unwrap();
+        let report = cli::exit(deep, "1").await.unwrap();
+        published += report.published.len();
         if report.exited {
             break report;
         }
@@ -242,6 +259,7 @@ async fn a_participant_uses_its_own_node_for_everything() {
         rounds += 1;
         assert!(rounds < 20, "exit does not finish: {report}");
     };
+    assert_eq!(published, 3, "a path three nodes deep: {exited}");
     let reclaim = exited.reclaim_txid.expect("the leaf reclaimed to the wallet");
     assert_eq!(chain.confirmations(&reclaim).unwrap(), Some(0), "in the node's mempool");
 

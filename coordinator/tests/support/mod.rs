@@ -60,10 +60,21 @@ impl Fixture {
         &self,
         chain: ChainBackend,
     ) -> (CoordinatorService, Arc<SqliteStore>, CoordinatorUri) {
+        self.start_with(chain, N, TreeParams { radix: 2, max_depth: 4 })
+    }
+
+    /// The service on `chain` with rounds that close once `participants` registered,
+    /// building trees of shape `tree`.
+    pub fn start_with(
+        &self,
+        chain: ChainBackend,
+        participants: usize,
+        tree: TreeParams,
+    ) -> (CoordinatorService, Arc<SqliteStore>, CoordinatorUri) {
         let mut engine = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
-        engine.tree = TreeParams { radix: 2, max_depth: 4 };
+        engine.tree = tree;
         engine.registration_window = Duration::from_secs(10);
-        engine.max_registrations = N;
+        engine.max_registrations = participants;
         engine.phase_timeout = Duration::from_secs(5);
         let config = ServiceConfig {
             round_interval: Duration::from_secs(60),
