@@ -53,8 +53,8 @@ use crate::driver::{
     SignGate,
 };
 use crate::exit::{
-    exit_leaf, exit_leaf_dev, reclaim_deposits, reclaim_deposits_dev, status_when_gone, ExitReport,
-    ExitToolError, ReclaimItem,
+    exit_leaf, exit_leaf_dev, reclaim_deposits, reclaim_deposits_dev, status_when_gone, ExitFees,
+    ExitReport, ExitToolError, ReclaimItem,
 };
 use crate::report::{
     DepositRow, DepositsReport, ExitAllItem, ExitAllReport, ExitPathRow, JoinReport, SendReport,
@@ -462,17 +462,25 @@ impl<C: ChainSource> Client<C> {
     /// chain source, and reclaims the leaf once its timeout has passed. It goes as far as
     /// the chain allows and says at which height to call it again; the coordinator is not
     /// needed.
-    pub async fn exit(&self, funding_txid: Txid, leaf: u32) -> Result<ExitReport, ClientError> {
-        Ok(exit_leaf(self.store.as_ref(), &self.wallet, &self.chain, funding_txid, leaf).await?)
+    /// `fees` prices the CPFP children; a child that has not confirmed after a block is
+    /// replaced at a higher rate on the next call.
+    pub async fn exit(
+        &self,
+        funding_txid: Txid,
+        leaf: u32,
+        fees: ExitFees,
+    ) -> Result<ExitReport, ClientError> {
+        let store = self.store.as_ref();
+        Ok(exit_leaf(store, &self.wallet, &self.chain, funding_txid, leaf, fees).await?)
     }
 
     /// [`Client::exit`] for every stored leaf not exited yet, each as far as the chain
     /// allows; a leaf that cannot start (its batch attempt never reached the chain) is
     /// reported, not fatal.
-    pub async fn exit_all(&self) -> Result<ExitAllReport, ClientError> {
+    pub async fn exit_all(&self, fees: ExitFees) -> Result<ExitAllReport, ClientError> {
         let mut leaves = Vec::new();
         for path in self.store.pending_exit_paths()? {
-            let result = self.exit(path.funding_txid, path.leaf).await;
+            let result = self.exit(path.funding_txid, path.leaf, fees).await;
             leaves.push(exit_item(path.funding_txid, path.leaf, result)?);
         }
         Ok(ExitAllReport { leaves })
@@ -841,16 +849,17 @@ impl<C: DevChain> Client<C> {
         &self,
         funding_txid: Txid,
         leaf: u32,
+        fees: ExitFees,
     ) -> Result<ExitReport, ClientError> {
-        Ok(exit_leaf_dev(self.store.as_ref(), &self.wallet, &self.chain, funding_txid, leaf)
-            .await?)
+        let store = self.store.as_ref();
+        Ok(exit_leaf_dev(store, &self.wallet, &self.chain, funding_txid, leaf, fees).await?)
     }
 
     /// [`Client::exit_all`] on a dev chain, mining as [`Client::exit_mining`] does.
-    pub async fn exit_all_mining(&self) -> Result<ExitAllReport, ClientError> {
+    pub async fn exit_all_mining(&self, fees: ExitFees) -> Result<ExitAllReport, ClientError> {
         let mut leaves = Vec::new();
         for path in self.store.pending_exit_paths()? {
-            let result = self.exit_mining(path.funding_txid, path.leaf).await;
+            let result = self.exit_mining(path.funding_txid, path.leaf, fees).await;
             leaves.push(exit_item(path.funding_txid, path.leaf, result)?);
         }
         Ok(ExitAllReport { leaves })

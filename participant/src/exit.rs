@@ -7,7 +7,7 @@
 //! [`DevChain`] and mine the blocks they wait for, in one call; the others publish what
 //! they can and say at which height to come back.
 
-use bitcoin::{Amount, OutPoint, TxOut, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, Transaction, TxOut, Txid};
 use cohort_common::exit::{cpfp_child, reclaim_tx, ExitError, FeeInput};
 use cohort_common::messages::UtxoInfo;
 use cohort_common::scripts::{DepositScript, ScriptError};
@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::chain::{ChainSource, ChainSourceError, DevChain, NoDevChain};
 use crate::driver::{now_ms, StepName};
-use crate::store::{DepositStatus, HistoryEvent, ParticipantStore, StoreError};
+use crate::store::{DepositStatus, ExitChildRecord, HistoryEvent, ParticipantStore, StoreError};
 use crate::wallet::Wallet;
+use crate::withdraw::{DEFAULT_MAX_FEE_RATE_SAT_VB, INCREMENTAL_RELAY};
 
 /// What the dev faucet sends the fee key when it has no usable output.
 pub const FEE_FAUCET_AMOUNT: Amount = Amount::from_sat(100_000);
@@ -71,6 +72,26 @@ pub enum ExitToolError {
     Store(#[from] StoreError),
 }
 
+/// How an exit prices the CPFP children of its tree nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitFees {
+    /// The package rate to pay; `None`: the chain source's estimate.
+    pub fee_rate: Option<FeeRate>,
+    /// The highest package rate any child may pay: an estimate above it is cut down to
+    /// it (and the report says so), and a child is never replaced above it.
+    pub max_fee_rate: FeeRate,
+}
+
+impl Default for ExitFees {
+    /// The chain's estimate, capped at [`DEFAULT_MAX_FEE_RATE_SAT_VB`].
+    fn default() -> Self {
+        ExitFees {
+            fee_rate: None,
+            max_fee_rate: FeeRate::from_sat_per_kwu(DEFAULT_MAX_FEE_RATE_SAT_VB * 250),
+        }
+    }
+}
+
 /// What `exit` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExitReport {
@@ -82,6 +103,16 @@ pub struct ExitReport {
     pub amount_sat: u64,
     /// Node transactions published now (with a CPFP child each).
     pub published: Vec<Txid>,
+    /// Nodes whose CPFP child this wallet published before and replaced now, at a
+    /// higher rate, because a block passed without it or the rate asked for rose.
+    pub replaced: Vec<Txid>,
+    /// A node waiting in the mempool with a child this wallet did not publish (another
+    /// user of the batch published it), if any.
+    pub published_by_others: Option<Txid>,
+    /// The package rate new children pay, in sat/vB.
+    pub fee_rate_sat_vb: u64,
+    /// The chain's estimate in sat/vB, when it was above the cap and the cap was paid.
+    pub capped_from_sat_vb: Option<u64>,
     /// Node transactions already confirmed.
     pub already_confirmed: usize,
     /// The leaf output, once its node is confirmed.
@@ -143,8 +174,9 @@ pub async fn exit_leaf<C: ChainSource>(
     chain: &C,
     funding_txid: Txid,
     leaf: u32,
+    fees: ExitFees,
 ) -> Result<ExitReport, ExitToolError> {
-    exit_with(store, wallet, chain, None::<&NoDevChain>, funding_txid, leaf).await
+    exit_with(store, wallet, chain, None::<&NoDevChain>, (funding_txid, leaf), fees).await
 }
 
 /// As [`exit_leaf`] on a dev chain: it mines every block it waits for (and takes the
@@ -155,8 +187,9 @@ pub async fn exit_leaf_dev<D: DevChain>(
     chain: &D,
     funding_txid: Txid,
     leaf: u32,
+    fees: ExitFees,
 ) -> Result<ExitReport, ExitToolError> {
-    exit_with(store, wallet, chain, Some(chain), funding_txid, leaf).await
+    exit_with(store, wallet, chain, Some(chain), (funding_txid, leaf), fees).await
 }
 
 async fn exit_with<C: ChainSource, D: DevChain>(
@@ -164,8 +197,8 @@ async fn exit_with<C: ChainSource, D: DevChain>(
     wallet: &Wallet,
     chain: &C,
     dev: Option<&D>,
-    funding_txid: Txid,
-    leaf: u32,
+    (funding_txid, leaf): (Txid, u32),
+    fees: ExitFees,
 ) -> Result<ExitReport, ExitToolError> {
     let record = store
         .exit_path(&funding_txid, leaf)?
@@ -178,6 +211,10 @@ async fn exit_with<C: ChainSource, D: DevChain>(
         leaf,
         amount_sat: record.leaf_output.value.to_sat(),
         published: Vec::new(),
+        replaced: Vec::new(),
+        published_by_others: None,
+        fee_rate_sat_vb: 0,
+        capped_from_sat_vb: None,
         already_confirmed: 0,
         leaf_outpoint: None,
         reclaim_txid: None,
@@ -195,7 +232,17 @@ async fn exit_with<C: ChainSource, D: DevChain>(
         }
         Some(_) => {}
     }
-    let rate = chain.fee_rate().await?;
+    let rate = match fees.fee_rate {
+        Some(rate) => rate,
+        None => chain.fee_rate().await?,
+    };
+    let rate = if rate > fees.max_fee_rate {
+        report.capped_from_sat_vb = Some(sat_vb(rate));
+        fees.max_fee_rate
+    } else {
+        rate
+    };
+    report.fee_rate_sat_vb = sat_vb(rate);
     for tx in &record.path {
         let txid = tx.compute_txid();
         match chain.confirmations(txid).await? {
@@ -203,10 +250,31 @@ async fn exit_with<C: ChainSource, D: DevChain>(
                 report.already_confirmed += 1;
                 continue;
             }
-            Some(_) => {} // in the mempool already
+            // In the mempool: carried by our child (replaced if it is not confirming) or
+            // by another user's.
+            Some(_) => match replace_child(store, wallet, chain, tx, rate, fees).await? {
+                Carried::Replaced => {
+                    report.replaced.push(txid);
+                    history(
+                        store,
+                        StepName::ExitBroadcast,
+                        format!("node {txid} of leaf {leaf} in {funding_txid}: child replaced"),
+                    )?;
+                }
+                Carried::ByOthers => report.published_by_others = Some(txid),
+                Carried::Waiting => {}
+            },
             None => {
                 let fee = fee_input(chain, dev, wallet).await?;
                 let child = cpfp_child(tx, &fee, rate)?;
+                let height = chain.tip_height().await?;
+                // Kept before it is sent, so that it can be replaced after a crash.
+                store.put_exit_child(&ExitChildRecord {
+                    node_txid: txid,
+                    child: child.clone(),
+                    fee_input_value: fee.txout.value,
+                    height,
+                })?;
                 chain.broadcast_package(tx, &child).await?;
                 report.published.push(txid);
                 history(
@@ -270,6 +338,78 @@ async fn exit_with<C: ChainSource, D: DevChain>(
     report.reclaim_txid = Some(txid);
     report.exited = true;
     Ok(report)
+}
+
+/// A rate in whole sat/vB, rounded up.
+fn sat_vb(rate: FeeRate) -> u64 {
+    rate.to_sat_per_kwu().div_ceil(250)
+}
+
+/// Who carries a tree node waiting in the mempool.
+enum Carried {
+    /// Our child, replaced now at a higher rate.
+    Replaced,
+    /// Our child, left as it is: no block has passed since it was published and the rate
+    /// asked for is not above what it pays (or a replacement would pass the cap).
+    Waiting,
+    /// A child this wallet did not publish.
+    ByOthers,
+}
+
+/// For `node` waiting in the mempool: replaces the CPFP child this wallet published for
+/// it when a block has passed without it confirming, or when `rate` is above what it
+/// pays. The replacement spends the same fee output, pays at least `rate` and at least
+/// the old fee plus [`INCREMENTAL_RELAY`] on its own size (the replacement rules), and
+/// never more than the cap.
+async fn replace_child<C: ChainSource>(
+    store: &dyn ParticipantStore,
+    wallet: &Wallet,
+    chain: &C,
+    node: &Transaction,
+    rate: FeeRate,
+    fees: ExitFees,
+) -> Result<Carried, ExitToolError> {
+    let txid = node.compute_txid();
+    let Some(old) = store.exit_child(&txid)? else { return Ok(Carried::ByOthers) };
+    if chain.confirmations(old.child.compute_txid()).await? != Some(0) {
+        return Ok(Carried::ByOthers);
+    }
+    let old_fee = old.fee().ok_or_else(|| {
+        ExitToolError::Mismatch(format!("stored child of node {txid} pays more than its input"))
+    })?;
+    let package = (node.weight() + old.child.weight()).to_vbytes_ceil();
+    let old_rate = FeeRate::from_sat_per_kwu(old_fee.to_sat().saturating_mul(250) / package);
+    let tip = chain.tip_height().await?;
+    if tip <= old.height && rate <= old_rate {
+        return Ok(Carried::Waiting);
+    }
+    let increment =
+        INCREMENTAL_RELAY.fee_vb(old.child.vsize() as u64).ok_or(ExitToolError::Overflow)?;
+    let least = old_fee.checked_add(increment).ok_or(ExitToolError::Overflow)?;
+    let least_rate =
+        FeeRate::from_sat_per_kwu(least.to_sat().saturating_mul(250).div_ceil(package));
+    let new_rate = rate.max(least_rate);
+    if new_rate > fees.max_fee_rate {
+        return Ok(Carried::Waiting);
+    }
+    let fee = FeeInput {
+        outpoint: old.child.input[1].previous_output,
+        txout: TxOut { value: old.fee_input_value, script_pubkey: wallet.fee_script() },
+        key: wallet.fee_key(),
+    };
+    let child = cpfp_child(node, &fee, new_rate)?;
+    store.put_exit_child(&ExitChildRecord {
+        node_txid: txid,
+        child: child.clone(),
+        fee_input_value: old.fee_input_value,
+        height: tip,
+    })?;
+    if let Err(e) = chain.broadcast_package(node, &child).await {
+        // The old child still carries the node: keep it as the one to replace.
+        store.put_exit_child(&old)?;
+        return Err(e.into());
+    }
+    Ok(Carried::Replaced)
 }
 
 /// What `reclaim` did with one deposit.

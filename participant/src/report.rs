@@ -348,6 +348,26 @@ impl fmt::Display for ExitReport {
             self.published.len(),
             self.already_confirmed
         )?;
+        if !self.published.is_empty() || !self.replaced.is_empty() {
+            write!(f, "\nCPFP children pay {} sat/vB for their node", self.fee_rate_sat_vb)?;
+        }
+        if let Some(estimate) = self.capped_from_sat_vb {
+            write!(
+                f,
+                " (the chain estimates {estimate} sat/vB, above the cap: raise --max-fee-rate \
+                 if it does not confirm)"
+            )?;
+        }
+        for txid in &self.replaced {
+            write!(f, "\nnode {txid} had not confirmed: its child was replaced at a higher rate")?;
+        }
+        if let Some(txid) = self.published_by_others {
+            write!(
+                f,
+                "\nnode {txid} waits in the mempool with a child another user of the batch \
+                 published"
+            )?;
+        }
         if let Some(o) = self.leaf_outpoint {
             write!(f, "\nleaf output on chain at {o}")?;
         }

@@ -175,25 +175,31 @@ async fn three_wallets_join_a_round_and_one_exits() {
     );
 
     // Unknown leaves are refused by name.
-    assert!(matches!(cli::exit(&a, "7").await, Err(CliError::UnknownLeaf(_))));
-    assert!(matches!(cli::exit(&a, "nonsense:1").await, Err(CliError::UnknownLeaf(_))));
+    assert!(matches!(
+        cli::exit(&a, "7", &cli::ExitArgs::default()).await,
+        Err(CliError::UnknownLeaf(_))
+    ));
+    assert!(matches!(
+        cli::exit(&a, "nonsense:1", &cli::ExitArgs::default()).await,
+        Err(CliError::UnknownLeaf(_))
+    ));
 
-    let report = cli::exit(&a, "1").await.unwrap();
+    let report = cli::exit(&a, "1", &cli::ExitArgs::default()).await.unwrap();
     assert!(report.exited, "{report:?}");
     let reclaim = report.reclaim_txid.expect("the leaf was reclaimed");
     assert!(dev.ledger.confirmations(&reclaim).unwrap().unwrap() >= 1);
     assert!(!report.published.is_empty());
     assert!(cli::status(&a).unwrap().exit_paths[0].exited);
     assert!(matches!(
-        cli::exit(&a, &path.id).await,
+        cli::exit(&a, &path.id, &cli::ExitArgs::default()).await,
         Err(CliError::Client(ClientError::Exit(ExitToolError::AlreadyExited { .. })))
     ));
 
     // `exit --all` takes every leaf not exited yet: b's one, then none.
-    let all = cli::exit_all(&b).await.unwrap();
+    let all = cli::exit_all(&b, &cli::ExitArgs::default()).await.unwrap();
     assert_eq!(all.leaves.len(), 1, "{all}");
     assert!(all.leaves[0].report.as_ref().is_some_and(|r| r.exited), "{all}");
-    let none = cli::exit_all(&b).await.unwrap();
+    let none = cli::exit_all(&b, &cli::ExitArgs::default()).await.unwrap();
     assert!(none.leaves.is_empty());
     assert_eq!(none.to_string(), "no leaf left to exit");
 
@@ -246,7 +252,7 @@ async fn killed_before_deposit_signatures_keeps_paths_and_money() {
     // That batch attempt never confirmed: exit says so, and the deposit is reclaimable.
     let id = format!("{}:{}", paths[0].funding_txid, paths[0].leaf);
     assert!(matches!(
-        cli::exit(&stored, &id).await,
+        cli::exit(&stored, &id, &cli::ExitArgs::default()).await,
         Err(CliError::Client(ClientError::Exit(ExitToolError::FundingMissing(_))))
     ));
     let reclaimed = cli::reclaim(&stored, true).await.unwrap();
@@ -278,7 +284,7 @@ async fn killed_after_finalized_exits_from_a_fresh_process() {
     let restarted = Context::new(&late.data_dir);
     let status = cli::status(&restarted).unwrap();
     assert_eq!(status.exit_paths.len(), 1);
-    let report = cli::exit(&restarted, "1").await.unwrap();
+    let report = cli::exit(&restarted, "1", &cli::ExitArgs::default()).await.unwrap();
     assert!(report.exited && report.reclaim_txid.is_some(), "{report:?}");
     dev.service.shutdown("test over").await;
 }

@@ -245,10 +245,47 @@ async fn a_participant_uses_its_own_node_for_everything() {
         .into_iter()
         .find(|ctx| cli::status(ctx).unwrap().exit_paths.iter().any(|p| p.depth == 3))
         .expect("a leaf three nodes deep");
-    let mut rounds = 0;
     let mut published = 0;
+    let first = cli::exit(deep, "1", &cli::ExitArgs::default()).await.unwrap();
+    assert_eq!(first.published.len(), 1, "{first}");
+    published += 1;
+    let root = first.published[0];
+    let child_of = |node| {
+        let store = SqliteStore::open(deep.data_dir.join(cli::STORE_FILE)).unwrap();
+        store.exit_child(&node).unwrap().expect("the child is stored").child.compute_txid()
+    };
+    let child = child_of(root);
+    assert_eq!(chain.confirmations(&child).unwrap(), Some(0));
+    // Asked again at the same rate, in the same block: nothing to do.
+    let again = cli::exit(deep, "1", &cli::ExitArgs::default()).await.unwrap();
+    assert!(again.published.is_empty() && again.replaced.is_empty(), "{again}");
+    // A higher rate asked: the child is replaced; the node takes the new one.
+    let higher = cli::ExitArgs { fee_rate: Some(first.fee_rate_sat_vb + 10), ..Default::default() };
+    let bumped = cli::exit(deep, "1", &higher).await.unwrap();
+    assert_eq!(bumped.replaced, vec![root], "{bumped}");
+    let second = child_of(root);
+    assert_eq!(chain.confirmations(&child).unwrap(), None, "replaced");
+    assert_eq!(chain.confirmations(&second).unwrap(), Some(0));
+    // A block passes without it (an empty one): replaced again, at the estimate or more.
+    let address = bitcoin::Address::from_script(&miner_spk, Network::Regtest).unwrap();
+    let _: serde_json::Value = chain
+        .rpc()
+        .call("generateblock", &[serde_json::json!(address.to_string()), serde_json::json!([])])
+        .unwrap();
+    let stale = cli::exit(deep, "1", &cli::ExitArgs::default()).await.unwrap();
+    assert_eq!(stale.replaced, vec![root], "{stale}");
+    let third = child_of(root);
+    assert_eq!(chain.confirmations(&second).unwrap(), None, "replaced");
+    assert_eq!(chain.confirmations(&third).unwrap(), Some(0));
+    // The cap is a cap: a rate asked above it is refused before anything is done.
+    let above = cli::ExitArgs { fee_rate: Some(50), max_fee_rate: Some(40) };
+    assert!(matches!(cli::exit(deep, "1", &above).await, Err(CliError::BadArgument(_))));
+    mine(&chain, 1, &miner_spk).unwrap();
+    assert_eq!(chain.confirmations(&third).unwrap(), Some(1));
+
+    let mut rounds = 0;
     let exited = loop {
-        let report = cli::exit(deep, "1").await.unwrap();
+        let report = cli::exit(deep, "1", &cli::ExitArgs::default()).await.unwrap();
         published += report.published.len();
         if report.exited {
             break report;

@@ -12,8 +12,8 @@ use cohort_common::chain::Chain;
 use cohort_coordinator::timeline::Outcome;
 use cohort_participant::driver::DriverError;
 use cohort_participant::store::{
-    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, MemoryStore, ParticipantStore,
-    StoreError, WithdrawalRecord,
+    DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, MemoryStore,
+    ParticipantStore, StoreError, WithdrawalRecord,
 };
 use cohort_sim::memnet::{Fault, FaultKind, FaultPhase};
 use cohort_sim::round::{
@@ -241,6 +241,12 @@ impl ParticipantStore for FullDisk {
     }
     fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
         self.0.withdrawals()
+    }
+    fn put_exit_child(&self, c: &ExitChildRecord) -> Result<(), StoreError> {
+        self.0.put_exit_child(c)
+    }
+    fn exit_child(&self, node: &bitcoin::Txid) -> Result<Option<ExitChildRecord>, StoreError> {
+        self.0.exit_child(node)
     }
 }
 

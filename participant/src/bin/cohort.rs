@@ -101,6 +101,14 @@ enum Command {
         /// Every leaf not exited yet.
         #[arg(long)]
         all: bool,
+        /// Package fee rate of the CPFP children in sat/vB (default: the chain source's
+        /// estimate, capped by --max-fee-rate).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        fee_rate: Option<u64>,
+        /// The highest rate a child pays, in sat/vB: a higher estimate is cut down to it,
+        /// and a child that does not confirm is never replaced above it (default 500).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        max_fee_rate: Option<u64>,
     },
     /// Spend deposits to an address now, co-signed by the coordinator (no timeout to wait
     /// for), or replace such a withdrawal at a higher fee (--bump).
@@ -242,8 +250,13 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
             return Ok(join_status(&report.outcome, report.confirmed()));
         }
         Command::Status => print(json, &cli::status(&ctx)?),
-        Command::Exit { leaf: Some(leaf), .. } => print(json, &cli::exit(&ctx, &leaf).await?),
-        Command::Exit { leaf: None, .. } => print(json, &cli::exit_all(&ctx).await?),
+        Command::Exit { leaf, fee_rate, max_fee_rate, .. } => {
+            let args = cli::ExitArgs { fee_rate, max_fee_rate };
+            match leaf {
+                Some(leaf) => print(json, &cli::exit(&ctx, &leaf, &args).await?),
+                None => print(json, &cli::exit_all(&ctx, &args).await?),
+            }
+        }
         Command::Withdraw { address, deposits, fee_rate, max_fee_rate, bump } => {
             let args = cli::WithdrawArgs { address, deposits, fee_rate, max_fee_rate, bump };
             print(json, &cli::withdraw(&ctx, &args).await?)

@@ -20,7 +20,7 @@ use cohort_transport::CoordinatorUri;
 use crate::chain::{ChainSetting, ChainSourceError, DevChain, ProbeError};
 use crate::client::{fetch_info, Client, ClientError, DepositChoice, JoinRequest, WithdrawRequest};
 use crate::driver::{DriverError, Progress};
-use crate::exit::{ExitReport, ExitToolError};
+use crate::exit::{ExitFees, ExitReport, ExitToolError};
 use crate::session::ProposalLimits;
 use crate::store::{ParticipantStore, SqliteStore, StoreError};
 use crate::wallet::{Wallet, WalletError};
@@ -355,20 +355,45 @@ pub fn resolve_leaf(store: &dyn ParticipantStore, arg: &str) -> Result<(Txid, u3
     Ok((path.funding_txid, path.leaf))
 }
 
+/// How `cohort exit` prices the CPFP children, as typed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitArgs {
+    /// Package fee rate in sat/vB (`None`: the chain source's estimate).
+    pub fee_rate: Option<u64>,
+    /// Fee rate cap in sat/vB (`None`: [`crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB`]).
+    pub max_fee_rate: Option<u64>,
+}
+
+impl ExitArgs {
+    /// The fees to pay; a rate asked above the cap is refused.
+    pub fn fees(&self) -> Result<ExitFees, CliError> {
+        let cap = self.max_fee_rate.unwrap_or(crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB);
+        if let Some(rate) = self.fee_rate.filter(|r| *r > cap) {
+            return Err(CliError::BadArgument(format!(
+                "--fee-rate {rate} is above the cap of {cap} sat/vB (--max-fee-rate)"
+            )));
+        }
+        Ok(ExitFees { fee_rate: self.fee_rate.map(sat_per_vb), max_fee_rate: sat_per_vb(cap) })
+    }
+}
+
 /// `cohort exit LEAF`: publishes the leaf's exit path and reclaims the leaf through the
 /// wallet's own chain source (the coordinator is not needed). On a dev coordinator's
 /// chain it mines every block it needs; elsewhere it goes as far as the chain allows and
 /// says at which height to run it again.
-pub async fn exit(ctx: &Context, leaf: &str) -> Result<ExitReport, CliError> {
+pub async fn exit(ctx: &Context, leaf: &str, args: &ExitArgs) -> Result<ExitReport, CliError> {
+    let fees = args.fees()?;
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let (funding_txid, leaf) = resolve_leaf(store.as_ref(), leaf)?;
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
     let result = match &chain {
         WalletChain::CoordinatorDev(dev) => {
-            Client::new(store, wallet, dev).exit_mining(funding_txid, leaf).await
+            Client::new(store, wallet, dev).exit_mining(funding_txid, leaf, fees).await
         }
-        WalletChain::Node(node) => Client::new(store, wallet, node).exit(funding_txid, leaf).await,
+        WalletChain::Node(node) => {
+            Client::new(store, wallet, node).exit(funding_txid, leaf, fees).await
+        }
     };
     chain.close();
     Ok(result?)
@@ -476,13 +501,16 @@ fn parse_address(text: &str, network: Network) -> Result<bitcoin::ScriptBuf, Cli
 }
 
 /// `cohort exit --all`: [`exit`] for every leaf not exited yet.
-pub async fn exit_all(ctx: &Context) -> Result<ExitAllReport, CliError> {
+pub async fn exit_all(ctx: &Context, args: &ExitArgs) -> Result<ExitAllReport, CliError> {
+    let fees = args.fees()?;
     let (_lock, store, wallet) = ctx.locked_wallet()?;
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
     let result = match &chain {
-        WalletChain::CoordinatorDev(dev) => Client::new(store, wallet, dev).exit_all_mining().await,
-        WalletChain::Node(node) => Client::new(store, wallet, node).exit_all().await,
+        WalletChain::CoordinatorDev(dev) => {
+            Client::new(store, wallet, dev).exit_all_mining(fees).await
+        }
+        WalletChain::Node(node) => Client::new(store, wallet, node).exit_all(fees).await,
     };
     chain.close();
     Ok(result?)

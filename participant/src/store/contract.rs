@@ -8,8 +8,8 @@ use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 
 use super::{
-    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, StoreError,
-    WithdrawalRecord, MAX_STORED_INT,
+    DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, ParticipantStore,
+    StoreError, WithdrawalRecord, MAX_STORED_INT,
 };
 
 /// Runs every check, each on its own fresh store.
@@ -26,6 +26,7 @@ pub(crate) fn run_all<S: ParticipantStore>(make: impl Fn() -> S) {
     out_of_range_integers_refused(&make());
     settings_round_trip(&make());
     withdrawals_round_trip(&make());
+    exit_children_round_trip(&make());
     let store = make();
     populate(&store);
     assert_populated(&store);
@@ -318,4 +319,50 @@ fn withdrawals_round_trip(s: &impl ParticipantStore) {
     let huge = WithdrawalRecord { tx: sample_tx(9), at_ms: u64::MAX };
     assert!(s.put_withdrawal(&huge).is_err());
     assert_eq!(s.withdrawals().unwrap().len(), 2);
+}
+
+/// A CPFP child of `node` as the exit tool builds one, paying `fee` out of a 50,000-sat
+/// fee input.
+fn child_of(node: Txid, tag: u8, fee: u64) -> ExitChildRecord {
+    let mut child = sample_tx(tag);
+    child.input[0].previous_output = OutPoint { txid: node, vout: 1 };
+    child.input.push(TxIn {
+        previous_output: OutPoint { txid: txid(tag), vout: 0 },
+        ..child.input[0].clone()
+    });
+    child.output.truncate(1);
+    child.output[0].value = Amount::from_sat(50_000 - fee);
+    ExitChildRecord {
+        node_txid: node,
+        child,
+        fee_input_value: Amount::from_sat(50_000),
+        height: 700 + u32::from(tag),
+    }
+}
+
+fn exit_children_round_trip(s: &impl ParticipantStore) {
+    let node = txid(90);
+    assert_eq!(s.exit_child(&node).unwrap(), None);
+    let first = child_of(node, 1, 300);
+    s.put_exit_child(&first).unwrap();
+    assert_eq!(s.exit_child(&node).unwrap(), Some(first.clone()));
+    assert_eq!(first.fee(), Some(Amount::from_sat(300)));
+    // A replacement takes the node's place; another node has its own.
+    let second = child_of(node, 2, 900);
+    s.put_exit_child(&second).unwrap();
+    let other = child_of(txid(91), 3, 400);
+    s.put_exit_child(&other).unwrap();
+    assert_eq!(s.exit_child(&node).unwrap(), Some(second.clone()));
+    assert_eq!(s.exit_child(&txid(91)).unwrap(), Some(other));
+    // Not a child of its node, change above the input, out of range: refused, nothing kept.
+    let mut stranger = child_of(node, 4, 100);
+    stranger.child.input[0].previous_output.txid = txid(92);
+    let mut overpaid = child_of(node, 5, 100);
+    overpaid.fee_input_value = Amount::from_sat(10);
+    let mut huge = child_of(node, 6, 100);
+    huge.fee_input_value = Amount::from_sat(u64::MAX);
+    for bad in [stranger, overpaid, huge] {
+        assert!(s.put_exit_child(&bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(s.exit_child(&node).unwrap(), Some(second));
 }

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bitcoin::{OutPoint, Txid};
 
 use super::{
-    check_int, DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore,
-    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
+    check_int, DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent,
+    ParticipantStore, StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 
 /// A participant store held in memory.
@@ -27,6 +27,7 @@ struct Inner {
     history: Vec<HistoryEvent>,
     settings: BTreeMap<String, String>,
     withdrawals: Vec<WithdrawalRecord>,
+    exit_children: BTreeMap<Txid, ExitChildRecord>,
 }
 
 impl MemoryStore {
@@ -206,6 +207,16 @@ impl ParticipantStore for MemoryStore {
 
     fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError> {
         Ok(self.lock().withdrawals.clone())
+    }
+
+    fn put_exit_child(&self, record: &ExitChildRecord) -> Result<(), StoreError> {
+        record.check()?;
+        self.lock().exit_children.insert(record.node_txid, record.clone());
+        Ok(())
+    }
+
+    fn exit_child(&self, node_txid: &Txid) -> Result<Option<ExitChildRecord>, StoreError> {
+        Ok(self.lock().exit_children.get(node_txid).cloned())
     }
 }
 

@@ -8,7 +8,7 @@
 //! the coordinator disappears, so [`ParticipantStore::store_exit_paths`] is durable before it
 //! returns.
 
-use bitcoin::{OutPoint, Transaction, TxOut, Txid};
+use bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -118,6 +118,44 @@ pub struct WithdrawalRecord {
     pub at_ms: u64,
 }
 
+/// The CPFP child this wallet last published for a tree node of one of its exit paths,
+/// kept so that a child that does not confirm can be replaced at a higher rate (it is
+/// written before the child is broadcast).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitChildRecord {
+    /// The tree node it pays for (spending the node's anchor).
+    pub node_txid: Txid,
+    /// The signed child: input 0 the node's anchor, input 1 the fee wallet's output,
+    /// output 0 the change back to the fee wallet.
+    pub child: Transaction,
+    /// The value of the fee wallet's output it spends.
+    pub fee_input_value: Amount,
+    /// The chain's tip height when it was published.
+    pub height: u32,
+}
+
+impl ExitChildRecord {
+    /// What the child pays for itself and its node (the fee input less the change).
+    pub fn fee(&self) -> Option<Amount> {
+        let change = self.child.output.first()?.value;
+        self.fee_input_value.checked_sub(change)
+    }
+
+    /// Refuses a record that is not a CPFP child as the exit tool builds one: two
+    /// inputs (the node's anchor first), one output, a fee input worth at least the
+    /// change and within the store's integer range.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        check_int("exit child fee input", self.fee_input_value.to_sat())?;
+        let shaped = self.child.input.len() == 2
+            && self.child.output.len() == 1
+            && self.child.input[0].previous_output.txid == self.node_txid;
+        if !shaped || self.fee().is_none() {
+            return Err(StoreError::Invalid("not a CPFP child of its node"));
+        }
+        Ok(())
+    }
+}
+
 /// Something that happened, for the user to read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEvent {
@@ -205,4 +243,10 @@ pub trait ParticipantStore: Send + Sync {
 
     /// Every stored withdrawal, oldest first.
     fn withdrawals(&self) -> Result<Vec<WithdrawalRecord>, StoreError>;
+
+    /// Stores the CPFP child published for a tree node, replacing the node's previous one.
+    fn put_exit_child(&self, record: &ExitChildRecord) -> Result<(), StoreError>;
+
+    /// The CPFP child last published for a tree node, if any.
+    fn exit_child(&self, node_txid: &Txid) -> Result<Option<ExitChildRecord>, StoreError>;
 }

@@ -13,8 +13,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    check_int, DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore,
-    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
+    check_int, DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent,
+    ParticipantStore, StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 
 /// Schema migrations, in order; after applying the first `n`, `user_version` is `n`.
@@ -75,6 +75,15 @@ CREATE TABLE withdrawals (
     tx BLOB NOT NULL,
     at_ms INTEGER NOT NULL
 );
+"#,
+    // The CPFP child last published for each tree node, to replace it at a higher rate.
+    r#"
+CREATE TABLE exit_children (
+    node_txid BLOB PRIMARY KEY NOT NULL,
+    child BLOB NOT NULL,
+    fee_input_sat INTEGER NOT NULL,
+    height INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -504,6 +513,43 @@ impl ParticipantStore for SqliteStore {
             out.push(WithdrawalRecord { tx, at_ms });
         }
         Ok(out)
+    }
+
+    fn put_exit_child(&self, record: &ExitChildRecord) -> Result<(), StoreError> {
+        record.check()?;
+        self.lock().execute(
+            "INSERT INTO exit_children (node_txid, child, fee_input_sat, height) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (node_txid) DO UPDATE SET \
+             child = excluded.child, fee_input_sat = excluded.fee_input_sat, \
+             height = excluded.height",
+            params![
+                record.node_txid.to_byte_array(),
+                serialize(&record.child),
+                check_int("exit child fee input", record.fee_input_value.to_sat())?,
+                record.height
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn exit_child(&self, node_txid: &Txid) -> Result<Option<ExitChildRecord>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT child, fee_input_sat, height FROM exit_children WHERE node_txid = ?1",
+                params![node_txid.to_byte_array()],
+                |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
+            )
+            .optional()?;
+        let Some((bytes, fee_input, height)) = row else { return Ok(None) };
+        let what = || format!("exit child of node {node_txid}");
+        let child = cohort_common::store::tx_from(&bytes, what)?;
+        let fee_input_value = amount_from(fee_input, "exit child fee input")?;
+        let height =
+            u32::try_from(height).map_err(|_| corrupt(format!("{}: height {height}", what())))?;
+        let record = ExitChildRecord { node_txid: *node_txid, child, fee_input_value, height };
+        record.check().map_err(|_| corrupt(format!("{}: not a CPFP child", what())))?;
+        Ok(Some(record))
     }
 }
 
