@@ -76,6 +76,11 @@ pub enum AdminRequest {
     Pause,
     /// Open rounds again after `pause`.
     Resume,
+    /// The latest co-signed cooperative withdrawals, newest first.
+    Withdrawals {
+        /// At most this many (1..=[`MAX_ROUNDS_LISTED`]).
+        limit: usize,
+    },
 }
 
 /// What the service answers.
@@ -94,6 +99,8 @@ pub enum AdminResponse {
     Bans(Vec<BanView>),
     /// Answer to `timeline`: the SVG picture.
     Timeline(String),
+    /// Answer to `withdrawals`.
+    Withdrawals(Vec<WithdrawalView>),
     /// A command was carried out; what it did.
     Done(String),
     /// A command was refused or failed; why.
@@ -219,6 +226,21 @@ pub struct BanView {
     pub reason: String,
 }
 
+/// One co-signed cooperative withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalView {
+    /// Its txid.
+    pub txid: Txid,
+    /// The deposits it spends.
+    pub deposits: Vec<OutPoint>,
+    /// What the deposits hold, in sat.
+    pub in_sat: u64,
+    /// What its outputs pay, in sat.
+    pub out_sat: u64,
+    /// When it was co-signed, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// Errors of the admin client.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -318,6 +340,10 @@ impl Display for AdminResponse {
             AdminResponse::Bans(bans) if bans.is_empty() => writeln!(f, "no deposit is banned"),
             AdminResponse::Bans(bans) => bans.iter().try_for_each(|b| writeln!(f, "{b}")),
             AdminResponse::Timeline(svg) => writeln!(f, "{svg}"),
+            AdminResponse::Withdrawals(w) if w.is_empty() => {
+                writeln!(f, "no withdrawal co-signed")
+            }
+            AdminResponse::Withdrawals(w) => w.iter().try_for_each(|w| writeln!(f, "{w}")),
             AdminResponse::Done(what) => writeln!(f, "{what}"),
             AdminResponse::Error(why) => writeln!(f, "error: {why}"),
         }
@@ -416,6 +442,21 @@ impl Display for BatchDetail {
     }
 }
 
+impl Display for WithdrawalView {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let deposits: Vec<String> = self.deposits.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "{}  at {}  {} sat in, {} sat out  deposits {}",
+            self.txid,
+            utc_time(self.at_ms),
+            self.in_sat,
+            self.out_sat,
+            deposits.join(", ")
+        )
+    }
+}
+
 impl Display for BanView {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(
@@ -447,6 +488,7 @@ mod tests {
             AdminRequest::Drain,
             AdminRequest::Pause,
             AdminRequest::Resume,
+            AdminRequest::Withdrawals { limit: 3 },
         ] {
             let line = serde_json::to_string(&req).unwrap();
             assert!(!line.contains('\n'));

@@ -24,4 +24,5 @@ pub mod send;
 pub mod session;
 pub mod store;
 pub mod wallet;
+pub mod watch;
 pub mod withdraw;

@@ -15,6 +15,7 @@ use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
 use cohort_common::ledger::Ledger;
 use cohort_common::params::{LeafOutput, TreeParams};
+use cohort_coordinator::admin::{self, AdminRequest, AdminResponse};
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{CoordinatorStore, MemoryStore};
@@ -26,6 +27,7 @@ use cohort_participant::driver::{DriverError, Outcome, Progress};
 use cohort_participant::exit::ExitToolError;
 use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
 use cohort_participant::wallet::WalletError;
+use cohort_participant::watch::Advice;
 use cohort_participant::withdraw::WithdrawError;
 use cohort_transport::Client as Link;
 use cohort_transport::Identity;
@@ -58,7 +60,12 @@ fn start_with(name: &str, participants: usize, key: Keypair, network: bitcoin::N
     engine.registration_window = Duration::from_secs(30);
     engine.max_registrations = participants;
     engine.phase_timeout = Duration::from_secs(3);
-    let config = ServiceConfig { network, deposit_csv: 200, ..ServiceConfig::local(engine) };
+    let config = ServiceConfig {
+        network,
+        deposit_csv: 200,
+        admin_socket: Some(dir.join("admin.sock")),
+        ..ServiceConfig::local(engine)
+    };
     let ledger = Arc::new(Ledger::new());
     let store = Arc::new(MemoryStore::new());
     let service = CoordinatorService::start(
@@ -184,8 +191,21 @@ async fn three_wallets_join_a_round_and_one_exits() {
         Err(CliError::UnknownLeaf(_))
     ));
 
+    // Nothing needs b's attention while its batch is confirmed and untouched.
+    let quiet = cli::watch(&b).await.unwrap();
+    assert!(quiet.advice.is_empty(), "{quiet}");
     let report = cli::exit(&a, "1", &cli::ExitArgs::default()).await.unwrap();
     assert!(report.exited, "{report:?}");
+    // a's exit published the root, which is on b's path too: b's watch says so.
+    let seen = cli::watch(&b).await.unwrap();
+    assert!(
+        matches!(
+            &seen.advice[..],
+            [Advice::NodePublishedByOthers { node, confirmed: true, .. }]
+                if *node == report.published[0]
+        ),
+        "{seen}"
+    );
     let reclaim = report.reclaim_txid.expect("the leaf was reclaimed");
     assert!(dev.ledger.confirmations(&reclaim).unwrap().unwrap() >= 1);
     assert!(!report.published.is_empty());
@@ -200,6 +220,8 @@ async fn three_wallets_join_a_round_and_one_exits() {
     assert_eq!(all.leaves.len(), 1, "{all}");
     assert!(all.leaves[0].report.as_ref().is_some_and(|r| r.exited), "{all}");
     let none = cli::exit_all(&b, &cli::ExitArgs::default()).await.unwrap();
+    let quiet = cli::watch(&b).await.unwrap();
+    assert!(quiet.advice.is_empty(), "{quiet}");
     assert!(none.leaves.is_empty());
     assert_eq!(none.to_string(), "no leaf left to exit");
 
@@ -672,6 +694,18 @@ async fn a_withdrawal_spends_a_deposit_at_once_and_the_deposit_joins_no_round() 
     assert!(bumped.fee_sat >= report.fee_sat + bumped.vsize, "{bumped}");
     assert_eq!(dev.ledger.confirmations(&report.txid).unwrap(), None);
     assert_eq!(dev.ledger.confirmations(&bumped.txid).unwrap(), Some(0));
+    // The operator sees both co-signed withdrawals, newest first.
+    let request = AdminRequest::Withdrawals { limit: 10 };
+    let listed = admin::request(&dev.dir.join("admin.sock"), &request, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let AdminResponse::Withdrawals(views) = &listed else { panic!("{listed}") };
+    let txids: Vec<_> = views.iter().map(|v| v.txid).collect();
+    assert_eq!(txids, vec![bumped.txid, report.txid]);
+    assert_eq!(views[0].deposits, vec![first]);
+    assert_eq!(views[0].in_sat, FUND.to_sat());
+    assert_eq!(views[0].out_sat, bumped.amount_sat);
+    assert!(listed.to_string().contains(&format!("deposits {first}")), "{listed}");
     assert_eq!(
         status(&a, first),
         DepositStatus::Withdrawing { txids: vec![report.txid, bumped.txid] }
@@ -708,9 +742,17 @@ async fn a_withdrawal_spends_a_deposit_at_once_and_the_deposit_joins_no_round() 
     let near = row(&cli::deposits(&b).await.unwrap());
     assert_eq!((near.timeout_in, near.expiring), (Some(139), true));
     assert!(near.to_string().contains("expiring: times out in 139 blocks"), "{near}");
+    let watched = cli::watch(&b).await.unwrap();
+    assert!(
+        watched.advice.contains(&Advice::DepositExpiring { outpoint: third, blocks_left: 139 }),
+        "{watched}"
+    );
+    assert!(watched.to_string().contains("withdraw it now"), "{watched}");
     dev.ledger.mine(139);
     let due = row(&cli::deposits(&b).await.unwrap());
     assert_eq!(due.timeout_in, Some(0));
     assert!(due.to_string().contains("timed out: reclaim it"), "{due}");
+    let watched = cli::watch(&b).await.unwrap();
+    assert!(watched.advice.contains(&Advice::DepositReclaimable { outpoint: third }), "{watched}");
     dev.service.shutdown("test over").await;
 }

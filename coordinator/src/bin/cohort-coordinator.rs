@@ -115,6 +115,12 @@ enum AdminCommand {
     },
     /// The deposits banned now.
     Bans,
+    /// The latest co-signed cooperative withdrawals, newest first.
+    Withdrawals {
+        /// How many.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=admin::MAX_ROUNDS_LISTED as u64))]
+        limit: u64,
+    },
     /// Lift a deposit's ban (TXID:VOUT).
     Unban {
         /// The banned deposit.
@@ -156,6 +162,9 @@ impl AdminCommand {
             AdminCommand::Round { round, timeline: Some(_) } => AdminRequest::Timeline { round },
             AdminCommand::Batch { id } => AdminRequest::Batch { round: id.round, batch: id.batch },
             AdminCommand::Bans => AdminRequest::Bans,
+            AdminCommand::Withdrawals { limit } => {
+                AdminRequest::Withdrawals { limit: limit as usize }
+            }
             AdminCommand::Unban { outpoint } => AdminRequest::Unban { outpoint },
             AdminCommand::Drain => AdminRequest::Drain,
             AdminCommand::Pause => AdminRequest::Pause,

@@ -19,7 +19,8 @@ use tokio::sync::oneshot;
 use super::{now_ms, Driver, Input};
 use crate::admin::{
     read_line, AdminRequest, AdminResponse, AttemptView, BanView, BatchDetail, Mode, RoundDetail,
-    RoundSummary, StatusView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED, TIMELINE_ROUNDS_KEPT,
+    RoundSummary, StatusView, WithdrawalView, MAX_REQUEST_LINE, MAX_ROUNDS_LISTED,
+    TIMELINE_ROUNDS_KEPT,
 };
 use crate::store::{BatchRecord, BatchStatus, RegistrationStatus, RoundState, StoreError};
 
@@ -150,6 +151,7 @@ impl Driver {
             AdminRequest::Drain => Ok(AdminResponse::Done(self.drain(now))),
             AdminRequest::Pause => Ok(AdminResponse::Done(self.set_paused(true))),
             AdminRequest::Resume => Ok(AdminResponse::Done(self.set_paused(false))),
+            AdminRequest::Withdrawals { limit } => self.withdrawals(limit),
         };
         answer.unwrap_or_else(|e| AdminResponse::Error(format!("store: {e}")))
     }
@@ -294,6 +296,28 @@ impl Driver {
         }
         let tree_nodes = store.signed_tree(round, batch)?.map_or(0, |t| t.len());
         Ok(AdminResponse::Batch(BatchDetail { round, batch, attempts, tree_nodes }))
+    }
+
+    fn withdrawals(&self, limit: usize) -> Result<AdminResponse, StoreError> {
+        if !(1..=MAX_ROUNDS_LISTED).contains(&limit) {
+            return Ok(AdminResponse::Error(format!(
+                "limit {limit} is outside 1..={MAX_ROUNDS_LISTED}"
+            )));
+        }
+        let all = self.persister.store().withdrawals()?;
+        let views = all
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|w| WithdrawalView {
+                txid: w.tx.compute_txid(),
+                deposits: w.tx.input.iter().map(|i| i.previous_output).collect(),
+                in_sat: w.prevouts.iter().map(|o| o.value.to_sat()).sum(),
+                out_sat: w.tx.output.iter().map(|o| o.value.to_sat()).sum(),
+                at_ms: w.at_ms,
+            })
+            .collect();
+        Ok(AdminResponse::Withdrawals(views))
     }
 
     fn bans(&self) -> Result<AdminResponse, StoreError> {

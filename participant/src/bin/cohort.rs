@@ -93,6 +93,17 @@ enum Command {
     },
     /// Deposits, exit paths and recent history.
     Status,
+    /// Follow the wallet's deposits and batches on its own chain source and say what needs
+    /// attention (a deposit expiring, a batch not confirming, a coordinator alarm, a tree
+    /// node published by someone else), each time it changes.
+    Watch {
+        /// Seconds between two looks.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        interval: u64,
+        /// Look once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Leave a batch: publish the leaf's exit path and reclaim it.
     Exit {
         /// `<funding_txid>:<leaf>` or the number `cohort status` shows.
@@ -250,6 +261,20 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
             return Ok(join_status(&report.outcome, report.confirmed()));
         }
         Command::Status => print(json, &cli::status(&ctx)?),
+        Command::Watch { interval, once } => {
+            let mut last = None;
+            loop {
+                let report = cli::watch(&ctx).await?;
+                if last.as_ref() != Some(&report.advice) {
+                    print(json, &report);
+                }
+                if once {
+                    break;
+                }
+                last = Some(report.advice);
+                tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+            }
+        }
         Command::Exit { leaf, fee_rate, max_fee_rate, .. } => {
             let args = cli::ExitArgs { fee_rate, max_fee_rate };
             match leaf {

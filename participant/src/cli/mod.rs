@@ -281,6 +281,18 @@ pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
     Ok(result?)
 }
 
+/// `cohort watch` (one look): what needs attention in the wallet's deposits, alarms and
+/// exit paths, through its own chain source ([`Client::watch`]). The wallet is locked only
+/// while it looks, so other commands can run between two looks.
+pub async fn watch(ctx: &Context) -> Result<crate::watch::WatchReport, CliError> {
+    let (_lock, store, wallet) = ctx.locked_wallet()?;
+    let uri = wallet.coordinator().uri.clone();
+    let chain = open_chain(ctx, store.as_ref(), wallet.coordinator(), &uri).await?;
+    let result = Client::new(store, wallet, &chain).watch().await;
+    chain.close();
+    Ok(result?)
+}
+
 /// What `cohort join` asks for beyond the defaults of [`JoinRequest`].
 #[derive(Debug, Clone, Default)]
 pub struct JoinArgs {
