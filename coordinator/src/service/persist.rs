@@ -145,14 +145,19 @@ impl Persister {
                 s.set_batch_status(*round, *batch, *attempt, &BatchStatus::TreeSigned)
             }
             Event::PersistBatch { round, batch, attempt, funding_tx, nodes, .. } => {
+                // The complete funding tx and the signed tree first, the status that
+                // commits the attempt last: a kill between these writes leaves an attempt
+                // that is not committed (aborted at restart, never broadcast), never a
+                // committed one without its tree.
                 s.put_batch(&BatchRecord {
                     round: *round,
                     batch: *batch,
                     attempt: *attempt,
                     funding_tx: funding_tx.as_ref().clone(),
-                    status: BatchStatus::Broadcasting,
+                    status: BatchStatus::TreeSigned,
                 })?;
-                s.put_signed_tree(*round, *batch, *attempt, nodes)
+                s.put_signed_tree(*round, *batch, *attempt, nodes)?;
+                s.set_batch_status(*round, *batch, *attempt, &BatchStatus::Broadcasting)
             }
             Event::Excluded { round, registration, .. } => {
                 s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)
