@@ -3,7 +3,9 @@
 //! then rebuilt from its own SQLite file through the product's start-up path (the
 //! coordinator's `CoordinatorService::start`, which runs `recover`; the wallet's
 //! `Client::open` and `Client::deposits`), the round is retried until it settles, and
-//! what "loses nothing" means is checked concretely (see `check_settled`).
+//! what "loses nothing" means is checked concretely (see `check_settled`). The
+//! coordinator is also killed a second time while it restarts, and at every write of a
+//! faulty round (a wallet dies after storing its exit paths: exclusion, ban, retry).
 //!
 //! Run it: `cargo test --release -p cohort-coordinator --test crash_matrix -- --nocapture`
 //! (`--nocapture` prints the steps enumerated and each case's outcome).
@@ -45,15 +47,26 @@ struct Case {
     /// For the coordinator: killed again at this write of the restarted process (its
     /// recovery, or what it resumes), before it is restarted for good.
     again: Option<(usize, When)>,
+    /// For the coordinator: in a round where the first wallet is killed at [`FAULT`], so
+    /// that the writes only faults make (exclusion, ban, aborted attempt, the retry) are
+    /// among the steps.
+    faulty: bool,
 }
+
+/// Where the first wallet dies in a faulty round: its exit paths stored, its deposit not
+/// signed (the coordinator excludes and bans it and retries the batch without it).
+const FAULT: (usize, When) = (4, When::After);
 
 impl std::fmt::Display for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} write {} {:?}", self.side, self.k, self.when)?;
-        match self.again {
-            Some((j, when)) => write!(f, ", restart write {j} {when:?}"),
-            None => Ok(()),
+        if let Some((j, when)) = self.again {
+            write!(f, ", restart write {j} {when:?}")?;
         }
+        if self.faulty {
+            write!(f, ", faulty round")?;
+        }
+        Ok(())
     }
 }
 
@@ -107,8 +120,9 @@ struct Ran {
     settle_passes: usize,
 }
 
-/// Runs one case (or, with `None`, the reference run that counts the writes).
-async fn run_case(dir: &Path, case: Option<Case>) -> Ran {
+/// Runs one case (or, with `None`, the reference run that counts the writes, in a faulty
+/// round if `faulty`).
+async fn run_case(dir: &Path, case: Option<Case>, faulty: bool) -> Ran {
     let home = CoordinatorHome::new(&dir.join("coordinator"));
     let coordinator_kill = match case {
         Some(Case { side: Side::Coordinator, k, when, .. }) => Kill::at(k, when),
@@ -122,6 +136,7 @@ async fn run_case(dir: &Path, case: Option<Case>) -> Ran {
     }
     let wallet_kill = match case {
         Some(Case { side: Side::Wallet, k, when, .. }) => Kill::at(k, when),
+        _ if faulty => Kill::at(FAULT.0, FAULT.1),
         _ => Kill::counting(),
     };
     let mut joins = Vec::new();
@@ -177,8 +192,14 @@ async fn run_case(dir: &Path, case: Option<Case>) -> Ran {
         }
         None => {
             let outcomes = wait_all(joins).await;
-            for o in &outcomes {
-                assert!(o.starts_with("Confirmed"), "reference run: {outcomes:?}");
+            for (i, o) in outcomes.iter().enumerate() {
+                if faulty && i == 0 {
+                    // Killed in its store task (the exit paths are written off the
+                    // runtime): the join ends with that task's error.
+                    assert!(wallet_kill.dead(), "reference run: {outcomes:?}");
+                } else {
+                    assert!(o.starts_with("Confirmed"), "reference run: {outcomes:?}");
+                }
             }
         }
     }
@@ -470,7 +491,7 @@ async fn run_matrix(name: &str, cases: Vec<Case>) -> Vec<(Case, Result<Ran, Stri
 /// Runs one case in its own task, a failure as its panic message.
 async fn run_caught(dir: PathBuf, case: Case) -> Result<Ran, String> {
     let ran = tokio::spawn(async move {
-        let ran = run_case(&dir, Some(case)).await;
+        let ran = run_case(&dir, Some(case), case.faulty).await;
         let _ = std::fs::remove_dir_all(&dir);
         ran
     })
@@ -489,8 +510,10 @@ async fn run_caught(dir: PathBuf, case: Case) -> Result<Ran, String> {
 async fn crash_at_every_write_loses_nothing() {
     let started = Instant::now();
     let base = base_dir("reference");
-    let reference = run_case(&base, None).await;
+    let reference = run_case(&base.join("plain"), None, false).await;
+    let faulty = run_case(&base.join("faulty"), None, true).await;
     let _ = std::fs::remove_dir_all(&base);
+    println!("coordinator writes in a faulty round: {:?}", faulty.coordinator_writes);
     println!("coordinator writes in a round: {:?}", reference.coordinator_writes);
     println!("wallet writes in a join: {:?}", reference.wallet_writes);
     assert!(reference.coordinator_writes.len() >= 10, "{reference:?}");
@@ -500,7 +523,7 @@ async fn crash_at_every_write_loses_nothing() {
     let mut cases = Vec::new();
     for k in 1..=coordinator.len() {
         for when in both {
-            cases.push(Case { side: Side::Coordinator, k, when, again: None });
+            cases.push(Case { side: Side::Coordinator, k, when, again: None, faulty: false });
         }
     }
     // Killed again while restarting: a kill before write k leaves the file a kill after
@@ -509,19 +532,30 @@ async fn crash_at_every_write_loses_nothing() {
         for j in 1..=2 {
             for again in both {
                 let when = When::After;
-                cases.push(Case { side: Side::Coordinator, k, when, again: Some((j, again)) });
+                let again = Some((j, again));
+                cases.push(Case { side: Side::Coordinator, k, when, again, faulty: false });
             }
         }
     }
     for k in 1..=wallet.len() {
         for when in both {
-            cases.push(Case { side: Side::Wallet, k, when, again: None });
+            cases.push(Case { side: Side::Wallet, k, when, again: None, faulty: false });
+        }
+    }
+    let faulty_steps = &faulty.coordinator_writes;
+    for k in 1..=faulty_steps.len() {
+        for when in both {
+            cases.push(Case { side: Side::Coordinator, k, when, again: None, faulty: true });
         }
     }
     let all = run_matrix("cases", cases).await;
     let mut failed = Vec::new();
     for (case, ran) in &all {
-        let steps = if case.side == Side::Coordinator { coordinator } else { wallet };
+        let steps = match (case.side, case.faulty) {
+            (Side::Coordinator, false) => coordinator,
+            (Side::Coordinator, true) => faulty_steps,
+            (Side::Wallet, _) => wallet,
+        };
         let want = steps[case.k - 1];
         match ran {
             Ok(ran) if ran.fell_on == Some(want) => println!(
