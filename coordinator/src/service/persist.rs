@@ -145,14 +145,19 @@ impl Persister {
                 s.set_batch_status(*round, *batch, *attempt, &BatchStatus::TreeSigned)
             }
             Event::PersistBatch { round, batch, attempt, funding_tx, nodes, .. } => {
+                // The complete funding tx and the signed tree first, the status that
+                // commits the attempt last: a kill between these writes leaves an attempt
+                // that is not committed (aborted at restart, never broadcast), never a
+                // committed one without its tree.
                 s.put_batch(&BatchRecord {
                     round: *round,
                     batch: *batch,
                     attempt: *attempt,
                     funding_tx: funding_tx.as_ref().clone(),
-                    status: BatchStatus::Broadcasting,
+                    status: BatchStatus::TreeSigned,
                 })?;
-                s.put_signed_tree(*round, *batch, *attempt, nodes)
+                s.put_signed_tree(*round, *batch, *attempt, nodes)?;
+                s.set_batch_status(*round, *batch, *attempt, &BatchStatus::Broadcasting)
             }
             Event::Excluded { round, registration, .. } => {
                 s.set_registration_status(*round, *registration, RegistrationStatus::Excluded)
@@ -166,9 +171,12 @@ impl Persister {
             }
             Event::BatchFailed { .. } => Ok(()),
             Event::BatchFinalized { round, batch, attempts, txid, members } => {
+                // The members first, the status last: a restart resumes an attempt not
+                // recorded finalized and completes its members then; one recorded
+                // finalized is only watched until it confirms.
+                self.set_statuses(*round, members, RegistrationStatus::Completed)?;
                 let status = BatchStatus::Finalized { txid: *txid };
-                s.set_batch_status(*round, *batch, *attempts, &status)?;
-                self.set_statuses(*round, members, RegistrationStatus::Completed)
+                s.set_batch_status(*round, *batch, *attempts, &status)
             }
             Event::BatchConfirmed { round, batch, attempt, height } => {
                 let status = BatchStatus::Confirmed { height: *height };
@@ -187,15 +195,17 @@ impl Persister {
         txid: bitcoin::Txid,
     ) -> Result<(), StoreError> {
         let s = &self.store;
-        let status = BatchStatus::Finalized { txid };
-        s.set_batch_status(batch.round, batch.batch, batch.attempt, &status)?;
         let members: Vec<u64> = s
             .registrations_of_round(batch.round)?
             .iter()
             .filter(|r| r.status == RegistrationStatus::InBatch(batch.batch))
             .map(|r| r.registration)
             .collect();
-        self.set_statuses(batch.round, &members, RegistrationStatus::Completed)
+        // The members first, the status last (as for `BatchFinalized`): a kill between
+        // them leaves the attempt to be resumed again.
+        self.set_statuses(batch.round, &members, RegistrationStatus::Completed)?;
+        let status = BatchStatus::Finalized { txid };
+        s.set_batch_status(batch.round, batch.batch, batch.attempt, &status)
     }
 
     fn set_statuses(

@@ -301,6 +301,13 @@ impl DriverCore {
     ) -> Result<(), DriverError> {
         let stored = stored?;
         self.funding_txid = Some(stored.funding_txid);
+        // Recorded before the session may sign: the deposit signatures go out before the
+        // session reports them sent, so a kill in between would leave the deposits
+        // `Registered`, released as unspent at the next start and then taken for spent by
+        // something else when this very funding transaction confirms. Recorded now, a
+        // kill before the signatures leaves a funding txid that can never confirm
+        // without them (the deposit stays offerable and reclaimable, as `InBatch` is).
+        self.add_funding_txid(stored.funding_txid)?;
         let progress =
             Progress::ExitPathsStored { funding_txid: stored.funding_txid, paths: stored.paths };
         let note = format!(", attempt {}", stored.attempt);
