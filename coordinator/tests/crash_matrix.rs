@@ -461,7 +461,7 @@ async fn check_exit(wallet: &WalletHome, uri: &str) {
     let DepositStatus::Batched { funding_txid } = status else { panic!("{status:?}") };
     let own = wallet.exit_paths_for(funding_txid);
     let own = own.iter().find(|p| p.leaf_key_index.is_some()).expect("an own leaf");
-    let report = client.exit_mining(funding_txid, own.leaf).await.unwrap();
+    let report = client.exit_mining(funding_txid, own.leaf, Default::default()).await.unwrap();
     assert!(report.reclaim_txid.is_some(), "the own leaf was not swept: {report:?}");
     client.chain().side().close("exited");
 }

@@ -31,7 +31,7 @@ use cohort_coordinator::store::{
 use cohort_participant::chain::RemoteChain;
 use cohort_participant::client::{self, Client};
 use cohort_participant::store::{
-    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore,
+    DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, ParticipantStore,
     SqliteStore as WalletSqlite, WithdrawalRecord as WalletWithdrawal,
 };
 use cohort_transport::{Client as Link, CoordinatorUri, Identity};
@@ -387,6 +387,12 @@ impl ParticipantStore for KillableWalletStore {
     }
     fn withdrawals(&self) -> Result<Vec<WalletWithdrawal>, StoreError> {
         self.kill.read(|| self.inner.withdrawals())
+    }
+    fn put_exit_child(&self, record: &ExitChildRecord) -> Result<(), StoreError> {
+        self.kill.write("put_exit_child", || self.inner.put_exit_child(record))
+    }
+    fn exit_child(&self, node_txid: &Txid) -> Result<Option<ExitChildRecord>, StoreError> {
+        self.kill.read(|| self.inner.exit_child(node_txid))
     }
 }
 
