@@ -175,17 +175,17 @@ impl Fuzz {
         let code = b.byte() % op::CODES;
         let i = usize::from(b.byte()) % self.n();
         match code {
-            op::TO_PARTY..op::TO_ENGINE => self.to_party(i, 0, Fault::None),
-            op::TO_ENGINE..op::DROP_TO_PARTY => self.to_engine(i, 0, Fault::None),
-            op::DROP_TO_PARTY => self.to_party(i, 0, Fault::Drop),
-            op::DROP_TO_ENGINE => self.to_engine(i, 0, Fault::Drop),
-            op::DUP_TO_PARTY => self.to_party(i, 0, Fault::Duplicate),
-            op::DUP_TO_ENGINE => self.to_engine(i, 0, Fault::Duplicate),
-            op::REORDER_TO_PARTY => self.to_party(i, usize::from(b.byte()), Fault::None),
-            op::REORDER_TO_ENGINE => self.to_engine(i, usize::from(b.byte()), Fault::None),
+            op::TO_PARTY..op::TO_ENGINE => self.engine_to_party(i, 0, Fault::None),
+            op::TO_ENGINE..op::DROP_TO_PARTY => self.party_to_engine(i, 0, Fault::None),
+            op::DROP_TO_PARTY => self.engine_to_party(i, 0, Fault::Drop),
+            op::DROP_TO_ENGINE => self.party_to_engine(i, 0, Fault::Drop),
+            op::DUP_TO_PARTY => self.engine_to_party(i, 0, Fault::Duplicate),
+            op::DUP_TO_ENGINE => self.party_to_engine(i, 0, Fault::Duplicate),
+            op::REORDER_TO_PARTY => self.engine_to_party(i, usize::from(b.byte()), Fault::None),
+            op::REORDER_TO_ENGINE => self.party_to_engine(i, usize::from(b.byte()), Fault::None),
             op::TAMPER..op::FORGE => {
                 let (sel, val) = (b.byte(), b.byte());
-                self.to_party(i, 0, Fault::Tamper(sel, val));
+                self.engine_to_party(i, 0, Fault::Tamper(sel, val));
             }
             op::FORGE => {
                 let (sel, val) = (b.byte(), b.byte());
@@ -205,7 +205,7 @@ impl Fuzz {
 
     /// Delivers (or drops, or delivers twice, or tampers) the `k`-th engine message in
     /// flight to party `i` (modulo the queue length).
-    fn to_party(&mut self, i: usize, k: usize, fault: Fault) {
+    fn engine_to_party(&mut self, i: usize, k: usize, fault: Fault) {
         let len = self.kit.held[i].len();
         if len == 0 {
             return;
@@ -226,7 +226,7 @@ impl Fuzz {
 
     /// Hands party `i`'s `k`-th message in flight to the engine (or drops it, or
     /// hands it twice).
-    fn to_engine(&mut self, i: usize, k: usize, fault: Fault) {
+    fn party_to_engine(&mut self, i: usize, k: usize, fault: Fault) {
         let outbox = &mut self.kit.parties[i].outbox;
         if outbox.is_empty() {
             return;
@@ -278,7 +278,7 @@ impl Fuzz {
                 batch,
                 attempt,
                 reason: AbortReason::Timeout,
-                excluded: if val % 2 == 0 {
+                excluded: if val.is_multiple_of(2) {
                     Vec::new()
                 } else {
                     vec![self.kit.parties[i].registration]
@@ -316,8 +316,7 @@ impl Fuzz {
     /// Collects party `i`'s transmits and events; checks invariant (a) on every
     /// `DepositSigs` as it leaves.
     fn collect(&mut self, i: usize) {
-        loop {
-            let Some(m) = self.kit.parties[i].session.poll_transmit() else { break };
+        while let Some(m) = self.kit.parties[i].session.poll_transmit() {
             if let ToCoordinator::DepositSigs(s) = &m {
                 self.outcome.deposit_sigs += 1;
                 if !self.outcome.signers.contains(&i) {
@@ -550,7 +549,7 @@ impl Fuzz {
             let mut moved = false;
             for i in 0..self.n() {
                 while !self.kit.held[i].is_empty() {
-                    self.to_party(i, 0, Fault::None);
+                    self.engine_to_party(i, 0, Fault::None);
                     moved = true;
                 }
                 while !self.wallets[i].pending.is_empty() {
@@ -558,7 +557,7 @@ impl Fuzz {
                     moved = true;
                 }
                 while !self.kit.parties[i].outbox.is_empty() {
-                    self.to_engine(i, 0, Fault::None);
+                    self.party_to_engine(i, 0, Fault::None);
                     moved = true;
                 }
             }
@@ -925,7 +924,7 @@ fn tamper(msg: &mut ToParticipant, sel: u8, val: u8, kit: &Kit) -> bool {
                     _ => None,
                 });
                 match (other, p.coordinator_deposit_nonces.first_mut()) {
-                    (Some(n), Some(slot)) if val % 2 == 0 => *slot = n,
+                    (Some(n), Some(slot)) if val.is_multiple_of(2) => *slot = n,
                     _ => drop(p.coordinator_deposit_nonces.pop()),
                 }
             }
