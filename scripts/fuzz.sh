@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds every fuzz target under fuzz/ and runs each for SECONDS_PER_TARGET (default 30),
 # one at a time; prints executions, coverage and time per target; fails on any crash.
+# The `round` target runs whole rounds of the real engines (tens of schedules per second,
+# not thousands of inputs): give it minutes, e.g. FUZZ_TARGETS=round scripts/fuzz.sh 1800.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]
 #

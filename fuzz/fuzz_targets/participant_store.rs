@@ -1,13 +1,15 @@
 //! Fuzzes the participant's SQLite store decoders (private helpers in
 //! `participant/src/store/sqlite.rs`) through its public API, and the wallet loaded from
-//! it: a real store file is filled with a seed, deposits in every status, exit paths,
-//! history and the wallet's coordinator setting; each input is a list of [`Damage`]s
+//! it: a real store file is filled with a seed, deposits in every status (`Withdrawing`
+//! and `Withdrawn` too), exit paths, signed withdrawals, history and the wallet's
+//! coordinator setting; each input is a list of [`Damage`]s
 //! written into its columns through a second connection; then every read method runs.
 //!
 //! Asserts: no read panics; a read fails only with `StoreError::Corrupt` (or the error its
 //! contract names: `NotFound` for a missing exit path, `KeyIndexExhausted`); loading the
 //! wallet fails only with a store or setting error; every deposit and exit path that reads
-//! back is written again through the store and reads back equal.
+//! back is written again through the store and reads back equal, and so is every
+//! withdrawal.
 
 #![no_main]
 
@@ -18,7 +20,7 @@ use cohort_fuzz::damage::{self, Damage, Schema, Snapshot, Table};
 use cohort_fuzz::samples::{key, outpoint, p2tr, tx, txid};
 use cohort_participant::store::{
     DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, SqliteStore,
-    StoreError, MAX_HISTORY_READ,
+    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 use cohort_participant::wallet::{CoordinatorInfo, Wallet, WalletError};
 use libfuzzer_sys::fuzz_target;
@@ -61,6 +63,7 @@ const SCHEMA: Schema = &[
     },
     Table { name: "history", columns: &["id", "at_ms", "round", "kind", "detail"], key: &["id"] },
     Table { name: "settings", columns: &["key", "value"], key: &["key"] },
+    Table { name: "withdrawals", columns: &["id", "txid", "tx", "at_ms"], key: &["id"] },
 ];
 
 /// The store, a second connection to its file, and its valid rows.
@@ -114,12 +117,18 @@ fn populate(store: &SqliteStore) -> Result<(), WalletError> {
         DepositStatus::Batched { funding_txid: txid(52) },
         DepositStatus::Spent,
         DepositStatus::Reclaimed { txid: txid(51) },
+        DepositStatus::Withdrawing {
+            txids: vec![tx(70, 1).compute_txid(), tx(71, 2).compute_txid()],
+        },
+        DepositStatus::Withdrawn { txid: tx(71, 2).compute_txid() },
     ];
     for (n, status) in (1..).zip(statuses) {
         store.put_deposit(&deposit(n, status))?;
     }
     store.store_exit_paths(&[exit_path(50, 0), exit_path(50, 1), exit_path(60, 0)])?;
     store.mark_exited(&txid(50), 1)?;
+    store.put_withdrawal(&WithdrawalRecord { tx: tx(70, 1), at_ms: 3_000 })?;
+    store.put_withdrawal(&WithdrawalRecord { tx: tx(71, 2), at_ms: 4_000 })?;
     for (at_ms, round) in [(1_000, Some(8)), (2_000, None)] {
         let event = HistoryEvent { at_ms, round, kind: "registered".into(), detail: "ok".into() };
         store.append_history(&event)?;
@@ -165,9 +174,15 @@ fn rewrite_path(store: &SqliteStore, p: &ExitPathRecord) {
     }
 }
 
+fn rewrite_withdrawal(store: &SqliteStore, w: &WithdrawalRecord) {
+    store.put_withdrawal(w).expect("a withdrawal read back writes again");
+    let again = store.withdrawals().expect("the withdrawals read after a rewrite");
+    assert!(again.contains(w), "withdrawal changed on its way through the store");
+}
+
 fn read_everything(store: &SqliteStore) {
     let _ = clean(store.seed(), "seed");
-    for n in 1..=5 {
+    for n in 1..=8 {
         if let Some(Some(d)) = clean(store.deposit(&outpoint(n)), "deposit") {
             rewrite_deposit(store, &d);
         }
@@ -185,6 +200,9 @@ fn read_everything(store: &SqliteStore) {
             Err(other) => panic!("is_exited failed with {other:?}"),
         }
         let _ = clean(store.exit_path(&txid(n), leaf), "exit_path");
+    }
+    for w in clean(store.withdrawals(), "withdrawals").unwrap_or_default() {
+        rewrite_withdrawal(store, &w);
     }
     let _ = clean(store.history(MAX_HISTORY_READ), "history");
     let _ = clean(store.setting(cohort_participant::wallet::COORDINATOR_SETTING), "setting");

@@ -20,7 +20,8 @@ use cohort_common::messages::{
     Finalized, Goodbye, Hello, LeafNonces, LeafRequest, NodeNonce, NodePartial, NodeSignature,
     NonceRequest, Proposal, ProposalBody, Reason, RefusalReason, Refused, Register, RegisterBody,
     Registered, RemainderRequest, Renonce, RoundAnnounce, RoundParams, ServerInfo, SideRequest,
-    SideResponse, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs, UtxoInfo,
+    SideResponse, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs, UtxoInfo, Withdraw,
+    WithdrawBody, WithdrawInput, WithdrawSigned,
 };
 use cohort_common::musig::secnonce_from_seed;
 use cohort_common::musig2::secp::MaybeScalar;
@@ -158,6 +159,44 @@ pub fn proposal_body() -> ProposalBody {
     }
 }
 
+/// A cooperative withdrawal of two deposits of key 2, each with its real ownership
+/// signature over the body.
+pub fn withdraw() -> Withdraw {
+    let mut unsigned = tx(3, 1);
+    unsigned.input.push(TxIn { previous_output: outpoint(4), ..unsigned.input[0].clone() });
+    for input in &mut unsigned.input {
+        input.witness = Witness::new();
+    }
+    let body = WithdrawBody {
+        inputs: unsigned
+            .input
+            .iter()
+            .zip([60u8, 61])
+            .map(|(input, n)| WithdrawInput {
+                outpoint: input.previous_output,
+                user_key: key(2).public,
+                deposit_csv: 1_008,
+                nonce: nonce(n),
+            })
+            .collect(),
+        tx: unsigned,
+    };
+    let message = body.ownership_message().expect("a withdrawal encodes");
+    let signer = secp256k1::Keypair::from_secret_key(secp256k1::SECP256K1, &key(2).secret);
+    let sig = secp256k1::SECP256K1
+        .sign_schnorr_no_aux_rand(&secp256k1::Message::from_digest(message), &signer);
+    Withdraw { ownership_sigs: vec![sig; body.inputs.len()], body }
+}
+
+/// The coordinator's half of [`withdraw`]'s signatures.
+pub fn withdraw_signed() -> WithdrawSigned {
+    WithdrawSigned {
+        txid: withdraw().body.tx.compute_txid(),
+        nonces: vec![nonce(62), nonce(63)],
+        partials: vec![partial(9), partial(10)],
+    }
+}
+
 /// Every `ToCoordinator` variant.
 pub fn to_coordinator() -> Vec<(&'static str, ToCoordinator)> {
     vec![
@@ -190,6 +229,7 @@ pub fn to_coordinator() -> Vec<(&'static str, ToCoordinator)> {
         ),
         ("cancel", ToCoordinator::Cancel(Cancel { reason: Reason::new("changed my mind") })),
         ("goodbye", ToCoordinator::Goodbye(Goodbye { reason: Reason::new("done") })),
+        ("withdraw", ToCoordinator::Withdraw(withdraw())),
     ]
 }
 
@@ -241,6 +281,7 @@ pub fn to_participant() -> Vec<(&'static str, ToParticipant)> {
         ),
         ("nonce-request", ToParticipant::NonceRequest(NonceRequest { batch: 0, attempt: 2 })),
         ("goodbye", ToParticipant::Goodbye(Goodbye { reason: Reason::new("shutting down") })),
+        ("withdraw-signed", ToParticipant::WithdrawSigned(withdraw_signed())),
     ]
 }
 

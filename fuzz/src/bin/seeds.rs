@@ -18,6 +18,23 @@ use cohort_participant::wallet::CoordinatorInfo;
 use cohort_transport::CoordinatorUri;
 use serde::Serialize;
 
+// The round target's harness and the test kit it drives, included by path as the target
+// includes them (they name the session's types through `super::`); only the harness's
+// seed schedules are used here.
+#[allow(unused_imports)]
+use cohort_participant::session::{
+    Event, ExitPath, OwnedDeposit, PhaseName, ProposalError, Randomness, Session, SessionConfig,
+    SessionError, SharedCaches, BODY_DECODE_LIMIT,
+};
+
+#[allow(dead_code)]
+#[path = "../../../participant/src/session/testkit.rs"]
+mod testkit;
+
+#[allow(dead_code)]
+#[path = "../../../participant/src/session/roundfuzz.rs"]
+mod roundfuzz;
+
 /// Writes one seed file.
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
     let dir = dir.join(target);
@@ -115,6 +132,10 @@ fn main() -> io::Result<()> {
     // The store targets' input is a list of damages; no damage reads the valid store.
     write(&dir, "coordinator_store", "no-damage", &[])?;
     write(&dir, "participant_store", "no-damage", &[])?;
+    // The round target's input is a schedule of faults (`roundfuzz::op`).
+    for (name, schedule) in roundfuzz::seed_schedules() {
+        write(&dir, "round", &name, &schedule)?;
+    }
     let proposal = samples::to_participant().into_iter().find_map(|(_, m)| match m {
         ToParticipant::Proposal(p) => Some(p),
         _ => None,

@@ -161,8 +161,20 @@ impl Kit {
 
     /// `n` participants with one deposit and one fixed leaf each.
     pub fn new(n: usize, caches: Option<Arc<SharedCaches>>) -> Kit {
+        Kit::from_rng(n, caches, &mut rand::rngs::StdRng::from_entropy())
+    }
+
+    /// [`Kit::new`] with every key, script and amount drawn from `rng` (the round fuzzer
+    /// seeds it, so that one input always builds the same round). The sessions still
+    /// draw their own secrets from the operating system; replace them before
+    /// [`Kit::register_all`] for a fully repeatable run.
+    pub fn from_rng(
+        n: usize,
+        caches: Option<Arc<SharedCaches>>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Kit {
         let ledger = Ledger::new();
-        let coordinator = Keypair::random();
+        let coordinator = Keypair::from_rng(rng);
         let params = RoundParams {
             round: 7,
             tree: TreeParams { radix: 2, max_depth: 4 },
@@ -181,7 +193,7 @@ impl Kit {
         };
         let parties = (0..n)
             .map(|i| {
-                let user = Keypair::random();
+                let user = Keypair::from_rng(rng);
                 let script = DepositScript::new(user.public, coordinator.public, 1_000).unwrap();
                 let amount = Amount::from_sat(200_000 + 1_000 * i as u64);
                 let outpoint = ledger.faucet(&script.script_pubkey(), amount).unwrap();
@@ -189,7 +201,7 @@ impl Kit {
                 let config = SessionConfig {
                     deposits: vec![OwnedDeposit { outpoint, txout, script, key: user.clone() }],
                     leaves: vec![LeafOutput {
-                        script_pubkey: p2tr_single(&Keypair::random()),
+                        script_pubkey: p2tr_single(&Keypair::from_rng(rng)),
                         amount: Amount::from_sat(50_000),
                     }],
                     remainder_script: p2tr_single(&user),
@@ -208,7 +220,7 @@ impl Kit {
                 }
             })
             .collect();
-        let coordinator_script = p2tr_single(&Keypair::random());
+        let coordinator_script = p2tr_single(&Keypair::from_rng(rng));
         Kit {
             ledger,
             coordinator,
