@@ -118,6 +118,9 @@ for _ in $(seq 1 10); do
   cohort --data-dir carol dev mine 21 > /dev/null
 done
 expect "exited"
+# bob's watch sees that someone else published a node of his exit path.
+run cohort --data-dir bob watch --once
+expect "published by"
 run cohort --data-dir carol dev mine 1
 run cohort --data-dir alice send "$(addr carol fee_address)" --all --fee-rate 2
 expect "sent"
