@@ -462,6 +462,7 @@ impl<C: ChainSource> Client<C> {
     /// chain source, and reclaims the leaf once its timeout has passed. It goes as far as
     /// the chain allows and says at which height to call it again; the coordinator is not
     /// needed.
+    ///
     /// `fees` prices the CPFP children; a child that has not confirmed after a block is
     /// replaced at a higher rate on the next call.
     pub async fn exit(
