@@ -319,6 +319,7 @@ pub fn side_responses() -> Vec<(&'static str, SideResponse)> {
                 exit_csv: 144,
                 dev: true,
                 dev_chain: Some([9; 16]),
+                dev_rpc_port: Some(18_443),
             }),
         ),
         ("height", SideResponse::Height(812)),

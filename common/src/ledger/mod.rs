@@ -147,6 +147,53 @@ impl Ledger {
         self.read().mempool.clone()
     }
 
+    /// Mines one block holding nothing (the mempool stays); returns the new tip. Like
+    /// Core's `generateblock ADDRESS []`: what tests use to let a block pass without a
+    /// transaction they sent.
+    pub fn mine_empty(&self) -> u32 {
+        let mut s = self.write();
+        s.tip = s.tip.saturating_add(1);
+        s.tip
+    }
+
+    /// A known transaction and its height (`None` in the mempool).
+    pub fn transaction_at(&self, txid: &Txid) -> Option<(Transaction, Option<u32>)> {
+        self.read().txs.get(txid).map(|e| (e.tx.clone(), e.height))
+    }
+
+    /// An output of the confirmed UTXO set, whatever the mempool does with it (Core's
+    /// `gettxout` with `include_mempool = false`).
+    pub fn confirmed_utxo(&self, outpoint: &OutPoint) -> Option<Utxo> {
+        self.read().unspent.get(outpoint).filter(|u| u.height.is_some()).cloned()
+    }
+
+    /// The confirmed UTXO set's outputs paying `script`, in outpoint order (Core's
+    /// `scantxoutset`: the mempool is not looked at).
+    pub fn confirmed_script_utxos(&self, script: &Script) -> Vec<(OutPoint, Utxo)> {
+        let s = self.read();
+        let Some(outpoints) = s.by_script.get(script) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(OutPoint, Utxo)> = outpoints
+            .iter()
+            .filter_map(|op| {
+                s.unspent.get(op).filter(|u| u.height.is_some()).map(|u| (*op, u.clone()))
+            })
+            .collect();
+        found.sort_by_key(|(op, _)| *op);
+        found
+    }
+
+    /// The txids confirmed in the block at `height` (in no particular order), `None` above
+    /// the tip. A scan of every known transaction: for the dev endpoint, not hot paths.
+    pub fn block_txids(&self, height: u32) -> Option<Vec<Txid>> {
+        let s = self.read();
+        if height > s.tip {
+            return None;
+        }
+        Some(s.txs.iter().filter(|(_, e)| e.height == Some(height)).map(|(t, _)| *t).collect())
+    }
+
     /// Median time past of the tip (what time-based locks are compared with).
     pub fn median_time_past(&self) -> u64 {
         state::median_time_past(self.read().tip)

@@ -30,6 +30,10 @@ pub struct ServerInfo {
     /// wallet remembers it, so a dev coordinator restarted on a fresh chain is told
     /// apart from one whose chain lost the wallet's coins.
     pub dev_chain: Option<[u8; 16]>,
+    /// The TCP port of the dev chain's JSON-RPC endpoint (`bitcoind`'s methods, on the
+    /// coordinator's host), `None` without a dev chain: a wallet reaches the dev chain
+    /// through it with the same client as its own node.
+    pub dev_rpc_port: Option<u16>,
 }
 
 /// One unspent output as the chain sees it.

@@ -11,7 +11,9 @@
 //! a dev chain a block is mined right after it so rounds finish on their own). A
 //! `Register` is handed to the engine with the chain data it needs, looked up here; so is a
 //! `Withdraw`, whose co-signature is stored before it is sent. Side requests are answered
-//! on tokio's blocking pool by [`SideRequests`], outside the engine.
+//! on tokio's blocking pool by [`SideRequests`], outside the engine. A dev chain is also
+//! served as `bitcoind`'s JSON-RPC ([`devrpc`]) on a TCP port next to the QUIC endpoint,
+//! announced in [`ServerInfo`]: wallets reach it with the client they use for a node.
 //!
 //! Restart: before the first round, [`recover`] aborts the batch attempts the store holds
 //! unfinished without a complete funding transaction (nothing of theirs can be on the
@@ -22,6 +24,7 @@
 //! finalized (and confirmed).
 
 mod admin;
+pub mod devrpc;
 pub mod http;
 pub mod metrics;
 mod persist;
@@ -81,6 +84,14 @@ pub enum ServiceError {
     /// The metrics endpoint could not listen.
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The dev chain's JSON-RPC endpoint could not listen.
+    #[error("dev chain endpoint on {addr}: {source}")]
+    DevRpc {
         /// The address asked for.
         addr: SocketAddr,
         /// Why.
@@ -201,6 +212,8 @@ pub struct CoordinatorService {
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     /// The admin socket's path and task, when it is on.
     admin: Option<(PathBuf, tokio::task::JoinHandle<()>)>,
+    /// The dev chain endpoint's address and task, on a dev chain.
+    dev_rpc: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     /// Turns true when a drain is complete (the engine thread has ended).
     drained: tokio::sync::watch::Receiver<bool>,
 }
@@ -226,6 +239,18 @@ impl CoordinatorService {
                 "recovered from the store"
             );
         }
+        // The dev chain's JSON-RPC endpoint: on the QUIC endpoint's address, any free port.
+        let dev_rpc = match chain.ledger() {
+            Some(ledger) => {
+                let addr = SocketAddr::new(config.listen.ip(), 0);
+                let served = devrpc::DevRpc::new(ledger, config.network)
+                    .serve(addr)
+                    .map_err(|source| ServiceError::DevRpc { addr, source })?;
+                tracing::info!(addr = %served.0, "dev chain JSON-RPC endpoint listening");
+                Some(served)
+            }
+            None => None,
+        };
         let info = ServerInfo {
             version: PROTOCOL_VERSION,
             coordinator_key: engine.public_key(),
@@ -234,6 +259,7 @@ impl CoordinatorService {
             exit_csv: config.engine.exit_csv,
             dev: matches!(chain, ChainBackend::Dev(_)),
             dev_chain: chain.ledger().map(|l| l.id()),
+            dev_rpc_port: dev_rpc.as_ref().map(|(addr, _)| addr.port()),
         };
         let server = Arc::new(Server::bind(config.listen, identity, config.limits.clone())?);
         let metrics = Arc::new(Metrics::new(config.engine.payout_script.clone()));
@@ -316,6 +342,7 @@ impl CoordinatorService {
             metrics,
             http,
             admin,
+            dev_rpc,
             drained,
         })
     }
@@ -339,6 +366,11 @@ impl CoordinatorService {
     /// The admin socket's path, when the admin channel is on.
     pub fn admin_socket(&self) -> Option<&Path> {
         self.admin.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    /// The address of the dev chain's JSON-RPC endpoint, on a dev chain.
+    pub fn dev_rpc_addr(&self) -> Option<SocketAddr> {
+        self.dev_rpc.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`), when on.
@@ -373,6 +405,9 @@ impl CoordinatorService {
         let _ = self.inbox.send(Input::Shutdown);
         if let Some(engine) = self.engine.take() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        }
+        if let Some((_, task)) = self.dev_rpc.take() {
+            task.abort();
         }
         if let Some((_, task)) = self.http.take() {
             task.abort();

@@ -91,6 +91,7 @@ mod tests {
             exit_csv: 144,
             dev,
             dev_chain: dev.then_some([7; 16]),
+            dev_rpc_port: dev.then_some(18_443),
         }
     }
 

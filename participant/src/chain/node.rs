@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ChainSource, ChainSourceError, DevChain};
 
+/// JSON-RPC's "method not found" code (a node without the dev faucet).
+const RPC_METHOD_NOT_FOUND: i32 = -32601;
+
 /// How long the start-up probe waits for the node, in all (one request and its retries).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -69,6 +72,17 @@ impl NodeSettings {
         let RpcAuth::Cookie(path) = RpcAuth::cookie_in(&datadir, network) else { return None };
         let url = format!("http://127.0.0.1:{}", default_rpc_port(network));
         Some(NodeSettings { url, auth: NodeAuth::Cookie { path } })
+    }
+
+    /// The JSON-RPC endpoint a `--dev` coordinator at `host` serves its embedded chain on
+    /// (the port its [`ServerInfo`](cohort_common::messages::ServerInfo) announces; it
+    /// takes any credentials).
+    pub fn dev_ledger(host: &str, port: u16) -> NodeSettings {
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+        NodeSettings {
+            url: format!("http://{host}:{port}"),
+            auth: NodeAuth::UserPassword { user: "cohort".into(), password: "dev".into() },
+        }
     }
 
     /// The RPC client's configuration, expecting `network`.
@@ -154,9 +168,15 @@ impl NodeChain {
         &self.url
     }
 
-    /// A dev chain on this node if it runs regtest (`generatetoaddress`; no faucet).
+    /// A dev chain on this node if it runs regtest (`generatetoaddress`; the faucet only
+    /// on a dev coordinator's chain).
     pub fn regtest(&self) -> Option<RegtestNodeChain> {
         (self.network == Network::Regtest).then(|| RegtestNodeChain(self.clone()))
+    }
+
+    /// This endpoint as a dev chain whatever its network: a `--dev` coordinator's chain.
+    pub fn dev_ledger(self) -> RegtestNodeChain {
+        RegtestNodeChain(self)
     }
 
     /// Runs `f` on the blocking pool.
@@ -217,8 +237,10 @@ impl ChainSource for NodeChain {
     }
 }
 
-/// A regtest node used as a dev chain: it mines on demand (to an anyone-can-spend
-/// script, so no coinbase lands among the wallet's own outputs); it has no faucet.
+/// A regtest node, or a `--dev` coordinator's chain endpoint, used as a dev chain: it
+/// mines on demand (to an anyone-can-spend script, so no coinbase lands among the
+/// wallet's own outputs); the faucet (`devfaucet`, not a Core method) is only on a dev
+/// coordinator's chain.
 #[derive(Debug, Clone)]
 pub struct RegtestNodeChain(NodeChain);
 
@@ -266,8 +288,28 @@ impl DevChain for RegtestNodeChain {
             .await
     }
 
-    async fn faucet(&self, _: &ScriptBuf, _: Amount) -> Result<OutPoint, ChainSourceError> {
-        Err(ChainSourceError::NotDev("the faucet"))
+    async fn faucet(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<OutPoint, ChainSourceError> {
+        #[derive(Deserialize)]
+        struct Funded {
+            txid: Txid,
+            vout: u32,
+        }
+        let params =
+            [serde_json::json!(script.to_hex_string()), serde_json::json!(amount.to_sat())];
+        let reply = self.0.call(move |c| Ok(c.rpc().call::<Funded>("devfaucet", &params))).await?;
+        match reply {
+            Ok(f) => Ok(OutPoint { txid: f.txid, vout: f.vout }),
+            Err(e) if e.rpc_code() == Some(RPC_METHOD_NOT_FOUND) => {
+                Err(ChainSourceError::NotDev("the faucet"))
+            }
+            Err(e) => {
+                Err(ChainSourceError::Node { url: self.0.url.clone(), reason: e.to_string() })
+            }
+        }
     }
 }
 

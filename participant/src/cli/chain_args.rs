@@ -4,18 +4,16 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use bitcoin::{FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use cohort_common::messages::UtxoInfo;
-use cohort_transport::Client;
 
 use super::{CliError, Context};
 use crate::chain::{
     ChainSetting, ChainSource, ChainSourceError, NodeAuth, NodeChain, NodeSettings, ProbeError,
-    RemoteChain,
+    RegtestNodeChain,
 };
-use crate::client::connect_checked;
+use crate::client::{connect_checked, parse_uri, server_info};
 use crate::store::ParticipantStore;
 use crate::wallet::CoordinatorInfo;
 
@@ -165,17 +163,15 @@ impl ChainArgs {
 pub enum WalletChain {
     /// The wallet's own node.
     Node(NodeChain),
-    /// A dev coordinator's chain, over its connection.
-    CoordinatorDev(RemoteChain<Arc<Client>>),
+    /// A dev coordinator's chain, through the `bitcoind` JSON-RPC endpoint it serves it
+    /// on: the same client and code path as a node.
+    CoordinatorDev(RegtestNodeChain),
 }
 
 impl WalletChain {
-    /// Closes the coordinator connection, if there is one.
-    pub fn close(&self) {
-        if let WalletChain::CoordinatorDev(remote) = self {
-            remote.side().close("done");
-        }
-    }
+    /// Ends the command's use of the chain (nothing stays open: kept so every command
+    /// says where its chain use ends).
+    pub fn close(&self) {}
 }
 
 impl From<ProbeError> for CliError {
@@ -198,8 +194,8 @@ pub(super) async fn check_setting(
         ChainSetting::CoordinatorDev if !info.dev => Err(CliError::NotDev),
         ChainSetting::CoordinatorDev => Ok(None),
         ChainSetting::Node(_) if info.dev => Err(settings_error(
-            "the --dev coordinator's chain lives in its memory and no node can see it: use \
-             --chain coordinator-dev",
+            "the --dev coordinator serves its chain on a port it announces at every start: \
+             use --chain coordinator-dev",
         )),
         ChainSetting::Node(node) => Ok(Some(NodeChain::probe(node, info.network).await?)),
     }
@@ -228,9 +224,7 @@ pub(super) async fn open_chain(
     };
     let chain = match check_setting(&setting, info).await? {
         Some(node) => WalletChain::Node(node),
-        None => WalletChain::CoordinatorDev(RemoteChain::new(Arc::new(
-            connect_checked(info, uri).await?,
-        ))),
+        None => WalletChain::CoordinatorDev(dev_ledger(info, uri).await?),
     };
     if let Some(given) = given {
         if stored.as_ref() != Some(&given) {
@@ -241,6 +235,17 @@ pub(super) async fn open_chain(
         }
     }
     Ok(chain)
+}
+
+/// The chain endpoint of the dev coordinator at `uri` (checked to be the wallet's, on
+/// its dev chain), probed like a node.
+async fn dev_ledger(info: &CoordinatorInfo, uri: &str) -> Result<RegtestNodeChain, CliError> {
+    let link = connect_checked(info, uri).await?;
+    let server = server_info(&link).await;
+    link.close("done");
+    let port = server?.dev_rpc_port.ok_or(CliError::NotDev)?;
+    let settings = NodeSettings::dev_ledger(&parse_uri(uri)?.host, port);
+    Ok(NodeChain::probe(&settings, info.network).await?.dev_ledger())
 }
 
 impl ChainSource for WalletChain {
