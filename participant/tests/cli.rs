@@ -194,7 +194,8 @@ async fn three_wallets_join_a_round_and_one_exits() {
     // Nothing needs b's attention while its batch is confirmed and untouched.
     let quiet = cli::watch(&b).await.unwrap();
     assert!(quiet.advice.is_empty(), "{quiet}");
-    let report = cli::exit(&a, "1", &cli::ExitArgs::default()).await.unwrap();
+    let mine = cli::ExitArgs { mine: true, ..cli::ExitArgs::default() };
+    let report = cli::exit(&a, "1", &mine).await.unwrap();
     assert!(report.exited, "{report:?}");
     // a's exit published the root, which is on b's path too: b's watch says so.
     let seen = cli::watch(&b).await.unwrap();
@@ -216,10 +217,10 @@ async fn three_wallets_join_a_round_and_one_exits() {
     ));
 
     // `exit --all` takes every leaf not exited yet: b's one, then none.
-    let all = cli::exit_all(&b, &cli::ExitArgs::default()).await.unwrap();
+    let all = cli::exit_all(&b, &mine).await.unwrap();
     assert_eq!(all.leaves.len(), 1, "{all}");
     assert!(all.leaves[0].report.as_ref().is_some_and(|r| r.exited), "{all}");
-    let none = cli::exit_all(&b, &cli::ExitArgs::default()).await.unwrap();
+    let none = cli::exit_all(&b, &mine).await.unwrap();
     let quiet = cli::watch(&b).await.unwrap();
     assert!(quiet.advice.is_empty(), "{quiet}");
     assert!(none.leaves.is_empty());
@@ -306,7 +307,8 @@ async fn killed_after_finalized_exits_from_a_fresh_process() {
     let restarted = Context::new(&late.data_dir);
     let status = cli::status(&restarted).unwrap();
     assert_eq!(status.exit_paths.len(), 1);
-    let report = cli::exit(&restarted, "1", &cli::ExitArgs::default()).await.unwrap();
+    let mine = cli::ExitArgs { mine: true, ..cli::ExitArgs::default() };
+    let report = cli::exit(&restarted, "1", &mine).await.unwrap();
     assert!(report.exited && report.reclaim_txid.is_some(), "{report:?}");
     dev.service.shutdown("test over").await;
 }

@@ -4,12 +4,16 @@
 //! node, then an exit and a reclaim with the coordinator shut down; a node on another
 //! network is refused, and a node that is down is reported within seconds.
 //!
+//! The same participant steps run again against a `--dev` coordinator's embedded ledger,
+//! through the `bitcoind` JSON-RPC endpoint it serves: one participant code path, two
+//! chains (the test's own calls go through the same RPC client too).
+//!
 //! The binary comes from `COHORT_BITCOIND` or `PATH` (`scripts/bitcoind.sh` builds one);
 //! without one the test skips with a message, unless `CI` is set: then it fails.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +24,12 @@ use cohort_chain_rpc::{BitcoindChain, RpcError};
 use cohort_common::chain::Chain;
 use cohort_common::exit::p2tr_single;
 use cohort_common::keys::Keypair;
+use cohort_common::ledger::Ledger;
 use cohort_common::params::TreeParams;
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::MemoryStore;
-use cohort_participant::chain::{ChainSetting, ProbeError};
+use cohort_participant::chain::{ChainSetting, NodeSettings, ProbeError};
 use cohort_participant::cli::{self, ChainArgs, ChainKind, CliError, Context};
 use cohort_participant::client::ClientError;
 use cohort_participant::driver::Outcome;
@@ -39,11 +44,7 @@ const DEPOSIT_CSV: u16 = 200;
 const EXIT_CSV: u16 = 20;
 
 /// A coordinator service on `chain` whose rounds close once `participants` registered.
-fn coordinator(
-    chain: Arc<BitcoindChain>,
-    participants: usize,
-    network: Network,
-) -> CoordinatorService {
+fn coordinator(chain: ChainBackend, participants: usize, network: Network) -> CoordinatorService {
     let mut engine = CoordinatorConfig::new(p2tr_single(&Keypair::random()));
     engine.tree = TreeParams { radix: 2, max_depth: 4 };
     engine.exit_csv = EXIT_CSV;
@@ -57,7 +58,7 @@ fn coordinator(
         &Identity::generate().unwrap(),
         Keypair::random(),
         Arc::new(MemoryStore::new()),
-        ChainBackend::External(chain),
+        chain,
     )
     .unwrap()
 }
@@ -77,22 +78,48 @@ fn wallet(ctx: &Context) -> Wallet {
     Wallet::load(&store).unwrap()
 }
 
-/// Pays each script its amount from one of the miner's mature coinbases, and confirms it.
-fn pay(
-    chain: &BitcoindChain,
-    miner: &Keypair,
-    coins: &mut Vec<(bitcoin::OutPoint, TxOut)>,
-    to: &[(ScriptBuf, Amount)],
-) {
-    let coin = coins.pop().unwrap();
-    let mut outputs: Vec<TxOut> =
-        to.iter().map(|(s, a)| TxOut { value: *a, script_pubkey: s.clone() }).collect();
-    let paid: Amount = outputs.iter().map(|o| o.value).sum();
-    let change = coin.1.value - paid - Amount::from_sat(5_000);
-    outputs.push(TxOut { value: change, script_pubkey: p2tr_single(miner) });
-    let tx = spend(&[coin], outputs, miner).unwrap();
-    chain.broadcast(&tx).unwrap();
-    mine(chain, 1, &p2tr_single(miner)).unwrap();
+/// Where the test's coins come from.
+enum Funds {
+    /// The miner's mature coinbases on a `bitcoind` node (the oldest last, for `pop`).
+    Coinbases { miner: Keypair, coins: Vec<(bitcoin::OutPoint, TxOut)> },
+    /// The dev ledger's faucet.
+    Faucet(Arc<Ledger>),
+}
+
+impl Funds {
+    /// Matures coinbases for `miner` on the node of `chain`.
+    fn coinbases(chain: &BitcoindChain, miner: Keypair) -> Funds {
+        let spk = p2tr_single(&miner);
+        mine(chain, 110, &spk).unwrap();
+        let mut coins: Vec<_> = chain
+            .script_utxos(&spk)
+            .unwrap()
+            .into_iter()
+            .map(|(o, u)| (u.height, o, u.txout))
+            .collect();
+        coins.sort_by_key(|(h, _, _)| std::cmp::Reverse(*h));
+        Funds::Coinbases { miner, coins: coins.into_iter().map(|(_, o, t)| (o, t)).collect() }
+    }
+
+    /// Pays each script its amount in one new block.
+    fn pay(&mut self, chain: &BitcoindChain, to: &[(ScriptBuf, Amount)]) {
+        let (miner, coins) = match self {
+            Funds::Faucet(ledger) => {
+                ledger.faucet_many(to).unwrap();
+                return;
+            }
+            Funds::Coinbases { miner, coins } => (miner, coins),
+        };
+        let coin = coins.pop().unwrap();
+        let mut outputs: Vec<TxOut> =
+            to.iter().map(|(s, a)| TxOut { value: *a, script_pubkey: s.clone() }).collect();
+        let paid: Amount = outputs.iter().map(|o| o.value).sum();
+        let change = coin.1.value - paid - Amount::from_sat(5_000);
+        outputs.push(TxOut { value: change, script_pubkey: p2tr_single(miner) });
+        let tx = spend(&[coin], outputs, miner).unwrap();
+        chain.broadcast(&tx).unwrap();
+        mine(chain, 1, &p2tr_single(miner)).unwrap();
+    }
 }
 
 /// Mines a block every 500 ms until dropped.
@@ -130,33 +157,64 @@ async fn a_participant_uses_its_own_node_for_everything() {
     let started = Instant::now();
     let node = RegtestNode::start(&bin).unwrap();
     let chain = Arc::new(node.chain().unwrap());
-    let miner = Keypair::random();
-    let miner_spk = p2tr_single(&miner);
-    mine(&chain, 110, &miner_spk).unwrap();
-    let mut coins: Vec<_> = chain
-        .script_utxos(&miner_spk)
-        .unwrap()
-        .into_iter()
-        .map(|(o, u)| (u.height, o, u.txout))
-        .collect();
-    // The oldest (mature) coinbases last, for `pop`.
-    coins.sort_by_key(|(h, _, _)| std::cmp::Reverse(*h));
-    let mut coins: Vec<_> = coins.into_iter().map(|(_, o, t)| (o, t)).collect();
-
-    let dir: PathBuf = std::env::temp_dir().join(format!("cohort-own-node-{}", std::process::id()));
+    let funds = Funds::coinbases(&chain, Keypair::random());
+    let service = coordinator(ChainBackend::External(chain.clone()), 5, Network::Regtest);
+    let dir = everything(&chain, funds, service, Some(&node)).await;
+    the_node_s_own_refusals(&node, &chain, &dir).await;
+    eprintln!("a_participant_uses_its_own_node_for_everything: {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
-    let service = coordinator(chain.clone(), 5, Network::Regtest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_participant_steps_pass_on_a_dev_coordinator_s_chain() {
+    let started = Instant::now();
+    let ledger = Arc::new(Ledger::new());
+    let service = coordinator(ChainBackend::Dev(ledger.clone()), 5, Network::Regtest);
+    let addr = service.dev_rpc_addr().expect("a dev coordinator serves its chain");
+    let settings = NodeSettings::dev_ledger(&addr.ip().to_string(), addr.port());
+    let chain = Arc::new(BitcoindChain::connect(settings.config(Network::Regtest)).unwrap());
+    let dir = everything(&chain, Funds::Faucet(ledger), service, None).await;
+    eprintln!(
+        "the_same_participant_steps_pass_on_a_dev_coordinator_s_chain: {:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The participant's steps on `chain`: on `node` (wallets given `--chain node`) or, with
+/// `None`, on the dev coordinator `service`'s chain (wallets take its default). Returns
+/// the wallets' directory.
+async fn everything(
+    chain: &Arc<BitcoindChain>,
+    mut funds: Funds,
+    service: CoordinatorService,
+    node: Option<&RegtestNode>,
+) -> PathBuf {
+    let dev = node.is_none();
+    let miner_spk = p2tr_single(&Keypair::random());
+    let label = if dev { "dev" } else { "node" };
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("cohort-own-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let uri = service.uri("127.0.0.1").unwrap().to_string();
 
-    // Seven wallets on the node: a, b, e, f and g join a round (five leaves, so some exit
+    // Seven wallets on the chain: a, b, e, f and g join a round (five leaves, so some exit
     // paths are three nodes deep), c only reclaims, d withdraws.
     let mut ctxs = Vec::new();
     for name in ["a", "b", "c", "d", "e", "f", "g"] {
-        let ctx = Context::new(dir.join(name)).with_chain(node_args(&node));
+        let ctx = match node {
+            Some(node) => Context::new(dir.join(name)).with_chain(node_args(node)),
+            None => Context::new(dir.join(name)),
+        };
         let init = cli::init(&ctx, &uri).await.unwrap();
-        assert!(!init.coordinator.dev);
+        assert_eq!(init.coordinator.dev, dev);
         let store = SqliteStore::open(ctx.data_dir.join(cli::STORE_FILE)).unwrap();
-        assert!(matches!(ChainSetting::load(&store).unwrap(), Some(ChainSetting::Node(_))));
+        let setting = ChainSetting::load(&store).unwrap();
+        if dev {
+            assert_eq!(setting, Some(ChainSetting::CoordinatorDev));
+        } else {
+            assert!(matches!(setting, Some(ChainSetting::Node(_))));
+        }
         // Later commands use the stored setting.
         ctxs.push(Context::new(dir.join(name)));
     }
@@ -168,16 +226,21 @@ async fn a_participant_uses_its_own_node_for_everything() {
         payments.push((w.deposit_script().unwrap().script_pubkey(), Amount::from_sat(300_000)));
         payments.push((w.fee_script(), Amount::from_sat(200_000)));
     }
-    pay(&chain, &miner, &mut coins, &payments);
+    funds.pay(chain, &payments);
 
-    // Each finds its deposit on its own node (the coordinator serves no chain requests).
+    // Each finds its deposit on its own chain source (the coordinator's QUIC endpoint
+    // serves no chain requests).
     for ctx in &ctxs {
         let found = cli::deposits(ctx).await.unwrap();
         assert_eq!(found.deposits.len(), 1, "{found}");
         assert_eq!(found.deposits[0].confirmations, Some(1));
     }
-    // The dev faucet is not there; a regtest node mines on request.
-    assert!(matches!(cli::dev_fund(a, Amount::from_sat(10_000)).await, Err(CliError::NotDev)));
+    if !dev {
+        // The dev faucet is not on a node.
+        let fund = cli::dev_fund(a, Amount::from_sat(10_000)).await;
+        assert!(matches!(fund, Err(CliError::NotDev)));
+    }
+    // Both mine on request.
     let tip = chain.tip_height().unwrap();
     assert_eq!(cli::dev_mine(c, 2).await.unwrap().height, tip + 2);
 
@@ -228,7 +291,7 @@ async fn a_participant_uses_its_own_node_for_everything() {
     assert!(second.fee_sat >= first.fee_sat + second.vsize, "{second}");
     assert_eq!(chain.confirmations(&first.txid).unwrap(), None, "replaced");
     assert_eq!(chain.confirmations(&second.txid).unwrap(), Some(0));
-    mine(&chain, 1, &miner_spk).unwrap();
+    mine(chain, 1, &miner_spk).unwrap();
     let deposits = cli::deposits(d).await.unwrap();
     assert_eq!(deposits.deposits[0].status, DepositStatus::Withdrawn { txid: second.txid });
     let r = cli::withdraw(d, &bump).await;
@@ -236,7 +299,14 @@ async fn a_participant_uses_its_own_node_for_everything() {
         matches!(r, Err(CliError::Client(ClientError::Withdraw(WithdrawError::NotPending { .. })))),
         "{r:?}"
     );
-    service.shutdown("test over").await;
+    // On a node the coordinator goes; on the dev chain it is the chain, and stays (the
+    // exit asks it nothing but its chain endpoint's port).
+    let service = if dev {
+        Some(service)
+    } else {
+        service.shutdown("test over").await;
+        None
+    };
 
     // A joiner whose path is three nodes deep exits with the coordinator gone, one step
     // per block: each node with its CPFP child paid from its own fee wallet, then the
@@ -278,9 +348,9 @@ async fn a_participant_uses_its_own_node_for_everything() {
     assert_eq!(chain.confirmations(&second).unwrap(), None, "replaced");
     assert_eq!(chain.confirmations(&third).unwrap(), Some(0));
     // The cap is a cap: a rate asked above it is refused before anything is done.
-    let above = cli::ExitArgs { fee_rate: Some(50), max_fee_rate: Some(40) };
+    let above = cli::ExitArgs { fee_rate: Some(50), max_fee_rate: Some(40), mine: false };
     assert!(matches!(cli::exit(deep, "1", &above).await, Err(CliError::BadArgument(_))));
-    mine(&chain, 1, &miner_spk).unwrap();
+    mine(chain, 1, &miner_spk).unwrap();
     assert_eq!(chain.confirmations(&third).unwrap(), Some(1));
 
     let mut rounds = 0;
@@ -292,7 +362,7 @@ async fn a_participant_uses_its_own_node_for_everything() {
         }
         let tip = chain.tip_height().unwrap();
         let wait = report.waiting_for_height.expect("a height to come back at");
-        mine(&chain, wait.saturating_sub(tip + 1).max(1), &miner_spk).unwrap();
+        mine(chain, wait.saturating_sub(tip + 1).max(1), &miner_spk).unwrap();
         rounds += 1;
         assert!(rounds < 20, "exit does not finish: {report}");
     };
@@ -306,7 +376,16 @@ async fn a_participant_uses_its_own_node_for_everything() {
     let done = cli::reclaim(c, true).await.unwrap();
     let [ReclaimItem::Reclaimed { txid, .. }] = done.deposits[..] else { panic!("{done}") };
     assert_eq!(chain.confirmations(&txid).unwrap(), Some(1));
+    if let Some(service) = service {
+        service.shutdown("test over").await;
+    }
+    dir
+}
 
+/// What only a node shows: one that is down, options that would do nothing, one on
+/// another network.
+async fn the_node_s_own_refusals(node: &RegtestNode, chain: &Arc<BitcoindChain>, dir: &Path) {
+    let (a, b) = (&Context::new(dir.join("a")), &Context::new(dir.join("b")));
     // A node that is down: a clear error within seconds, and the stored setting stays.
     let down = ChainArgs {
         chain: Some(ChainKind::Node),
@@ -329,11 +408,11 @@ async fn a_participant_uses_its_own_node_for_everything() {
     assert_eq!(cli::deposits(b).await.unwrap().deposits.len(), 1);
 
     // Options that would do nothing are refused.
-    let useless = a.clone().with_chain(node_args(&node));
+    let useless = a.clone().with_chain(node_args(node));
     assert!(matches!(cli::status(&useless), Err(CliError::ChainSettings(_))));
 
     // A node on another network than the wallet's: refused, no wallet written.
-    let signet = coordinator(chain.clone(), 1, Network::Signet);
+    let signet = coordinator(ChainBackend::External(chain.clone()), 1, Network::Signet);
     // (The cookie named by file: a data directory would be searched for signet's.)
     let regtest_cookie = node.datadir().join("regtest").join(".cookie");
     let wrong = Context::new(dir.join("wrong")).with_chain(ChainArgs {
@@ -354,7 +433,4 @@ async fn a_participant_uses_its_own_node_for_everything() {
     let store = SqliteStore::open(wrong.data_dir.join(cli::STORE_FILE)).unwrap();
     assert_eq!(store.seed().unwrap(), None);
     signet.shutdown("test over").await;
-
-    eprintln!("a_participant_uses_its_own_node_for_everything: {:?}", started.elapsed());
-    let _ = std::fs::remove_dir_all(&dir);
 }

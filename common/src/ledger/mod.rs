@@ -15,8 +15,8 @@
 //! are coinbase-shaped but have no maturity delay. There are no reorgs. A transaction
 //! conflicting with unconfirmed ones replaces them (and their descendants) as a Bitcoin
 //! Core node with full RBF does, when it pays their fees plus 1 sat/vB of its own size
-//! and a higher fee rate than each (neither side version 3; a package never replaces);
-//! otherwise it is rejected.
+//! and a higher fee rate than each (version 3 too, as Core does; TRUC sibling eviction is
+//! not modelled, and a package never replaces); otherwise it is rejected.
 //!
 //! Locking: one `RwLock`. Script checks run without it (between a read-locked
 //! contextual check and a write-locked re-check), so lookups never wait on them.

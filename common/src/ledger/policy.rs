@@ -43,17 +43,16 @@ pub fn min_relay_fee(vsize: u64) -> Amount {
 const MAX_REPLACEMENT_EVICTIONS: usize = 100;
 
 /// The unconfirmed transactions `tx` conflicts with (`direct`) and, with their
-/// descendants, everything it would evict; both empty when it conflicts with none, or
-/// when it or a conflict is version 3 (TRUC sibling eviction is not modelled: such a
-/// conflict stays a double spend).
+/// descendants, everything it would evict; both empty when it conflicts with none.
+/// Version 3 transactions are replaced like any other, as Core does (a CPFP child paid
+/// again at a higher rate); TRUC sibling eviction, where a new child that spends no
+/// input of the old one still evicts it, is not modelled.
 pub(super) fn replaced(
     s: &super::state::State,
     tx: &Transaction,
 ) -> (std::collections::HashSet<Txid>, std::collections::HashSet<Txid>) {
     let direct = s.conflicts(tx);
-    let truc = tx.version.0 == 3
-        || direct.iter().any(|t| s.txs.get(t).is_some_and(|e| e.tx.version.0 == 3));
-    if direct.is_empty() || truc {
+    if direct.is_empty() {
         return Default::default();
     }
     let all = s.with_descendants(&direct);

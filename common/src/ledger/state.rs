@@ -359,6 +359,9 @@ impl View<'_> {
         };
         (0u32..).take(outputs).find_map(|vout| {
             let spender = self.state.spent.get(&OutPoint::new(*parent, vout))?;
+            if self.evicted.is_some_and(|e| e.contains(spender)) {
+                return None;
+            }
             self.state.txs.get(spender).filter(|e| e.height.is_none()).map(|_| *spender)
         })
     }

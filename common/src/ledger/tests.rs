@@ -325,8 +325,19 @@ fn zero_fee_v3_parent_needs_anchor_spending_child() {
     ));
 
     let child = cpfp(&parent, &fee_in, &c, 9_000);
-    let (ptxid, ctxid) = ledger.broadcast_package(&parent, &child).unwrap();
+    let (ptxid, first) = ledger.broadcast_package(&parent, &child).unwrap();
+    assert_eq!(ledger.mempool(), vec![ptxid, first]);
+    // The child paid again, as Core takes it: more fee on the same anchor and fee input
+    // replaces it; not enough more is refused.
+    let stingy = cpfp(&parent, &fee_in, &c, 8_990);
+    assert!(matches!(
+        rejected(ledger.broadcast(&stingy)),
+        RejectReason::ReplacementTooCheap { .. }
+    ));
+    let bumped = cpfp(&parent, &fee_in, &c, 8_000);
+    let ctxid = ledger.broadcast(&bumped).unwrap();
     assert_eq!(ledger.mempool(), vec![ptxid, ctxid]);
+    assert_eq!(ledger.confirmations(&first).unwrap(), None);
     ledger.mine(1);
     assert_eq!(ledger.confirmations(&ptxid).unwrap(), Some(1));
     assert_eq!(ledger.confirmations(&ctxid).unwrap(), Some(1));

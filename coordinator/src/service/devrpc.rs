@@ -434,19 +434,24 @@ impl DevRpc {
                 decode_tx(hex)
             })
             .collect::<Result<Vec<Transaction>, _>>()?;
-        let result = match txs.as_slice() {
+        if txs.is_empty() || txs.len() > 2 {
+            return Err(fail(
+                RPC_INVALID_PARAMETER,
+                "the dev ledger takes one transaction or a parent and its child",
+            ));
+        }
+        let known = |txid: &Txid| self.ledger.transaction_at(txid).is_some();
+        // As Core does, what is already there is skipped: a parent in the mempool with a
+        // new child is the child alone (which may replace the parent's old child).
+        let fresh: Vec<&Transaction> = txs.iter().filter(|t| !known(&t.compute_txid())).collect();
+        let result = match fresh.as_slice() {
+            [] => Ok(()),
             [tx] => self.ledger.broadcast(tx).map(|_| ()),
             [parent, child] => self.ledger.broadcast_package(parent, child).map(|_| ()),
-            _ => {
-                return Err(fail(
-                    RPC_INVALID_PARAMETER,
-                    "the dev ledger takes one transaction or a parent and its child",
-                ))
-            }
+            _ => Ok(()),
         };
         let ids: Vec<(Wtxid, Txid)> =
             txs.iter().map(|t| (t.compute_wtxid(), t.compute_txid())).collect();
-        let known = |txid: &Txid| self.ledger.transaction_at(txid).is_some();
         let error = match result {
             Ok(()) => None,
             // Resent as a whole, already there: Core reports success.

@@ -120,6 +120,9 @@ enum Command {
         /// and a child that does not confirm is never replaced above it (default 500).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         max_fee_rate: Option<u64>,
+        /// Mine every block the exit waits for, and finish (a dev chain or a regtest node).
+        #[arg(long)]
+        mine: bool,
     },
     /// Spend deposits to an address now, co-signed by the coordinator (no timeout to wait
     /// for), or replace such a withdrawal at a higher fee (--bump).
@@ -162,7 +165,7 @@ enum Command {
     },
     /// Spend unspent deposits back through their timeout path.
     Reclaim {
-        /// Dev chain: mine until the deposits are spendable.
+        /// Mine until the deposits are spendable (a dev chain or a regtest node).
         #[arg(long)]
         mine: bool,
     },
@@ -275,8 +278,8 @@ async fn run(args: Args) -> Result<ExitCode, cli::CliError> {
                 tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
             }
         }
-        Command::Exit { leaf, fee_rate, max_fee_rate, .. } => {
-            let args = cli::ExitArgs { fee_rate, max_fee_rate };
+        Command::Exit { leaf, fee_rate, max_fee_rate, mine, .. } => {
+            let args = cli::ExitArgs { fee_rate, max_fee_rate, mine };
             match leaf {
                 Some(leaf) => print(json, &cli::exit(&ctx, &leaf, &args).await?),
                 None => print(json, &cli::exit_all(&ctx, &args).await?),

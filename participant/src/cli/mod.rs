@@ -374,6 +374,8 @@ pub struct ExitArgs {
     pub fee_rate: Option<u64>,
     /// Fee rate cap in sat/vB (`None`: [`crate::withdraw::DEFAULT_MAX_FEE_RATE_SAT_VB`]).
     pub max_fee_rate: Option<u64>,
+    /// `--mine`: mine every block the exit waits for (a dev chain or a regtest node).
+    pub mine: bool,
 }
 
 impl ExitArgs {
@@ -390,25 +392,50 @@ impl ExitArgs {
 }
 
 /// `cohort exit LEAF`: publishes the leaf's exit path and reclaims the leaf through the
-/// wallet's own chain source (the coordinator is not needed). On a dev coordinator's
-/// chain it mines every block it needs; elsewhere it goes as far as the chain allows and
-/// says at which height to run it again.
+/// wallet's own chain source (the coordinator is not needed). It goes as far as the
+/// chain allows and says at which height to run it again; with `--mine` (a dev chain or
+/// a regtest node) it mines every block it waits for and finishes.
 pub async fn exit(ctx: &Context, leaf: &str, args: &ExitArgs) -> Result<ExitReport, CliError> {
     let fees = args.fees()?;
     let (_lock, store, wallet) = ctx.locked_wallet()?;
+    mine_allowed(&wallet, args.mine, "exit --mine")?;
     let (funding_txid, leaf) = resolve_leaf(store.as_ref(), leaf)?;
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
-    let result = match &chain {
-        WalletChain::CoordinatorDev(dev) => {
-            Client::new(store, wallet, dev).exit_mining(funding_txid, leaf, fees).await
+    let result = match (dev_chain_of(&chain, args.mine, "exit --mine")?, &chain) {
+        (Some(dev), _) => {
+            Client::new(store, wallet, &dev).exit_mining(funding_txid, leaf, fees).await
         }
-        WalletChain::Node(node) => {
-            Client::new(store, wallet, node).exit(funding_txid, leaf, fees).await
-        }
+        (None, chain) => Client::new(store, wallet, chain).exit(funding_txid, leaf, fees).await,
     };
     chain.close();
     Ok(result?)
+}
+
+/// Refuses `--mine` where no chain can mine: neither a dev coordinator's nor regtest.
+fn mine_allowed(wallet: &Wallet, mine: bool, command: &'static str) -> Result<(), CliError> {
+    let coordinator = wallet.coordinator();
+    if mine && !coordinator.dev && coordinator.network != Network::Regtest {
+        return Err(CliError::NeedsDevChain { command, regtest_node_ok: true });
+    }
+    Ok(())
+}
+
+/// The chain as a dev chain when `mine` is asked (`None` when it is not); refused when
+/// the chain cannot mine.
+fn dev_chain_of(
+    chain: &WalletChain,
+    mine: bool,
+    command: &'static str,
+) -> Result<Option<crate::chain::RegtestNodeChain>, CliError> {
+    if !mine {
+        return Ok(None);
+    }
+    let dev = match chain {
+        WalletChain::CoordinatorDev(dev) => Some(dev.clone()),
+        WalletChain::Node(node) => node.regtest(),
+    };
+    dev.map(Some).ok_or(CliError::NeedsDevChain { command, regtest_node_ok: true })
 }
 
 /// What `cohort withdraw` was given, as typed.
@@ -516,13 +543,12 @@ fn parse_address(text: &str, network: Network) -> Result<bitcoin::ScriptBuf, Cli
 pub async fn exit_all(ctx: &Context, args: &ExitArgs) -> Result<ExitAllReport, CliError> {
     let fees = args.fees()?;
     let (_lock, store, wallet) = ctx.locked_wallet()?;
+    mine_allowed(&wallet, args.mine, "exit --all --mine")?;
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
-    let result = match &chain {
-        WalletChain::CoordinatorDev(dev) => {
-            Client::new(store, wallet, dev).exit_all_mining(fees).await
-        }
-        WalletChain::Node(node) => Client::new(store, wallet, node).exit_all(fees).await,
+    let result = match (dev_chain_of(&chain, args.mine, "exit --all --mine")?, &chain) {
+        (Some(dev), _) => Client::new(store, wallet, &dev).exit_all_mining(fees).await,
+        (None, chain) => Client::new(store, wallet, chain).exit_all(fees).await,
     };
     chain.close();
     Ok(result?)
@@ -533,24 +559,12 @@ pub async fn exit_all(ctx: &Context, args: &ExitArgs) -> Result<ExitAllReport, C
 /// coordinator's, or a regtest node.
 pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliError> {
     let (_lock, store, wallet) = ctx.locked_wallet()?;
-    if mine && !wallet.coordinator().dev && wallet.coordinator().network != Network::Regtest {
-        return Err(CliError::NeedsDevChain { command: "reclaim --mine", regtest_node_ok: true });
-    }
+    mine_allowed(&wallet, mine, "reclaim --mine")?;
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
-    let result = match (&chain, mine) {
-        (WalletChain::CoordinatorDev(dev), true) => {
-            Client::new(store, wallet, dev).reclaim_mining().await.map_err(CliError::from)
-        }
-        (WalletChain::Node(node), true) => match node.regtest() {
-            Some(dev) => {
-                Client::new(store, wallet, &dev).reclaim_mining().await.map_err(CliError::from)
-            }
-            None => {
-                Err(CliError::NeedsDevChain { command: "reclaim --mine", regtest_node_ok: true })
-            }
-        },
-        (chain, false) => Client::new(store, wallet, chain).reclaim().await.map_err(CliError::from),
+    let result = match (dev_chain_of(&chain, mine, "reclaim --mine")?, &chain) {
+        (Some(dev), _) => Client::new(store, wallet, &dev).reclaim_mining().await,
+        (None, chain) => Client::new(store, wallet, chain).reclaim().await,
     };
     chain.close();
     Ok(ReclaimReport { deposits: result? })
@@ -584,12 +598,10 @@ pub async fn dev_mine(ctx: &Context, n: u32) -> Result<MineReport, CliError> {
     }
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
-    let result = match &chain {
-        WalletChain::CoordinatorDev(dev) => dev.mine(n).await.map_err(CliError::from),
-        WalletChain::Node(node) => match node.regtest() {
-            Some(dev) => dev.mine(n).await.map_err(CliError::from),
-            None => Err(CliError::NeedsDevChain { command: "dev mine", regtest_node_ok: true }),
-        },
+    let result = match dev_chain_of(&chain, true, "dev mine") {
+        Ok(Some(dev)) => dev.mine(n).await.map_err(CliError::from),
+        Ok(None) => Err(CliError::NeedsDevChain { command: "dev mine", regtest_node_ok: true }),
+        Err(e) => Err(e),
     };
     chain.close();
     Ok(MineReport { mined: n, height: result? })
