@@ -86,7 +86,6 @@ fn base_dir(name: &str) -> PathBuf {
 fn spawn_join(client: crash::WalletClient) -> JoinHandle<Result<String, String>> {
     tokio::spawn(async move {
         let report = client.join(JoinRequest::default()).await;
-        client.chain().side().close("done");
         report.map(|r| format!("{:?}", r.outcome)).map_err(|e| e.to_string())
     })
 }
@@ -276,7 +275,7 @@ async fn settle(
             client.deposits().await.unwrap();
             let status = client.store().deposit(&w.deposit).unwrap().unwrap().status;
             match status {
-                DepositStatus::Batched { .. } => client.chain().side().close("settled"),
+                DepositStatus::Batched { .. } => {}
                 // Still the wallet's: offered again (a deposit signed into an attempt
                 // that never reached the chain counts as offerable).
                 DepositStatus::Unspent | DepositStatus::InBatch { .. } => {
@@ -463,7 +462,6 @@ async fn check_exit(wallet: &WalletHome, uri: &str) {
     let own = own.iter().find(|p| p.leaf_key_index.is_some()).expect("an own leaf");
     let report = client.exit_mining(funding_txid, own.leaf, Default::default()).await.unwrap();
     assert!(report.reclaim_txid.is_some(), "the own leaf was not swept: {report:?}");
-    client.chain().side().close("exited");
 }
 
 /// Every case of one side, `PARALLEL` at a time; returns each case with what it found.

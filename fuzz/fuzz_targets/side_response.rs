@@ -2,7 +2,7 @@
 //! by a participant (`transport::client`), so a hostile coordinator controls every byte.
 //!
 //! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
-//! framing) and that a `FeeRate` answer converts to a fee rate.
+//! framing).
 
 #![no_main]
 
@@ -10,7 +10,5 @@ use cohort_common::messages::SideResponse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(response) = cohort_fuzz::check_codec::<SideResponse>(data) {
-        assert_eq!(response.fee_rate().is_some(), matches!(response, SideResponse::FeeRate(_)));
-    }
+    let _ = cohort_fuzz::check_codec::<SideResponse>(data);
 });

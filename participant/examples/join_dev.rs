@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bitcoin::Amount;
-use cohort_participant::chain::RemoteChain;
 use cohort_participant::client::{self, Client, JoinRequest};
 use cohort_participant::driver::Progress;
 use cohort_participant::report::JoinReport;
@@ -49,10 +48,10 @@ pub async fn join_once(
 ) -> Result<JoinReport, Error> {
     std::fs::create_dir_all(dir)?;
     let store = Arc::new(SqliteStore::open(dir.join("wallet.sqlite"))?);
-    // A dev coordinator's chain lives in its memory: the wallet reaches it over a
-    // connection to the coordinator (each join opens its own). A wallet on a real chain
-    // passes its own node instead (`cohort_participant::chain::NodeChain`).
-    let chain = RemoteChain::new(Arc::new(client::connect(uri).await?));
+    // A dev coordinator serves its chain as bitcoind's JSON-RPC on a port it announces:
+    // the wallet reaches it with the client it would use for its own node. A wallet on a
+    // real chain passes its own node instead (`cohort_participant::chain::NodeChain`).
+    let chain = client::dev_chain(uri).await?;
     let client = if store.seed()?.is_some() {
         Client::open(store, chain)?
     } else {
@@ -69,7 +68,6 @@ pub async fn join_once(
     });
     let report = client.join(JoinRequest::default()).await;
     // The client owns the stream's sender: dropping it ends the printer.
-    client.chain().side().close("done");
     drop(client);
     let _ = printer.await;
     Ok(report?)

@@ -16,12 +16,11 @@
 //! # async fn demo(uri: &str) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use cohort_participant::client::{Client, JoinRequest};
-//! use cohort_participant::chain::RemoteChain;
 //! use cohort_participant::store::SqliteStore;
 //!
 //! let store = Arc::new(SqliteStore::open("wallet.sqlite")?);
 //! // A dev coordinator's chain; a wallet on a real chain passes its node (`NodeChain`).
-//! let chain = RemoteChain::new(Arc::new(cohort_participant::client::connect(uri).await?));
+//! let chain = cohort_participant::client::dev_chain(uri).await?;
 //! let client = Client::create(store, chain, uri).await?;
 //! let mut progress = client.subscribe();
 //! tokio::spawn(async move {
@@ -47,7 +46,9 @@ use cohort_common::params::LeafOutput;
 use cohort_transport::{Client as Link, CoordinatorUri, Limits};
 use tokio::sync::broadcast;
 
-use crate::chain::{ChainSource, ChainSourceError, DevChain};
+use crate::chain::{
+    ChainSource, ChainSourceError, DevChain, NodeChain, NodeSettings, RegtestNodeChain,
+};
 use crate::driver::{
     now_ms, spawn_reader, CancelError, Driver, DriverError, DriverSetup, Outcome, Progress,
     SignGate,
@@ -150,6 +151,15 @@ pub enum ClientError {
     /// A join is already running on this client (one round at a time per wallet).
     #[error("a join is already running on this client")]
     JoinRunning,
+    /// The coordinator serves no dev chain (it runs without `--dev`).
+    #[error("the coordinator at {uri} serves no dev chain (start it with --dev)")]
+    NoDevChain {
+        /// Its URI.
+        uri: String,
+    },
+    /// The dev coordinator's chain endpoint cannot be used.
+    #[error("the dev chain: {0}")]
+    DevChain(#[source] crate::chain::ProbeError),
     /// Connecting or talking to the coordinator failed.
     #[error("coordinator: {0}")]
     Transport(#[from] cohort_transport::TransportError),
@@ -206,10 +216,26 @@ pub async fn server_info(link: &Link) -> Result<ServerInfo, ClientError> {
     match link.request(&SideRequest::Info).await? {
         SideResponse::Info(info) => Ok(info),
         SideResponse::Error(reason) => Err(DriverError::Remote(reason.as_str().to_owned()).into()),
-        other => {
-            Err(DriverError::UnexpectedAnswer { request: "info", got: format!("{other:?}") }.into())
-        }
     }
+}
+
+/// Reaches the chain of the `--dev` coordinator at `uri`: the JSON-RPC endpoint it
+/// announces, on the URI's host, probed like a node. A wallet on a real chain passes its
+/// own node instead ([`crate::chain::NodeChain`]).
+pub async fn dev_chain(uri: &str) -> Result<RegtestNodeChain, ClientError> {
+    let link = connect(uri).await?;
+    let info = server_info(&link).await;
+    link.close("done");
+    dev_chain_of(uri, &info?).await
+}
+
+/// The dev chain endpoint that `info`, the answer of the coordinator at `uri`, announces,
+/// probed like a node.
+pub async fn dev_chain_of(uri: &str, info: &ServerInfo) -> Result<RegtestNodeChain, ClientError> {
+    let port = info.dev_rpc_port.ok_or_else(|| ClientError::NoDevChain { uri: uri.to_owned() })?;
+    let settings = NodeSettings::dev_ledger(&parse_uri(uri)?.host, port);
+    let node = NodeChain::probe(&settings, info.network).await.map_err(ClientError::DevChain)?;
+    Ok(node.dev_ledger())
 }
 
 /// Connects to the wallet's coordinator at `uri` and checks that it is that coordinator

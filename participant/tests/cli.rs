@@ -19,7 +19,7 @@ use cohort_coordinator::admin::{self, AdminRequest, AdminResponse};
 use cohort_coordinator::engine::CoordinatorConfig;
 use cohort_coordinator::service::{ChainBackend, CoordinatorService, ServiceConfig};
 use cohort_coordinator::store::{CoordinatorStore, MemoryStore};
-use cohort_participant::chain::RemoteChain;
+use cohort_participant::chain::RegtestNodeChain;
 use cohort_participant::cli::{self, CliError, Context};
 use cohort_participant::client::{self, Client, ClientError, DepositChoice, JoinRequest};
 use cohort_participant::driver::CancelError;
@@ -29,7 +29,6 @@ use cohort_participant::store::{DepositStatus, ParticipantStore, SqliteStore};
 use cohort_participant::wallet::WalletError;
 use cohort_participant::watch::Advice;
 use cohort_participant::withdraw::WithdrawError;
-use cohort_transport::Client as Link;
 use cohort_transport::Identity;
 use tokio::sync::broadcast;
 
@@ -410,12 +409,12 @@ async fn the_library_example_joins_a_round_against_a_dev_coordinator() {
 }
 
 /// A library client on `dev`'s chain for a new wallet in `name`, with one funded deposit.
-async fn library_wallet(dev: &Dev, name: &str) -> (Arc<Client<RemoteChain<Arc<Link>>>>, OutPoint) {
+async fn library_wallet(dev: &Dev, name: &str) -> (Arc<Client<RegtestNodeChain>>, OutPoint) {
     let dir = dev.dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(SqliteStore::open(dir.join("wallet.sqlite")).unwrap());
-    let link = Arc::new(client::connect(&dev.uri).await.unwrap());
-    let client = Client::create(store, RemoteChain::new(link), &dev.uri).await.unwrap();
+    let chain = client::dev_chain(&dev.uri).await.unwrap();
+    let client = Client::create(store, chain, &dev.uri).await.unwrap();
     let deposit = client.dev_fund(FUND).await.unwrap();
     (Arc::new(client), deposit)
 }

@@ -46,8 +46,7 @@ impl Service for Echo {
 
     fn side_request(&self, _peer: PeerId, request: SideRequest) -> SideResponse {
         match request {
-            SideRequest::TipHeight => SideResponse::Height(42),
-            _ => SideResponse::Error(Reason::new("not here")),
+            SideRequest::Info => SideResponse::Error(Reason::new("no info here")),
         }
     }
 }
@@ -78,13 +77,16 @@ async fn session_and_side_requests_round_trip() {
     let (server, echo, uri) = start(Limits::default());
     let client = Client::connect(&uri, &Limits::default()).await.unwrap();
     // A side request before the session, one during it.
-    assert_eq!(client.request(&SideRequest::TipHeight).await.unwrap(), SideResponse::Height(42));
+    assert_eq!(
+        client.request(&SideRequest::Info).await.unwrap(),
+        SideResponse::Error(Reason::new("no info here"))
+    );
     let (mut send, mut recv) = client.open_session().await.unwrap();
     let answer = cancel_round_trip(&mut send, &mut recv, "abc").await.unwrap();
     assert_eq!(answer, ToParticipant::Confirmed(Confirmed { batch: 7, height: 3 }));
     assert_eq!(
-        client.request(&SideRequest::FeeRate).await.unwrap(),
-        SideResponse::Error(Reason::new("not here"))
+        client.request(&SideRequest::Info).await.unwrap(),
+        SideResponse::Error(Reason::new("no info here"))
     );
     // A second session on the same connection is refused.
     let (mut s2, _r2) = client

@@ -1,12 +1,13 @@
-//! Side requests on their own QUIC streams: the coordinator's public info, and the
-//! dev chain endpoint a `--dev` coordinator serves so that separate participant
-//! processes share one embedded ledger.
+//! Side requests on their own QUIC streams: the coordinator's public info (which names
+//! the port of a `--dev` coordinator's chain endpoint; the chain itself is served as
+//! `bitcoind`'s JSON-RPC, never over QUIC), and [`UtxoInfo`], an output as a wallet's
+//! chain source reports it.
 //!
 //! Each request opens a fresh bidirectional stream: one `SideRequest` frame from the
 //! client, one `SideResponse` frame back, then both ends finish the stream.
 
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use bitcoin::{OutPoint, TxOut};
 use serde::{Deserialize, Serialize};
 
 use super::Reason;
@@ -48,36 +49,11 @@ pub struct UtxoInfo {
     pub height: Option<u32>,
 }
 
-/// Most blocks one [`SideRequest::Mine`] may ask for; a client mining more splits its
-/// request.
-pub const MAX_MINE_PER_REQUEST: u32 = 1_000;
-
 /// A side request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SideRequest {
     /// The coordinator's [`ServerInfo`].
     Info,
-    /// Dev chain: the tip height.
-    TipHeight,
-    /// Dev chain: one unspent output.
-    Utxo(OutPoint),
-    /// Dev chain: every unspent output of a script.
-    ScriptUtxos(ScriptBuf),
-    /// Dev chain: broadcast a transaction.
-    Broadcast(#[serde(with = "super::consensus_bytes")] Transaction),
-    /// Dev chain: broadcast a parent and a child spending its anchor.
-    BroadcastPackage(
-        #[serde(with = "super::consensus_bytes")] Transaction,
-        #[serde(with = "super::consensus_bytes")] Transaction,
-    ),
-    /// Dev chain: confirmations of a transaction.
-    Confirmations(Txid),
-    /// Dev chain: the fee rate to use.
-    FeeRate,
-    /// Dev chain: a confirmed output of `amount` for `script` from the regtest faucet.
-    Faucet(ScriptBuf, #[serde(with = "bitcoin::amount::serde::as_sat")] Amount),
-    /// Dev chain: mine blocks (at most [`MAX_MINE_PER_REQUEST`]).
-    Mine(u32),
 }
 
 /// The answer to a [`SideRequest`].
@@ -85,32 +61,6 @@ pub enum SideRequest {
 pub enum SideResponse {
     /// To `Info`.
     Info(ServerInfo),
-    /// A height (`TipHeight`, `Mine`).
-    Height(u32),
-    /// To `Utxo`.
-    Utxo(Option<UtxoInfo>),
-    /// To `ScriptUtxos`.
-    Utxos(Vec<UtxoInfo>),
-    /// To `Broadcast`.
-    Txid(Txid),
-    /// To `BroadcastPackage`.
-    Txids(Txid, Txid),
-    /// To `Confirmations`.
-    Confirmations(Option<u32>),
-    /// To `FeeRate`, in sat per 1,000 weight units.
-    FeeRate(u64),
-    /// To `Faucet`.
-    Funded(OutPoint),
-    /// The request failed (a rejected transaction, a disabled dev endpoint, ...).
+    /// The request failed.
     Error(Reason),
-}
-
-impl SideResponse {
-    /// The fee rate of a `FeeRate` answer.
-    pub fn fee_rate(&self) -> Option<FeeRate> {
-        match self {
-            SideResponse::FeeRate(kwu) => Some(FeeRate::from_sat_per_kwu(*kwu)),
-            _ => None,
-        }
-    }
 }

@@ -27,7 +27,7 @@ pub use batch::{
     NodeNonce, NodePartial, NodeSignature, NonceRequest, Proposal, ProposalBody, Renonce,
     SignedTree, TreeLeaf, TreeSigs,
 };
-pub use chain::{ServerInfo, SideRequest, SideResponse, UtxoInfo, MAX_MINE_PER_REQUEST};
+pub use chain::{ServerInfo, SideRequest, SideResponse, UtxoInfo};
 pub use params_check::{ParamsError, ShapeError};
 pub use round::{
     ownership_message, DepositRegistration, LeafRequest, RefusalReason, Refused, Register,

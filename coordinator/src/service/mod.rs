@@ -61,7 +61,7 @@ use crate::timeline::Timeline;
 pub use admin::AdminSocketError;
 pub use metrics::Metrics;
 pub use persist::{now_ms, recover, Persister, Recovery, RESTART_REASON};
-pub use side::{SideRequests, MAX_MINE_PER_REQUEST};
+pub use side::SideRequests;
 
 /// Errors starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -330,10 +330,7 @@ impl CoordinatorService {
                 }
             })
             .map_err(ServiceError::Thread)?;
-        server.serve(Arc::new(Handler {
-            inbox: tx.clone(),
-            side: SideRequests::new(info, chain.ledger()),
-        }));
+        server.serve(Arc::new(Handler { inbox: tx.clone(), side: SideRequests::new(info) }));
         Ok(CoordinatorService {
             server,
             inbox: tx,

@@ -28,13 +28,13 @@ use cohort_coordinator::store::{
     BanRecord, BatchRecord, BatchStatus, CoordinatorStore, RegistrationRecord, RegistrationStatus,
     RoundRecord, RoundState, SqliteStore, StoreError, WithdrawalRecord,
 };
-use cohort_participant::chain::RemoteChain;
+use cohort_participant::chain::RegtestNodeChain;
 use cohort_participant::client::{self, Client};
 use cohort_participant::store::{
     DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, ParticipantStore,
     SqliteStore as WalletSqlite, WithdrawalRecord as WalletWithdrawal,
 };
-use cohort_transport::{Client as Link, CoordinatorUri, Identity};
+use cohort_transport::{CoordinatorUri, Identity};
 
 /// Where the kill falls relative to the chosen write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,7 +397,7 @@ impl ParticipantStore for KillableWalletStore {
 }
 
 /// A wallet's client with its chain reached through the (dev) coordinator.
-pub type WalletClient = Client<RemoteChain<Arc<Link>>>;
+pub type WalletClient = Client<RegtestNodeChain>;
 
 /// The coordinator's data directory, identity, key and chain, which outlive its process.
 pub struct CoordinatorHome {
@@ -484,10 +484,9 @@ impl WalletHome {
         std::fs::create_dir_all(dir).unwrap();
         let inner = WalletSqlite::open(dir.join("wallet.sqlite")).unwrap();
         let store = Arc::new(KillableWalletStore { inner, kill: Kill::idle() });
-        let chain = RemoteChain::new(Arc::new(client::connect(uri).await.unwrap()));
+        let chain = client::dev_chain(uri).await.unwrap();
         let client = Client::create(store, chain, uri).await.unwrap();
         let deposit = client.dev_fund(bitcoin::Amount::from_sat(200_000)).await.unwrap();
-        client.chain().side().close("funded");
         WalletHome { dir: dir.to_owned(), deposit }
     }
 
@@ -496,7 +495,7 @@ impl WalletHome {
     pub async fn open(&self, uri: &str, kill: Arc<Kill>) -> WalletClient {
         let inner = WalletSqlite::open(self.store_path()).unwrap();
         let store = Arc::new(KillableWalletStore { inner, kill });
-        let chain = RemoteChain::new(Arc::new(client::connect(uri).await.unwrap()));
+        let chain = client::dev_chain(uri).await.unwrap();
         Client::open(store, chain).unwrap().with_coordinator(uri)
     }
 

@@ -10,12 +10,12 @@
 //!   faucet, which only a dev chain offers: production code takes a `ChainSource` and
 //!   cannot reach them), [`ChainSourceError`].
 //! - [`node`]: [`NodeChain`], the participant's own `bitcoind` over JSON-RPC (each call
-//!   on a blocking thread, never on the async runtime), and its start-up probe.
-//! - [`remote`]: [`RemoteChain`], the side requests of a `--dev` coordinator (its
-//!   embedded chain lives in its memory, so nothing else can see it).
+//!   on a blocking thread, never on the async runtime), and its start-up probe; a
+//!   `--dev` coordinator's chain is reached the same way, on the JSON-RPC endpoint it
+//!   serves its embedded ledger on ([`RegtestNodeChain`], which adds mining and, there,
+//!   the faucet).
 
 pub mod node;
-pub mod remote;
 
 use std::future::Future;
 
@@ -24,12 +24,10 @@ use cohort_common::messages::UtxoInfo;
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::DriverError;
 use crate::store::ParticipantStore;
 use crate::wallet::WalletError;
 
 pub use node::{NodeAuth, NodeChain, NodeSettings, ProbeError, RegtestNodeChain};
-pub use remote::RemoteChain;
 
 /// The settings key under which the wallet's chain source is stored (JSON).
 pub const CHAIN_SETTING: &str = "chain";
@@ -40,7 +38,8 @@ pub const CHAIN_SETTING: &str = "chain";
 pub enum ChainSetting {
     /// The participant's own `bitcoind`.
     Node(NodeSettings),
-    /// The embedded chain of a `--dev` coordinator, through its side requests.
+    /// The embedded chain of a `--dev` coordinator, on the JSON-RPC endpoint it announces
+    /// (its port changes at every start, so it is looked up each time).
     CoordinatorDev,
 }
 
@@ -66,10 +65,8 @@ impl ChainSetting {
 /// Why a chain source could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainSourceError {
-    /// The dev coordinator's side request failed.
-    #[error(transparent)]
-    Coordinator(#[from] DriverError),
-    /// The own node failed or refused (a rejected broadcast says why).
+    /// The node (or the dev coordinator's chain endpoint) failed or refused (a rejected
+    /// broadcast says why).
     #[error("bitcoind at {url}: {reason}")]
     Node {
         /// The node's RPC endpoint.

@@ -13,7 +13,7 @@ use crate::chain::{
     ChainSetting, ChainSource, ChainSourceError, NodeAuth, NodeChain, NodeSettings, ProbeError,
     RegtestNodeChain,
 };
-use crate::client::{connect_checked, parse_uri, server_info};
+use crate::client::{connect_checked, dev_chain_of, server_info};
 use crate::store::ParticipantStore;
 use crate::wallet::CoordinatorInfo;
 
@@ -243,9 +243,11 @@ async fn dev_ledger(info: &CoordinatorInfo, uri: &str) -> Result<RegtestNodeChai
     let link = connect_checked(info, uri).await?;
     let server = server_info(&link).await;
     link.close("done");
-    let port = server?.dev_rpc_port.ok_or(CliError::NotDev)?;
-    let settings = NodeSettings::dev_ledger(&parse_uri(uri)?.host, port);
-    Ok(NodeChain::probe(&settings, info.network).await?.dev_ledger())
+    let server = server?;
+    if server.dev_rpc_port.is_none() {
+        return Err(CliError::NotDev);
+    }
+    Ok(dev_chain_of(uri, &server).await?)
 }
 
 impl ChainSource for WalletChain {
