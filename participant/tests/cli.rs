@@ -326,14 +326,14 @@ async fn a_coordinator_that_is_not_there_is_reported_within_the_connect_timeout(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mining_past_one_request_is_split_and_the_faucet_refuses_dust() {
-    // `reclaim --mine` with the default 14,400-block deposit timeout used to ask for
-    // 14,399 blocks in one request, which the coordinator refuses above 1,000.
+async fn dev_mining_a_deposit_timeout_at_once_and_the_faucet_refuses_dust() {
+    // `reclaim --mine` with the default 14,400-block deposit timeout asks for 14,399
+    // blocks: one `generatetoaddress` on the dev chain's endpoint.
     let dev = start("mine", 1);
     let (a, _) = dev.wallet("a").await;
     let before = dev.ledger.tip_height().unwrap();
-    let mined = cli::dev_mine(&a, 2_500).await.unwrap();
-    assert_eq!(mined.height, before + 2_500);
+    let mined = cli::dev_mine(&a, 14_399).await.unwrap();
+    assert_eq!(mined.height, before + 14_399);
     let err = cli::dev_fund(&a, Amount::from_sat(1)).await.unwrap_err();
     assert!(err.to_string().contains("dust"), "{err}");
     dev.service.shutdown("test over").await;

@@ -263,6 +263,7 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
     let host =
         if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let uri = service.uri(&host)?;
+    let dev_rpc = service.dev_rpc_addr().map(|a| format!("http://{host}:{}", a.port()));
     if json {
         println!(
             "{}",
@@ -271,10 +272,15 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
                 "listen": addr.to_string(),
                 "chain": kind,
                 "network": file.network.to_string(),
+                "dev_chain_rpc": dev_rpc,
             })
         );
     } else {
-        println!("coordinator listening: {uri}");
+        // One write: a reader may close the pipe after the first line.
+        let dev_line = dev_rpc
+            .map(|url| format!("\ndev chain (bitcoind JSON-RPC, any credentials): {url}"))
+            .unwrap_or_default();
+        println!("coordinator listening: {uri}{dev_line}");
     }
     let grace = file.shutdown_grace();
     let mut signals = signals;

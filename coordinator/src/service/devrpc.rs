@@ -116,7 +116,9 @@ impl DevRpc {
                 Ok(Ok(Some(r))) => r,
                 Ok(Ok(None)) | Err(_) => return Ok(()),
                 Ok(Err(Refused(code, why))) => {
-                    return respond(stream.get_mut(), code, why.as_bytes(), true).await;
+                    respond(stream.get_mut(), code, why.as_bytes(), true).await?;
+                    linger(&mut stream).await;
+                    return Ok(());
                 }
             };
             let this = self.clone();
@@ -613,6 +615,22 @@ async fn read_request(stream: &mut BufReader<TcpStream>) -> Result<Option<Reques
     Ok(Some(Request { body, close }))
 }
 
+/// Reads and drops what a refused client still sends (at most 64 KiB, for at most 1 s),
+/// so it reads the refusal rather than a connection reset.
+async fn linger(stream: &mut BufReader<TcpStream>) {
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 async fn respond(
     stream: &mut TcpStream,
     code: u16,
@@ -651,6 +669,53 @@ mod tests {
 
     fn rpc() -> DevRpc {
         DevRpc::new(Arc::new(Ledger::new()), Network::Regtest)
+    }
+
+    /// Sends `bytes` on a new connection and reads until the server closes it or
+    /// `replies` responses came.
+    async fn exchange(addr: SocketAddr, bytes: &[u8], replies: usize) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < replies
+            || !String::from_utf8_lossy(&got).ends_with('}')
+        {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                Ok(Err(_)) => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_http_side_keeps_a_connection_and_refuses_what_it_cannot_take() {
+        let (addr, task) = rpc().serve(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let call = |id: u32| {
+            let body = format!(r#"{{"jsonrpc":"1.0","id":{id},"method":"getblockcount"}}"#);
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        };
+        // Two calls on one connection, both answered.
+        let both = exchange(addr, format!("{}{}", call(1), call(2)).as_bytes(), 2).await;
+        assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+        assert!(both.contains(r#""id":2"#), "{both}");
+        // Not POST, no length, too long a body, too long a head: refused, never read.
+        let get = exchange(addr, b"GET / HTTP/1.1\r\n\r\n", 1).await;
+        assert!(get.starts_with("HTTP/1.1 405"), "{get}");
+        let no_length = exchange(addr, b"POST / HTTP/1.1\r\n\r\n", 1).await;
+        assert!(no_length.starts_with("HTTP/1.1 411"), "{no_length}");
+        let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let huge = exchange(addr, huge.as_bytes(), 1).await;
+        assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+        let head = format!("POST / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let head = exchange(addr, head.as_bytes(), 1).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        // The server still answers.
+        let after = exchange(addr, call(3).as_bytes(), 1).await;
+        assert!(after.contains(r#""result":0"#), "{after}");
+        task.abort();
     }
 
     #[test]
