@@ -1,6 +1,7 @@
 //! `cohort-coordinator`: serves Cohort rounds over QUIC (`run`), asks a running one over
 //! its admin socket (`admin`), or prints a commented default configuration (`init-config`).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -276,11 +277,14 @@ async fn run(mut file: FileConfig, json: bool) -> Result<()> {
             })
         );
     } else {
-        // One write: a reader may close the pipe after the first line.
         let dev_line = dev_rpc
-            .map(|url| format!("\ndev chain (bitcoind JSON-RPC, any credentials): {url}"))
+            .map(|url| format!("dev chain (bitcoind JSON-RPC, any credentials): {url}\n"))
             .unwrap_or_default();
-        println!("coordinator listening: {uri}{dev_line}");
+        // One write (`println!` writes piece by piece): a reader may close the pipe after
+        // the first line, and a closed stdout must not stop the service.
+        let text = format!("coordinator listening: {uri}\n{dev_line}");
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
     let grace = file.shutdown_grace();
     let mut signals = signals;
