@@ -10,8 +10,7 @@ use cohort_common::bitcoin::hashes::Hash;
 use cohort_common::bitcoin::secp256k1::{self, SecretKey};
 use cohort_common::bitcoin::transaction::Version;
 use cohort_common::bitcoin::{
-    Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
-    Witness,
+    Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
 };
 use cohort_common::codec::Encoded;
 use cohort_common::keys::Keypair;
@@ -20,7 +19,7 @@ use cohort_common::messages::{
     Finalized, Goodbye, Hello, LeafNonces, LeafRequest, NodeNonce, NodePartial, NodeSignature,
     NonceRequest, Proposal, ProposalBody, Reason, RefusalReason, Refused, Register, RegisterBody,
     Registered, RemainderRequest, Renonce, RoundAnnounce, RoundParams, ServerInfo, SideRequest,
-    SideResponse, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs, UtxoInfo, Withdraw,
+    SideResponse, SignedTree, ToCoordinator, ToParticipant, TreeLeaf, TreeSigs, Withdraw,
     WithdrawBody, WithdrawInput, WithdrawSigned,
 };
 use cohort_common::musig::secnonce_from_seed;

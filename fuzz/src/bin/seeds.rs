@@ -100,7 +100,6 @@ fn wallet_seeds(dir: &Path) -> io::Result<()> {
             exit_csv: 144,
             dev,
             dev_chain: dev.then_some([3; 16]),
-            dev_rpc_port: dev.then_some(18_443),
         };
         let json = serde_json::to_string(&info).map_err(io::Error::other)?;
         write(dir, "wallet_coordinator", name, json.as_bytes())?;
