@@ -191,12 +191,21 @@ impl Kit {
             phase_timeout_ms: 1_000,
             max_attempts: 3,
         };
-        let parties = (0..n)
+        let users: Vec<(Keypair, DepositScript, Amount)> = (0..n)
             .map(|i| {
                 let user = Keypair::from_rng(rng);
                 let script = DepositScript::new(user.public, coordinator.public, 1_000).unwrap();
-                let amount = Amount::from_sat(200_000 + 1_000 * i as u64);
-                let outpoint = ledger.faucet(&script.script_pubkey(), amount).unwrap();
+                (user, script, Amount::from_sat(200_000 + 1_000 * i as u64))
+            })
+            .collect();
+        // Every deposit in one block, so that none of a large kit's is near its timeout.
+        let payments: Vec<(ScriptBuf, Amount)> =
+            users.iter().map(|(_, script, amount)| (script.script_pubkey(), *amount)).collect();
+        let outpoints = ledger.faucet_many(&payments).unwrap();
+        let parties = users
+            .into_iter()
+            .zip(outpoints)
+            .map(|((user, script, amount), outpoint)| {
                 let txout = TxOut { value: amount, script_pubkey: script.script_pubkey() };
                 let config = SessionConfig {
                     deposits: vec![OwnedDeposit { outpoint, txout, script, key: user.clone() }],
