@@ -9,6 +9,9 @@ use cohort_common::chain::{Chain, ChainError, RejectReason, Utxo};
 use serde_json::json;
 
 use crate::client::{RpcClient, Timeout};
+use crate::codes::{
+    RPC_INVALID_ADDRESS_OR_KEY, RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR, RPC_VERIFY_REJECTED,
+};
 use crate::config::BitcoindConfig;
 use crate::error::RpcError;
 use crate::mempool::MempoolIndex;
@@ -17,14 +20,6 @@ use crate::wire;
 
 /// The oldest Core with TRUC, P2A and package relay (28.0).
 const MIN_VERSION: u64 = 280_000;
-/// Core's "rejected by policy or consensus" code.
-const RPC_VERIFY_REJECTED: i32 = -26;
-/// Core's "verification error" code (missing inputs, bad package, ...).
-const RPC_VERIFY_ERROR: i32 = -25;
-/// Core's "already in the chain" code.
-const RPC_VERIFY_ALREADY_IN_CHAIN: i32 = -27;
-/// Core's "not found" code.
-const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
 
 /// What the node says about itself (`getblockchaininfo`, `getnetworkinfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]

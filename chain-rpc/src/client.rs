@@ -17,10 +17,7 @@ use serde_json::Value;
 use crate::config::{BitcoindConfig, RetryPolicy, RpcAuth};
 use crate::error::RpcError;
 
-/// Bitcoin Core's "still loading" error code.
-const RPC_IN_WARMUP: i32 = -28;
-/// Bitcoin Core's "invalid parameter" code, also used for "scan already in progress".
-const RPC_INVALID_PARAMETER: i32 = -8;
+use crate::codes::{RPC_INVALID_PARAMETER, RPC_IN_WARMUP};
 
 /// Which timeout a call runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

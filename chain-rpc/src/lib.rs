@@ -22,12 +22,14 @@
 //!
 //! - [`config`]: where the node is, how to log in, timeouts and retries.
 //! - [`client`]: one JSON-RPC call with retries ([`RpcClient`]).
+//! - [`codes`]: Core's RPC error codes.
 //! - [`backend`]: [`BitcoindChain`], the `Chain` implementation.
 //! - [`error`]: why a call failed, [`RpcError`].
 //! - [`regtest`]: a throwaway `bitcoind -regtest` node for tests and local trials.
 
 pub mod backend;
 pub mod client;
+pub mod codes;
 pub mod config;
 pub mod error;
 mod mempool;

@@ -9,12 +9,12 @@ use bitcoin::{OutPoint, Script, Transaction, TxOut, Txid};
 use serde_json::Value;
 
 use crate::client::RpcClient;
+// "Not found": the transaction left the mempool meanwhile.
+use crate::codes::RPC_INVALID_ADDRESS_OR_KEY;
 use crate::error::RpcError;
 
 /// Transactions fetched per batch request.
 const BATCH: usize = 500;
-/// Bitcoin Core's "not found" code (the transaction left the mempool meanwhile).
-const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
 
 /// What the index keeps of one mempool transaction.
 #[derive(Debug)]

@@ -26,6 +26,11 @@ use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash as _;
 use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, ScriptBuf, Transaction};
 use bitcoin::{Txid, Wtxid};
+use cohort_chain_rpc::codes::{
+    RPC_DESERIALIZATION_ERROR, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER,
+    RPC_INVALID_PARAMS, RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_PARSE_ERROR,
+    RPC_VERIFY_ALREADY_IN_CHAIN, RPC_VERIFY_ERROR, RPC_VERIFY_REJECTED,
+};
 use cohort_common::chain::{Chain, ChainError, RejectReason};
 use cohort_common::ledger::Ledger;
 use serde_json::{json, Value};
@@ -44,18 +49,6 @@ const MAX_HEAD: usize = 16 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The version `getnetworkinfo` reports: the ledger follows Core 31's relay policy.
 const VERSION: u64 = 310_000;
-
-// Core's error codes.
-const RPC_METHOD_NOT_FOUND: i32 = -32601;
-const RPC_INVALID_PARAMS: i32 = -32602;
-const RPC_PARSE_ERROR: i32 = -32700;
-const RPC_MISC_ERROR: i32 = -1;
-const RPC_INVALID_ADDRESS_OR_KEY: i32 = -5;
-const RPC_INVALID_PARAMETER: i32 = -8;
-const RPC_DESERIALIZATION_ERROR: i32 = -22;
-const RPC_VERIFY_ERROR: i32 = -25;
-const RPC_VERIFY_REJECTED: i32 = -26;
-const RPC_VERIFY_ALREADY_IN_CHAIN: i32 = -27;
 
 /// A failed call: Core's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Transaction, Txid, WScriptHash};
+use cohort_chain_rpc::codes::RPC_METHOD_NOT_FOUND;
 use cohort_chain_rpc::config::default_rpc_port;
 use cohort_chain_rpc::{BitcoindChain, BitcoindConfig, RpcAuth, RpcError};
 use cohort_common::chain::{Chain, ChainError};
@@ -16,9 +17,6 @@ use cohort_common::messages::UtxoInfo;
 use serde::{Deserialize, Serialize};
 
 use super::{ChainSource, ChainSourceError, DevChain};
-
-/// JSON-RPC's "method not found" code (a node without the dev faucet).
-const RPC_METHOD_NOT_FOUND: i32 = -32601;
 
 /// How long the start-up probe waits for the node, in all (one request and its retries).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
