@@ -1,26 +1,26 @@
 //! Fuzzes the participant's SQLite store decoders (private helpers in
 //! `participant/src/store/sqlite.rs`) through its public API, and the wallet loaded from
 //! it: a real store file is filled with a seed, deposits in every status (`Withdrawing`
-//! and `Withdrawn` too), exit paths, signed withdrawals, history and the wallet's
-//! coordinator setting; each input is a list of [`Damage`]s
+//! and `Withdrawn` too), exit paths, signed withdrawals, an exit's CPFP child, history and
+//! the wallet's coordinator setting; each input is a list of [`Damage`]s
 //! written into its columns through a second connection; then every read method runs.
 //!
 //! Asserts: no read panics; a read fails only with `StoreError::Corrupt` (or the error its
 //! contract names: `NotFound` for a missing exit path, `KeyIndexExhausted`); loading the
 //! wallet fails only with a store or setting error; every deposit and exit path that reads
 //! back is written again through the store and reads back equal, and so is every
-//! withdrawal.
+//! withdrawal and the exit child.
 
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
 
-use cohort_common::bitcoin::{Amount, Network, TxOut};
+use cohort_common::bitcoin::{Amount, Network, Transaction, TxOut};
 use cohort_fuzz::damage::{self, Damage, Schema, Snapshot, Table};
 use cohort_fuzz::samples::{key, outpoint, p2tr, tx, txid};
 use cohort_participant::store::{
-    DepositRecord, DepositStatus, ExitPathRecord, HistoryEvent, ParticipantStore, SqliteStore,
-    StoreError, WithdrawalRecord, MAX_HISTORY_READ,
+    DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, ParticipantStore,
+    SqliteStore, StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 use cohort_participant::wallet::{CoordinatorInfo, Wallet, WalletError};
 use libfuzzer_sys::fuzz_target;
@@ -64,7 +64,31 @@ const SCHEMA: Schema = &[
     Table { name: "history", columns: &["id", "at_ms", "round", "kind", "detail"], key: &["id"] },
     Table { name: "settings", columns: &["key", "value"], key: &["key"] },
     Table { name: "withdrawals", columns: &["id", "txid", "tx", "at_ms"], key: &["id"] },
+    Table {
+        name: "exit_children",
+        columns: &["node_txid", "child", "fee_input_sat", "height"],
+        key: &["node_txid"],
+    },
 ];
+
+/// The tree node whose CPFP child the store holds.
+const CHILD_NODE: u8 = 80;
+
+/// A CPFP child of node `txid(CHILD_NODE)` as the exit tool builds one: its anchor, a fee
+/// input, one change output.
+fn exit_child() -> ExitChildRecord {
+    let mut child: Transaction = tx(CHILD_NODE, 1);
+    child.input[0].previous_output.txid = txid(CHILD_NODE);
+    let mut fee_input = child.input[0].clone();
+    fee_input.previous_output = outpoint(CHILD_NODE + 1);
+    child.input.push(fee_input);
+    ExitChildRecord {
+        node_txid: txid(CHILD_NODE),
+        child,
+        fee_input_value: Amount::from_sat(15_000),
+        height: 120,
+    }
+}
 
 /// The store, a second connection to its file, and its valid rows.
 struct Fixture {
@@ -129,6 +153,7 @@ fn populate(store: &SqliteStore) -> Result<(), WalletError> {
     store.mark_exited(&txid(50), 1)?;
     store.put_withdrawal(&WithdrawalRecord { tx: tx(70, 1), at_ms: 3_000 })?;
     store.put_withdrawal(&WithdrawalRecord { tx: tx(71, 2), at_ms: 4_000 })?;
+    store.put_exit_child(&exit_child())?;
     for (at_ms, round) in [(1_000, Some(8)), (2_000, None)] {
         let event = HistoryEvent { at_ms, round, kind: "registered".into(), detail: "ok".into() };
         store.append_history(&event)?;
@@ -180,6 +205,12 @@ fn rewrite_withdrawal(store: &SqliteStore, w: &WithdrawalRecord) {
     assert!(again.contains(w), "withdrawal changed on its way through the store");
 }
 
+fn rewrite_exit_child(store: &SqliteStore, c: &ExitChildRecord) {
+    store.put_exit_child(c).expect("an exit child read back writes again");
+    let again = store.exit_child(&c.node_txid).expect("a rewritten exit child reads");
+    assert_eq!(again.as_ref(), Some(c), "exit child changed on its way through the store");
+}
+
 fn read_everything(store: &SqliteStore) {
     let _ = clean(store.seed(), "seed");
     for n in 1..=8 {
@@ -203,6 +234,9 @@ fn read_everything(store: &SqliteStore) {
     }
     for w in clean(store.withdrawals(), "withdrawals").unwrap_or_default() {
         rewrite_withdrawal(store, &w);
+    }
+    if let Some(Some(c)) = clean(store.exit_child(&txid(CHILD_NODE)), "exit_child") {
+        rewrite_exit_child(store, &c);
     }
     let _ = clean(store.history(MAX_HISTORY_READ), "history");
     let _ = clean(store.setting(cohort_participant::wallet::COORDINATOR_SETTING), "setting");
