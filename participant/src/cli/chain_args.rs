@@ -168,12 +168,6 @@ pub enum WalletChain {
     CoordinatorDev(RegtestNodeChain),
 }
 
-impl WalletChain {
-    /// Ends the command's use of the chain (nothing stays open: kept so every command
-    /// says where its chain use ends).
-    pub fn close(&self) {}
-}
-
 impl From<ProbeError> for CliError {
     fn from(e: ProbeError) -> Self {
         match e {
@@ -228,10 +222,7 @@ pub(super) async fn open_chain(
     };
     if let Some(given) = given {
         if stored.as_ref() != Some(&given) {
-            if let Err(e) = given.save(store) {
-                chain.close();
-                return Err(e.into());
-            }
+            given.save(store)?;
         }
     }
     Ok(chain)

@@ -277,7 +277,6 @@ pub async fn deposits(ctx: &Context) -> Result<DepositsReport, CliError> {
     let uri = wallet.coordinator().uri.clone();
     let chain = open_chain(ctx, store.as_ref(), wallet.coordinator(), &uri).await?;
     let result = Client::new(store, wallet, &chain).deposits().await;
-    chain.close();
     Ok(result?)
 }
 
@@ -289,7 +288,6 @@ pub async fn watch(ctx: &Context) -> Result<crate::watch::WatchReport, CliError>
     let uri = wallet.coordinator().uri.clone();
     let chain = open_chain(ctx, store.as_ref(), wallet.coordinator(), &uri).await?;
     let result = Client::new(store, wallet, &chain).watch().await;
-    chain.close();
     Ok(result?)
 }
 
@@ -339,7 +337,6 @@ pub async fn join_cancellable(
         Client::new(store, wallet, &chain).with_coordinator(&uri).with_gate(cancel.clone());
     let result = client.join_observed(request, observer).await;
     drop(client);
-    chain.close();
     Ok(result?)
 }
 
@@ -408,7 +405,6 @@ pub async fn exit(ctx: &Context, leaf: &str, args: &ExitArgs) -> Result<ExitRepo
         }
         (None, chain) => Client::new(store, wallet, chain).exit(funding_txid, leaf, fees).await,
     };
-    chain.close();
     Ok(result?)
 }
 
@@ -496,7 +492,6 @@ pub async fn withdraw(ctx: &Context, args: &WithdrawArgs) -> Result<WithdrawRepo
         (None, None) => Err(CliError::BadArgument("give an address or --bump TXID".into()))?,
     };
     drop(client);
-    chain.close();
     Ok(result?)
 }
 
@@ -518,7 +513,6 @@ pub async fn send(
     let result = Client::new(store, wallet, &chain)
         .send(destination, amount, fee_rate.map(sat_per_vb), cap)
         .await;
-    chain.close();
     Ok(result?)
 }
 
@@ -550,7 +544,6 @@ pub async fn exit_all(ctx: &Context, args: &ExitArgs) -> Result<ExitAllReport, C
         (Some(dev), _) => Client::new(store, wallet, &dev).exit_all_mining(fees).await,
         (None, chain) => Client::new(store, wallet, chain).exit_all(fees).await,
     };
-    chain.close();
     Ok(result?)
 }
 
@@ -566,7 +559,6 @@ pub async fn reclaim(ctx: &Context, mine: bool) -> Result<ReclaimReport, CliErro
         (Some(dev), _) => Client::new(store, wallet, &dev).reclaim_mining().await,
         (None, chain) => Client::new(store, wallet, chain).reclaim().await,
     };
-    chain.close();
     Ok(ReclaimReport { deposits: result? })
 }
 
@@ -580,12 +572,10 @@ pub async fn dev_fund(ctx: &Context, amount: Amount) -> Result<FundReport, CliEr
     let chain =
         open_chain(ctx, store.as_ref(), wallet.coordinator(), &wallet.coordinator().uri).await?;
     let WalletChain::CoordinatorDev(dev) = &chain else {
-        chain.close();
         return Err(CliError::NeedsDevChain { command: "dev fund", regtest_node_ok: false });
     };
     let address = wallet.address()?.to_string();
     let result = Client::new(store, wallet, dev).dev_fund(amount).await;
-    chain.close();
     Ok(FundReport { outpoint: result?, amount_sat: amount.to_sat(), address })
 }
 
@@ -603,6 +593,5 @@ pub async fn dev_mine(ctx: &Context, n: u32) -> Result<MineReport, CliError> {
         Ok(None) => Err(CliError::NeedsDevChain { command: "dev mine", regtest_node_ok: true }),
         Err(e) => Err(e),
     };
-    chain.close();
     Ok(MineReport { mined: n, height: result? })
 }
