@@ -13,8 +13,9 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 
-/// Node sizes: a 2,000-key node (the target), a mid-tree node and a bottom node.
-const NODE_KEYS: [usize; 3] = [2_000, 64, 3];
+/// Node sizes: a 2,000-key node (the target), a mid-tree node, a bottom node and a
+/// 2-of-2 deposit key.
+const NODE_KEYS: [usize; 4] = [2_000, 64, 3, 2];
 
 fn sorted_keys(n: usize) -> Vec<Point> {
     let mut keys: Vec<Point> = keypairs(n).iter().map(|k| k.point).collect();

@@ -14,9 +14,16 @@ use sha2::Digest as _;
 use super::msm::{self, Affine};
 use super::MusigError;
 
+/// Below this many keys the aggregate is one libsecp256k1 multiplication per key (none
+/// for the coefficient 1) rather than a multi-scalar multiplication. Instructions per
+/// aggregation under callgrind: 2 keys 0.44 M against 1.05 M with `k256`'s interleaved
+/// multiplication, 5 keys 1.66 M against 2.14 M, even at 12 and 16, `k256` ahead at 20.
+const SMALL_SET: usize = 16;
+
 /// A BIP-327 key aggregation context: the keys in signing order, the aggregate key
 /// (untweaked and tweaked) and the tweak accumulators. Computing one costs one
-/// multi-scalar multiplication over the keys; it holds no per-key points.
+/// multi-scalar multiplication over the keys (one multiplication per key below
+/// [`SMALL_SET`] keys); it holds no per-key points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyAggContext {
     /// The keys in the order they were aggregated.
@@ -51,6 +58,10 @@ impl KeyAggContext {
         let mut compressed = Vec::with_capacity(count);
         let mut points = Vec::with_capacity(count);
         for key in keys {
+            if count < SMALL_SET {
+                compressed.push(key.serialize());
+                continue;
+            }
             let uncompressed = key.serialize_uncompressed();
             compressed.push(compress(&uncompressed));
             points.push(
@@ -61,9 +72,13 @@ impl KeyAggContext {
         let second = compressed.iter().find(|c| **c != compressed[0]).copied();
         let scalars: Vec<[u8; 32]> =
             compressed.iter().map(|c| coefficient_bytes(&list_hash, second.as_ref(), c)).collect();
-        let sum = msm::msm(&points, &scalars).ok_or(MusigError::KeyAgg { count })?;
-        let q =
-            Point::from_slice(&sum.to_uncompressed()).map_err(|_| MusigError::KeyAgg { count })?;
+        let q = if count < SMALL_SET {
+            small_sum(keys, &scalars)
+        } else {
+            msm::msm(&points, &scalars)
+                .and_then(|sum| Point::from_slice(&sum.to_uncompressed()).ok())
+        }
+        .ok_or(MusigError::KeyAgg { count })?;
         let sorted = compressed.windows(2).all(|w| w[0] <= w[1]);
         Ok(KeyAggContext {
             keys: keys.to_vec(),
@@ -142,6 +157,21 @@ impl KeyAggContext {
     pub(crate) fn tweak_acc(&self) -> MaybeScalar {
         self.tacc
     }
+}
+
+/// `Σ aᵢ·Xᵢ` with one libsecp256k1 multiplication per key (small sets), none for the
+/// second distinct key, whose coefficient is 1: a 2-of-2 deposit key is one
+/// multiplication and one addition.
+fn small_sum(keys: &[Point], scalars: &[[u8; 32]]) -> Option<Point> {
+    let products: Option<Vec<MaybePoint>> = keys
+        .iter()
+        .zip(scalars)
+        .map(|(key, a)| match MaybeScalar::try_from(*a).ok()? {
+            a if a == MaybeScalar::one() => Some(MaybePoint::Valid(*key)),
+            a => Some(a * *key),
+        })
+        .collect();
+    MaybePoint::sum(products?).into_option()
 }
 
 /// The compressed encoding from the uncompressed one.

@@ -24,6 +24,8 @@ use k256::{AffinePoint, EncodedPoint, FieldBytes, FieldElement as Fe, Projective
 
 /// Below this many points [`msm`] uses `k256`'s interleaved multiplication (measured
 /// crossover on the development machine: the bucket method wins from about 24 points).
+/// Key aggregation does not come here below 16 keys: one libsecp256k1 multiplication per
+/// key is cheaper there (see `keyagg::SMALL_SET`).
 const BUCKET_THRESHOLD: usize = 24;
 
 /// An affine point with coordinates of magnitude 1 (never the point at infinity).
