@@ -55,6 +55,8 @@ pub struct DepositScript {
     csv: u16,
     internal_key: XOnlyPublicKey,
     spend_info: TaprootSpendInfo,
+    /// `KeyAgg(KeySort(U, C))` before any tweak, kept so that signing only tweaks it.
+    key_agg: KeyAggContext,
 }
 
 impl DepositScript {
@@ -84,8 +86,10 @@ impl DepositScript {
         if user == coordinator {
             return Err(ScriptError::SameKeys);
         }
-        let ctx = musig::taproot_context(&[to_point(&user), to_point(&coordinator)], None)?;
-        let internal_key = musig::internal_key(&ctx);
+        let mut keys = [to_point(&user), to_point(&coordinator)];
+        musig::key_sort(&mut keys);
+        let key_agg = musig::key_agg(&keys)?;
+        let internal_key = musig::internal_key(&key_agg);
         let leaf = leaf_script(&user.x_only_public_key().0, csv);
         let spend_info = match TaprootBuilder::new().add_leaf(0, leaf) {
             Ok(builder) => match builder.finalize(SECP256K1, internal_key) {
@@ -94,7 +98,7 @@ impl DepositScript {
             },
             Err(_) => unreachable!("depth 0 is valid for the first leaf"),
         };
-        Ok(DepositScript { user, coordinator, csv, internal_key, spend_info })
+        Ok(DepositScript { user, coordinator, csv, internal_key, spend_info, key_agg })
     }
 
     /// The participant's key U.
@@ -171,8 +175,14 @@ impl DepositScript {
 
     /// The MuSig2 context for the cooperative key-path spend: `KeyAgg(KeySort(U, C))`
     /// with the Taproot tweak of this script tree.
+    /// The aggregation itself was done when the script was built: this only tweaks it.
     pub fn signing_context(&self) -> Result<KeyAggContext, ScriptError> {
-        Ok(musig::taproot_context(&self.musig_keys(), Some(self.merkle_root()))?)
+        let root = self.merkle_root().to_byte_array();
+        Ok(self
+            .key_agg
+            .clone()
+            .with_taproot_tweak(Some(&root))
+            .ok_or(MusigError::Tweak { index: 0 })?)
     }
 
     /// The control block of the reclaim leaf.
@@ -359,6 +369,8 @@ mod tests {
         // The signing context's output key is the address's output key.
         let ctx = d.signing_context().unwrap();
         assert_eq!(musig::output_key(&ctx), d.output_key().to_x_only_public_key());
+        // Tweaking the kept aggregation is aggregating afresh with the tweak.
+        assert_eq!(ctx, musig::taproot_context(&d.musig_keys(), Some(d.merkle_root())).unwrap());
         assert!(d.descriptor().starts_with("tr("));
         assert_eq!(d.descriptor().split('#').nth(1).map(str::len), Some(8));
     }
