@@ -132,15 +132,19 @@ pub fn internal_key(ctx: &KeyAggContext) -> XOnlyPublicKey {
     to_xonly(&ctx.aggregated_pubkey_untweaked::<Point>())
 }
 
-/// Cache key: the sorted key set and the merkle root.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Cache key: the SHA-256 of the sorted key set's compressed encodings, and the merkle
+/// root. A digest rather than the keys: comparing and hashing thousands of keys on every
+/// lookup cost more than half of a warm lookup, and finding two key sets with one
+/// digest is finding a SHA-256 collision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct CacheKey {
-    keys: Vec<Point>,
+    key_set: [u8; 32],
     merkle_root: Option<[u8; 32]>,
 }
 
-/// Thread-safe cache of Taproot key contexts, keyed by the exact sorted key set and
-/// merkle root, so that participants living in one process aggregate each node key once.
+/// Thread-safe cache of Taproot key contexts, keyed by the sorted key set (by its
+/// digest) and merkle root, so that participants living in one process aggregate each
+/// node key once.
 ///
 /// Contexts are shared as `Arc`s: a hit clones a pointer, never a context. On a miss the
 /// context is computed outside any lock; if two threads race, both compute and the first
@@ -168,19 +172,32 @@ impl KeyAggCache {
     }
 
     /// The Taproot context of this key set (see [`taproot_context`]), computed on a miss.
-    /// Sorts a copy of `keys` first, so any order of the same keys hits the same entry.
+    /// Any order of the same keys hits the same entry. A lookup serializes each key once
+    /// and hashes the sorted encodings; keys given in KeySort order are not sorted again.
     pub fn taproot_context(
         &self,
         keys: &[Point],
         merkle_root: Option<TapNodeHash>,
     ) -> Result<Arc<KeyAggContext>, MusigError> {
-        let mut sorted = keys.to_vec();
-        key_sort(&mut sorted);
-        let key = CacheKey { keys: sorted, merkle_root: merkle_root.map(|r| r.to_byte_array()) };
+        let mut encoded: Vec<[u8; 33]> = keys.iter().map(Point::serialize).collect();
+        let in_order = encoded.is_sorted();
+        if !in_order {
+            encoded.sort_unstable();
+        }
+        let mut engine = bitcoin::hashes::sha256::Hash::engine();
+        for key in &encoded {
+            bitcoin::hashes::HashEngine::input(&mut engine, key);
+        }
+        let key_set = bitcoin::hashes::sha256::Hash::from_engine(engine).to_byte_array();
+        let key = CacheKey { key_set, merkle_root: merkle_root.map(|r| r.to_byte_array()) };
         if let Some(hit) = self.map.get(&key) {
             return Ok(Arc::clone(hit.value()));
         }
-        let ctx = Arc::new(taproot_context_sorted(&key.keys, key.merkle_root)?);
+        let mut sorted = keys.to_vec();
+        if !in_order {
+            key_sort(&mut sorted);
+        }
+        let ctx = Arc::new(taproot_context_sorted(&sorted, key.merkle_root)?);
         Ok(Arc::clone(self.map.entry(key).or_insert(ctx).value()))
     }
 
