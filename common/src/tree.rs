@@ -14,7 +14,7 @@
 //! ([`Scope::Paths`]) and aggregates only the keys those paths' outputs need.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bitcoin::absolute::LockTime;
 use bitcoin::secp256k1::schnorr;
@@ -265,6 +265,36 @@ impl TreePlan {
         scope: &Scope,
         cache: Option<&KeyAggCache>,
     ) -> Result<Self, TreeError> {
+        let context =
+            |i: usize| aggregate(&node_key_set(&shape.nodes[i], &leaves, &batch_key), cache);
+        Self::build(Arc::clone(&shape), Arc::clone(&leaves), batch_key, scope, &context)
+    }
+
+    /// As [`TreePlan::with_shape`] over the memo's leaves, batch key and shape, taking
+    /// each node's key context from the memo (computed there at most once, through
+    /// `cache` when given).
+    pub fn from_memo(
+        memo: &NodeMemo,
+        scope: &Scope,
+        cache: Option<&KeyAggCache>,
+    ) -> Result<Self, TreeError> {
+        let context = |i: usize| memo.context(i, cache);
+        Self::build(
+            Arc::clone(&memo.shape),
+            Arc::clone(&memo.leaves),
+            memo.batch_key,
+            scope,
+            &context,
+        )
+    }
+
+    fn build(
+        shape: Arc<TreeShape>,
+        leaves: Arc<[TreeLeaf]>,
+        batch_key: Point,
+        scope: &Scope,
+        context: &(dyn Fn(usize) -> Result<Arc<KeyAggContext>, MusigError> + Sync),
+    ) -> Result<Self, TreeError> {
         if shape.leaf_count() != leaves.len() {
             return Err(TreeError::UnknownLeaf { index: leaves.len(), leaves: shape.leaf_count() });
         }
@@ -305,17 +335,7 @@ impl TreePlan {
         };
         let keys = (0..count)
             .into_par_iter()
-            .map(|i| {
-                if !key_nodes[i] {
-                    return Ok(None);
-                }
-                let set = node_key_set(&shape.nodes[i], &leaves, &batch_key);
-                let ctx = match cache {
-                    Some(cache) => cache.taproot_context(&set, None)?,
-                    None => Arc::new(musig::taproot_context(&set, None)?),
-                };
-                Ok(Some(ctx))
-            })
+            .map(|i| if key_nodes[i] { context(i).map(Some) } else { Ok(None) })
             .collect::<Result<Vec<_>, MusigError>>()?;
         Ok(TreePlan { shape, leaves, batch_key, amounts, keys, tx_nodes })
     }
@@ -397,6 +417,52 @@ impl TreePlan {
             nodes.push(Node { txid: tx.compute_txid(), tx, prevout, key, sighash });
         }
         Ok(Tree { shape: self.shape, leaves: self.leaves, batch_key: self.batch_key, ids, nodes })
+    }
+}
+
+/// A node's Taproot key context (key path only), through `cache` when given.
+fn aggregate(set: &[Point], cache: Option<&KeyAggCache>) -> Result<Arc<KeyAggContext>, MusigError> {
+    match cache {
+        Some(cache) => cache.taproot_context(set, None),
+        None => Ok(Arc::new(musig::taproot_context(set, None)?)),
+    }
+}
+
+/// One batch's leaves, batch key and shape, with each node's key context computed at
+/// most once. Many participants of one batch in one process (the simulator) share one
+/// through their decoded proposal body: node `i`'s key set is a function of what the
+/// memo holds, so the index alone names it, and a participant's plan skips gathering,
+/// sorting and hashing thousands of keys per node only to find them in a cache.
+#[derive(Debug)]
+pub struct NodeMemo {
+    shape: Arc<TreeShape>,
+    leaves: Arc<[TreeLeaf]>,
+    batch_key: Point,
+    contexts: Vec<OnceLock<Arc<KeyAggContext>>>,
+}
+
+impl NodeMemo {
+    /// An empty memo over these leaves, batch key and shape.
+    pub fn new(shape: Arc<TreeShape>, leaves: Arc<[TreeLeaf]>, batch_key: Point) -> Self {
+        let contexts = (0..shape.nodes.len()).map(|_| OnceLock::new()).collect();
+        NodeMemo { shape, leaves, batch_key, contexts }
+    }
+
+    /// Node `i`'s context (`i` below the shape's node count, as [`TreePlan::build`]
+    /// asks), computed on first use: two threads racing both compute and the first to
+    /// store wins; a failure is not stored.
+    fn context(
+        &self,
+        i: usize,
+        cache: Option<&KeyAggCache>,
+    ) -> Result<Arc<KeyAggContext>, MusigError> {
+        let slot = &self.contexts[i];
+        if let Some(hit) = slot.get() {
+            return Ok(Arc::clone(hit));
+        }
+        let ctx =
+            aggregate(&node_key_set(&self.shape.nodes[i], &self.leaves, &self.batch_key), cache)?;
+        Ok(Arc::clone(slot.get_or_init(|| ctx)))
     }
 }
 
@@ -640,6 +706,17 @@ mod tests {
         for node in partial.shape().path(own[0]).unwrap() {
             assert_eq!(partial.node(node).unwrap().txid, tree.node(node).unwrap().txid);
             assert_eq!(partial.node(node).unwrap().sighash, tree.node(node).unwrap().sighash);
+        }
+        // Two participants' plans from one memo: the same transactions, and the second
+        // finds the first's node contexts (the very same allocations).
+        let shape = Arc::new(TreeShape::new(n, params).unwrap());
+        let memo = NodeMemo::new(shape, l.clone(), b);
+        let first = TreePlan::from_memo(&memo, &Scope::Paths(own.clone()), None).unwrap();
+        let second = TreePlan::from_memo(&memo, &Scope::Paths(own.clone()), None).unwrap();
+        let (first, second) = (first.finish(funding).unwrap(), second.finish(funding).unwrap());
+        for node in first.shape().path(own[0]).unwrap() {
+            assert_eq!(first.node(node).unwrap().txid, tree.node(node).unwrap().txid);
+            assert!(Arc::ptr_eq(&first.node(node).unwrap().key, &second.node(node).unwrap().key));
         }
         // Same inputs, same txids.
         let again = Tree::build(l, b, params, None, |_| funding).unwrap();

@@ -1,5 +1,6 @@
 //! Read-mostly caches shared by many participants living in one process (the
-//! simulator): node key contexts and decoded proposal bodies.
+//! simulator): node key contexts and decoded proposal bodies (each with its tree's node
+//! contexts).
 //!
 //! Sharing is safe because everything cached is a pure function of its key: a key
 //! context of the exact sorted key set, a decoded body of the exact body bytes. Each
@@ -12,7 +13,7 @@ use cohort_common::codec::{CodecError, Encoded};
 use cohort_common::messages::{ProposalBody, TreeLeaf};
 use cohort_common::musig::KeyAggCache;
 use cohort_common::params::DEFAULT_MAX_FRAME;
-use cohort_common::tree::TreeShape;
+use cohort_common::tree::{NodeMemo, TreeShape};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +32,9 @@ pub struct DecodedBody {
     pub funding_txid: Txid,
     /// The tree's shape, when the body's parameters allow one (the checks report why not).
     pub shape: Option<Arc<TreeShape>>,
+    /// The node key contexts of this body's tree, each computed at most once for every
+    /// participant sharing this decoded body (present with `shape`).
+    pub memo: Option<NodeMemo>,
 }
 
 impl DecodedBody {
@@ -40,7 +44,10 @@ impl DecodedBody {
         let leaves: Arc<[TreeLeaf]> = std::mem::take(&mut body.leaves).into();
         let funding_txid = body.funding_tx.compute_txid();
         let shape = TreeShape::new(leaves.len(), body.tree).ok().map(Arc::new);
-        Ok(DecodedBody { body, leaves, funding_txid, shape })
+        let memo = shape
+            .as_ref()
+            .map(|shape| NodeMemo::new(Arc::clone(shape), Arc::clone(&leaves), body.batch_key));
+        Ok(DecodedBody { body, leaves, funding_txid, shape, memo })
     }
 }
 

@@ -588,10 +588,8 @@ fn build_tree(
     let body = &decoded.body;
     let scope = Scope::Paths(own.to_vec());
     let leaves = Arc::clone(&decoded.leaves);
-    let plan = match &decoded.shape {
-        Some(shape) => {
-            TreePlan::with_shape(Arc::clone(shape), leaves, body.batch_key, &scope, cache)
-        }
+    let plan = match &decoded.memo {
+        Some(memo) => TreePlan::from_memo(memo, &scope, cache),
         None => TreePlan::new(leaves, body.batch_key, body.tree, &scope, cache),
     }
     .map_err(ProposalError::TreeBuild)?;
