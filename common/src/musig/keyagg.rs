@@ -23,7 +23,7 @@ const SMALL_SET: usize = 16;
 /// A BIP-327 key aggregation context: the keys in signing order, the aggregate key
 /// (untweaked and tweaked) and the tweak accumulators. Computing one costs one
 /// multi-scalar multiplication over the keys (one multiplication per key below
-/// [`SMALL_SET`] keys); it holds no per-key points.
+/// 16 keys); it holds no per-key points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyAggContext {
     /// The keys in the order they were aggregated.
