@@ -448,6 +448,11 @@ impl NodeMemo {
         NodeMemo { shape, leaves, batch_key, contexts }
     }
 
+    /// The tree's shape.
+    pub fn shape(&self) -> &Arc<TreeShape> {
+        &self.shape
+    }
+
     /// Node `i`'s context (`i` below the shape's node count, as [`TreePlan::build`]
     /// asks), computed on first use: two threads racing both compute and the first to
     /// store wins; a failure is not stored.

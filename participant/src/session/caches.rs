@@ -30,10 +30,9 @@ pub struct DecodedBody {
     pub leaves: Arc<[TreeLeaf]>,
     /// `body.funding_tx.compute_txid()`.
     pub funding_txid: Txid,
-    /// The tree's shape, when the body's parameters allow one (the checks report why not).
-    pub shape: Option<Arc<TreeShape>>,
-    /// The node key contexts of this body's tree, each computed at most once for every
-    /// participant sharing this decoded body (present with `shape`).
+    /// The tree's shape and node key contexts, each context computed at most once for
+    /// every participant sharing this decoded body; `None` when the body's parameters
+    /// allow no tree (the checks report why).
     pub memo: Option<NodeMemo>,
 }
 
@@ -43,11 +42,10 @@ impl DecodedBody {
         let mut body = encoded.decode(BODY_DECODE_LIMIT)?;
         let leaves: Arc<[TreeLeaf]> = std::mem::take(&mut body.leaves).into();
         let funding_txid = body.funding_tx.compute_txid();
-        let shape = TreeShape::new(leaves.len(), body.tree).ok().map(Arc::new);
-        let memo = shape
-            .as_ref()
-            .map(|shape| NodeMemo::new(Arc::clone(shape), Arc::clone(&leaves), body.batch_key));
-        Ok(DecodedBody { body, leaves, funding_txid, shape, memo })
+        let memo = TreeShape::new(leaves.len(), body.tree)
+            .ok()
+            .map(|shape| NodeMemo::new(Arc::new(shape), Arc::clone(&leaves), body.batch_key));
+        Ok(DecodedBody { body, leaves, funding_txid, memo })
     }
 }
 

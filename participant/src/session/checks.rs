@@ -438,8 +438,8 @@ fn check_leaves(
 
 /// The tree's shape (shared when the body was decoded once for many participants).
 fn shape(decoded: &DecodedBody) -> Result<Arc<TreeShape>, ProposalError> {
-    match &decoded.shape {
-        Some(shape) => Ok(Arc::clone(shape)),
+    match &decoded.memo {
+        Some(memo) => Ok(Arc::clone(memo.shape())),
         None => TreeShape::new(decoded.leaves.len(), decoded.body.tree)
             .map(Arc::new)
             .map_err(ProposalError::TreeBuild),
