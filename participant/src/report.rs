@@ -119,9 +119,9 @@ fn status_text(s: &DepositStatus) -> String {
         DepositStatus::Unspent => "unspent".into(),
         DepositStatus::Registered { round } => format!("registered in round {round}"),
         DepositStatus::InBatch { funding_txids } => match &funding_txids[..] {
-            [one] => format!("signed into batch {one}, not confirmed"),
+            [one] => format!("in batch {one} (exit paths stored), not confirmed"),
             many => format!(
-                "signed into {} batch attempts ({}), none confirmed",
+                "in {} batch attempts ({}; exit paths stored), none confirmed",
                 many.len(),
                 many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ),

@@ -35,9 +35,12 @@ pub enum DepositStatus {
         /// The round.
         round: u64,
     },
-    /// Signed into the funding transaction of one or more batch attempts, each with its
-    /// exit paths stored, and not seen spent on the chain yet. Only one of them can
-    /// confirm; until one does, the deposit can still be reclaimed or offered again.
+    /// Offered to the funding transaction of one or more batch attempts, each with its
+    /// exit paths stored, and not seen spent on the chain yet. The driver records this
+    /// once the paths are stored and before any deposit signature goes out, so after a
+    /// crash in between it may not have been signed at all: it means "may have been
+    /// signed into". Only one attempt can confirm; until one does, the deposit can still
+    /// be reclaimed or offered again.
     InBatch {
         /// Every funding transaction it was signed into, oldest first (at least one).
         funding_txids: Vec<Txid>,
