@@ -6,7 +6,7 @@
 //! names each table's columns and primary key, a [`Snapshot`] puts the valid rows back
 //! before every input, and each [`Damage`] sets, patches, deletes or copies one row.
 
-use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use arbitrary::Arbitrary;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 

@@ -1,27 +1,44 @@
-//! A counting global allocator: live heap bytes and their peak, so a target can measure
-//! what a decoder held at most.
+//! A counting allocator: the heap bytes each thread allocated and has not freed, and their
+//! peak, so a target can measure what a decoder held at most.
 //!
 //! It wraps the system allocator (which AddressSanitizer intercepts as usual) and keeps two
-//! atomic counters. The fuzz targets run one input at a time on one thread, so the peak
-//! seen during a call is the call's own.
+//! counters per thread, so targets running on parallel test threads do not see each
+//! other's allocations. A decoder runs on the caller's thread, so the peak seen during a
+//! call is the call's own. Whoever runs the targets installs it:
+//! `#[global_allocator] static A: Counting = Counting;` (the cargo-fuzz crate's library and
+//! the replay test do); without it every peak reads zero.
+
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 /// The system allocator, counting.
 #[derive(Debug)]
 pub struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Constant-initialised and without destructors: reading them never allocates, and they
+    // stay readable while the thread's other locals are torn down.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
 
 fn grew(bytes: usize) {
-    let live = LIVE.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
-    PEAK.fetch_max(live, Ordering::Relaxed);
+    let bytes = isize::try_from(bytes).unwrap_or(isize::MAX);
+    let live = LIVE.with(|live| {
+        let now = live.get().saturating_add(bytes);
+        live.set(now);
+        now
+    });
+    PEAK.with(|peak| peak.set(peak.get().max(live)));
 }
 
 fn shrank(bytes: usize) {
-    LIVE.fetch_sub(bytes, Ordering::Relaxed);
+    // A block freed by another thread than its allocator's makes this thread's count go
+    // below what it allocated itself; peaks are taken relative to a start, so that is fine.
+    let bytes = isize::try_from(bytes).unwrap_or(isize::MAX);
+    LIVE.with(|live| live.set(live.get().saturating_sub(bytes)));
 }
 
 // SAFETY: every call is forwarded to `System` unchanged; the counters do not affect the
@@ -63,15 +80,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-#[global_allocator]
-static COUNTING: Counting = Counting;
-
-/// Runs `f` and returns its result with the most heap it held above what was live when
-/// it started (what it freed again counts too, at its peak).
+/// Runs `f` and returns its result with the most heap this thread held during it above
+/// what was live when it started (what it freed again counts too, at its peak).
 pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let start = LIVE.load(Ordering::Relaxed);
-    PEAK.store(start, Ordering::Relaxed);
+    let start = LIVE.with(Cell::get);
+    PEAK.with(|peak| peak.set(start));
     let result = f();
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(start);
-    (result, peak)
+    let peak = PEAK.with(Cell::get).saturating_sub(start);
+    (result, usize::try_from(peak).unwrap_or(0))
 }

@@ -1,12 +1,16 @@
-//! What the fuzz targets share: a heap meter, the codec round-trip check every message
-//! target runs, and a scratch directory for the store targets' SQLite files.
+//! The fuzz targets' bodies and what they share, in the workspace so that CI builds,
+//! lints and runs them (`tests/replay.rs`); the cargo-fuzz crate in `fuzz/` wraps each in
+//! a libFuzzer binary.
 //!
 //! # Layout
 //!
-//! - [`heap`]: a global allocator that counts live bytes, so a target can assert that a
-//!   decoder stayed within its size limit.
+//! - [`targets`]: one module per target, each a `run(&[u8])`, and the list of them.
+//! - [`heap`]: an allocator that counts live bytes per thread, so a target can assert that
+//!   a decoder stayed within its size limit.
 //! - [`check_codec`]: decode → encode → decode for any message type, with the limit checks.
 //! - [`scratch_file`]: where the store targets keep their one SQLite file per process.
+//! - [`damage`], [`samples`]: what the store targets write into their files, and the real
+//!   values (keys, nonces, signatures, transactions) the seeds are made of.
 //!
 //! Panics here are the point: a fuzz target reports a broken property by panicking.
 
@@ -20,6 +24,7 @@ use serde::Serialize;
 pub mod damage;
 pub mod heap;
 pub mod samples;
+pub mod targets;
 
 /// The decode limit the message targets use: the transport's default frame limit, which is
 /// what `transport::server` and `transport::framed` pass to [`codec::decode`].

@@ -8,18 +8,16 @@
 //! reads back is written again through the store and reads back equal (round, registration,
 //! batch, bans).
 
-#![no_main]
-
 use std::sync::{Mutex, OnceLock};
 
+use crate::damage::{self, Damage, Schema, Snapshot, Table};
+use crate::samples::{outpoint, tx, txid};
+use arbitrary::{Arbitrary, Unstructured};
 use cohort_common::bitcoin::OutPoint;
 use cohort_coordinator::store::{
     BatchRecord, BatchStatus, CoordinatorStore, RegistrationRecord, RegistrationStatus,
     RoundRecord, RoundState, SqliteStore, StoreError, MAX_ROUNDS_READ,
 };
-use cohort_fuzz::damage::{self, Damage, Schema, Snapshot, Table};
-use cohort_fuzz::samples::{outpoint, tx, txid};
-use libfuzzer_sys::fuzz_target;
 use rusqlite::Connection;
 
 /// The coordinator store's tables (`MIGRATIONS` in its `sqlite.rs`).
@@ -113,7 +111,7 @@ fn populate(store: &SqliteStore) -> Result<(), StoreError> {
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let path = cohort_fuzz::scratch_file("coordinator-store");
+        let path = crate::scratch_file("coordinator-store");
         let store = SqliteStore::open(&path).expect("a new store opens");
         populate(&store).expect("a new store takes valid records");
         let raw = Connection::open(&path).expect("a second connection opens");
@@ -204,10 +202,14 @@ fn read_everything(store: &SqliteStore) {
     }
 }
 
-fuzz_target!(|damages: Vec<Damage>| {
+/// Runs one input: the bytes read as a list of damages, as libFuzzer's typed input does.
+pub fn run(data: &[u8]) {
+    let Ok(damages) = Vec::<Damage>::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
     let mut fixture = fixture().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Fixture { store, raw, valid } = &mut *fixture;
     valid.restore(raw).expect("the valid rows go back");
     damage::apply(raw, SCHEMA, &damages).expect("the damage commits");
     read_everything(store);
-});
+}

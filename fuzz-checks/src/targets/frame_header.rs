@@ -11,12 +11,10 @@
 //! frames it returns, framed again, are exactly the bytes it consumed; once it reports an
 //! error it keeps reporting it.
 
-#![no_main]
-
 use cohort_common::codec::{read_frame_len, CodecError, FrameDecoder, FRAME_HEADER_LEN};
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+/// Runs one input.
+pub fn run(data: &[u8]) {
     let (max_bytes, stream) = data.split_at(data.len().min(4));
     let mut max = [0u8; 4];
     max[..max_bytes.len()].copy_from_slice(max_bytes);
@@ -70,4 +68,4 @@ fuzz_target!(|data: &[u8]| {
     if !failed {
         assert_eq!(decoder.buffered(), stream.len() - consumed.len());
     }
-});
+}

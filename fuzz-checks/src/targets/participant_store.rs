@@ -11,19 +11,17 @@
 //! back is written again through the store and reads back equal, and so is every
 //! withdrawal and the exit child.
 
-#![no_main]
-
 use std::sync::{Mutex, OnceLock};
 
+use crate::damage::{self, Damage, Schema, Snapshot, Table};
+use crate::samples::{key, outpoint, p2tr, tx, txid};
+use arbitrary::{Arbitrary, Unstructured};
 use cohort_common::bitcoin::{Amount, Network, Transaction, TxOut};
-use cohort_fuzz::damage::{self, Damage, Schema, Snapshot, Table};
-use cohort_fuzz::samples::{key, outpoint, p2tr, tx, txid};
 use cohort_participant::store::{
     DepositRecord, DepositStatus, ExitChildRecord, ExitPathRecord, HistoryEvent, ParticipantStore,
     SqliteStore, StoreError, WithdrawalRecord, MAX_HISTORY_READ,
 };
 use cohort_participant::wallet::{CoordinatorInfo, Wallet, WalletError};
-use libfuzzer_sys::fuzz_target;
 use rusqlite::Connection;
 
 /// The participant store's tables (`MIGRATIONS` in its `sqlite.rs`).
@@ -164,7 +162,7 @@ fn populate(store: &SqliteStore) -> Result<(), WalletError> {
 fn fixture() -> &'static Mutex<Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let path = cohort_fuzz::scratch_file("participant-store");
+        let path = crate::scratch_file("participant-store");
         let store = SqliteStore::open(&path).expect("a new store opens");
         populate(&store).expect("a new store takes valid records");
         let raw = Connection::open(&path).expect("a second connection opens");
@@ -252,10 +250,14 @@ fn read_everything(store: &SqliteStore) {
     }
 }
 
-fuzz_target!(|damages: Vec<Damage>| {
+/// Runs one input: the bytes read as a list of damages, as libFuzzer's typed input does.
+pub fn run(data: &[u8]) {
+    let Ok(damages) = Vec::<Damage>::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
     let mut fixture = fixture().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Fixture { store, raw, valid } = &mut *fixture;
     valid.restore(raw).expect("the valid rows go back");
     damage::apply(raw, SCHEMA, &damages).expect("the damage commits");
     read_everything(store);
-});
+}

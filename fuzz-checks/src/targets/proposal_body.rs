@@ -1,21 +1,19 @@
 //! Fuzzes the proposal body (`ProposalBody`), which a participant decodes out of a
 //! `Proposal`'s `Encoded` bytes with [`DecodedBody::decode`] (`participant::session`).
 //!
-//! Asserts what [`cohort_fuzz::check_codec`] checks (heap within the limit, round trip,
+//! Asserts what [`crate::check_codec`] checks (heap within the limit, round trip,
 //! framing), and that the participant's own decoding agrees with it: same result,
 //! the funding txid computed from the decoded transaction, the leaves moved out intact,
 //! and a tree shape exactly when the body's leaf count and tree parameters allow one.
-
-#![no_main]
 
 use cohort_common::codec::Encoded;
 use cohort_common::messages::ProposalBody;
 use cohort_common::tree::TreeShape;
 use cohort_participant::session::DecodedBody;
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let plain = cohort_fuzz::check_codec::<ProposalBody>(data);
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let plain = crate::check_codec::<ProposalBody>(data);
     let decoded = DecodedBody::decode(&Encoded::from_bytes(data.to_vec()));
     match (plain, decoded) {
         (None, Err(_)) => {}
@@ -24,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(&d.leaves[..], &body.leaves[..]);
             assert!(d.body.leaves.is_empty(), "the leaves were not moved out");
             let shape = TreeShape::new(body.leaves.len(), body.tree);
-            assert_eq!(d.shape.is_some(), shape.is_ok());
+            assert_eq!(d.memo.is_some(), shape.is_ok());
         }
         (plain, decoded) => panic!(
             "the participant's decoding disagrees: plain ok {}, participant ok {}",
@@ -32,4 +30,4 @@ fuzz_target!(|data: &[u8]| {
             decoded.is_ok()
         ),
     }
-});
+}

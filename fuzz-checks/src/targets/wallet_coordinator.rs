@@ -7,13 +7,11 @@
 //! address, descriptor and leaf scripts without panicking; its coordinator written back as
 //! JSON reads back the same.
 
-#![no_main]
-
 use cohort_participant::store::{MemoryStore, ParticipantStore};
 use cohort_participant::wallet::{CoordinatorInfo, Wallet, WalletError, COORDINATOR_SETTING};
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+/// Runs one input.
+pub fn run(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let store = MemoryStore::new();
     store.init_seed([7; 32]).expect("a fresh store takes a seed");
@@ -36,4 +34,4 @@ fuzz_target!(|data: &[u8]| {
     let json = serde_json::to_string(wallet.coordinator()).expect("a coordinator encodes");
     let back: CoordinatorInfo = serde_json::from_str(&json).expect("its own JSON parses");
     assert_eq!(&back, wallet.coordinator(), "JSON round trip changed the coordinator");
-});
+}

@@ -13,6 +13,7 @@ use cohort_common::bitcoin::Network;
 use cohort_common::codec::{self, FrameDecoder};
 use cohort_common::messages::ToParticipant;
 use cohort_common::params::TreeParams;
+use cohort_coordinator::config_file::commented_default;
 use cohort_fuzz::samples::{self, key};
 use cohort_participant::wallet::CoordinatorInfo;
 use cohort_transport::CoordinatorUri;
@@ -107,6 +108,17 @@ fn wallet_seeds(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The coordinator's configuration: the commented default, a dev file, and a bitcoind file
+/// with environment overrides after the NUL (`config_file`'s input layout).
+fn config_seeds(dir: &Path) -> io::Result<()> {
+    let default = commented_default().map_err(io::Error::other)?;
+    write(dir, "config_file", "commented-default", default.as_bytes())?;
+    write(dir, "config_file", "dev", b"dev = true\nlisten = \"127.0.0.1:0\"\nradix = 4\n")?;
+    let bitcoind = "chain = \"bitcoind\"\nnetwork = \"signet\"\nbitcoind_cookie = \"/c\"\n\0\
+                    MAX_BATCH_WEIGHT=50000\nCOHORT_COORDINATOR_METRICS_LISTEN=\"127.0.0.1:9464\"\n";
+    write(dir, "config_file", "bitcoind-env", bitcoind.as_bytes())
+}
+
 fn proposal_seeds(dir: &Path) -> io::Result<()> {
     let body = samples::proposal_body();
     let mut deep = body.clone();
@@ -129,6 +141,7 @@ fn main() -> io::Result<()> {
     frame_seeds(&dir)?;
     uri_seeds(&dir)?;
     wallet_seeds(&dir)?;
+    config_seeds(&dir)?;
     // The store targets' input is a list of damages; no damage reads the valid store.
     write(&dir, "coordinator_store", "no-damage", &[])?;
     write(&dir, "participant_store", "no-damage", &[])?;
