@@ -145,6 +145,51 @@ fn replay(name: &str, count: u32) {
     }
 }
 
+/// The committed seeds are what the `seeds` binary writes now: a message that changed
+/// shape would otherwise leave the fuzzers starting from inputs that no longer decode.
+#[test]
+fn committed_seeds_are_what_the_seeds_binary_writes() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-seeds");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_seeds"))
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("the seeds binary runs");
+    assert!(status.success(), "seeds failed: {status}");
+    let seeds_under = |root: &Path| -> BTreeSet<(String, Vec<u8>)> {
+        let mut all = BTreeSet::new();
+        for target in std::fs::read_dir(root).expect("a corpus root lists") {
+            let target = target.expect("an entry").path();
+            for file in std::fs::read_dir(&target).expect("a corpus directory lists") {
+                let path = file.expect("an entry").path();
+                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if name.starts_with("seed-") {
+                    let bytes = std::fs::read(&path).expect("a seed reads");
+                    let target = target.file_name().unwrap_or_default().to_string_lossy();
+                    all.insert((format!("{target}/{name}"), bytes));
+                }
+            }
+        }
+        all
+    };
+    let written = seeds_under(&out);
+    let committed = seeds_under(&fuzz_dir().join("corpus"));
+    let names = |set: &BTreeSet<(String, Vec<u8>)>| -> Vec<String> {
+        set.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let differ: Vec<String> = names(&written)
+        .into_iter()
+        .filter(|name| !committed.iter().any(|c| &c.0 == name))
+        .chain(committed.difference(&written).map(|(name, _)| name.clone()))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "fuzz/corpus/ differs from the seeds binary's output in {differ:?}: run `cargo run \
+         --release -p cohort-fuzz-checks --bin seeds` and commit the result"
+    );
+}
+
 macro_rules! replay_tests {
     ($($name:ident: $count:expr,)*) => {
         $(

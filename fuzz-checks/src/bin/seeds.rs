@@ -1,9 +1,11 @@
-//! Writes the seed corpora under `fuzz/corpus/<target>/`: a few valid encodings per
-//! target, made from the real values in [`cohort_fuzz::samples`].
+//! Writes the seed corpora under `fuzz/corpus/<target>/` (or under the directory given
+//! as its argument): a few valid encodings per target, made from the real values in
+//! [`cohort_fuzz_checks::samples`].
 //!
-//! Run from the repository root: `cargo run --manifest-path fuzz/Cargo.toml --bin seeds`
-//! (`scripts/fuzz.sh` does when a corpus directory is missing). Existing seed files are
-//! overwritten; nothing else in the directories is touched.
+//! `cargo run --release -p cohort-fuzz-checks --bin seeds`. Existing seed files are
+//! overwritten; nothing else in the directories is touched. The replay test
+//! (`tests/replay.rs`) fails when the committed seeds are not what this writes.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::fs;
 use std::io;
@@ -14,7 +16,7 @@ use cohort_common::codec::{self, FrameDecoder};
 use cohort_common::messages::ToParticipant;
 use cohort_common::params::TreeParams;
 use cohort_coordinator::config_file::commented_default;
-use cohort_fuzz::samples::{self, key};
+use cohort_fuzz_checks::samples::{self, key};
 use cohort_participant::wallet::CoordinatorInfo;
 use cohort_transport::CoordinatorUri;
 use serde::Serialize;
@@ -132,7 +134,7 @@ fn main() -> io::Result<()> {
     let dir = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus"));
     write_all(&dir, "to_coordinator", &samples::to_coordinator())?;
     write_all(&dir, "to_participant", &samples::to_participant())?;
     write_all(&dir, "side_request", &samples::side_requests())?;
