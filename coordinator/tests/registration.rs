@@ -20,7 +20,7 @@ use cohort_common::messages::{
     ToCoordinator, ToParticipant, Withdraw, WithdrawBody, WithdrawInput,
 };
 use cohort_common::musig::{self, new_secnonce, Contribution};
-use cohort_common::params::LeafOutput;
+use cohort_common::params::{LeafOutput, DEFAULT_MAX_DEPTH};
 use cohort_common::scripts::DepositScript;
 use cohort_coordinator::engine::{
     withdraw_lookup, ChainFacts, ChainOutage, Coordinator, CoordinatorConfig, DepositLookup,
@@ -73,12 +73,12 @@ fn registration(w: &mut World, amount: u64, csv: u16) -> (RegisterBody, Keypair,
                 amount: Amount::from_sat(10_000),
             },
             cosigner: cosigner.point,
-            nonces: (0..8).map(|_| nonce(&cosigner)).collect(),
+            nonces: (0..DEFAULT_MAX_DEPTH).map(|_| nonce(&cosigner)).collect(),
         }],
         remainder: RemainderRequest {
             script_pubkey: p2tr_single(&remainder_key),
             cosigner: remainder_key.point,
-            nonces: (0..8).map(|_| nonce(&remainder_key)).collect(),
+            nonces: (0..DEFAULT_MAX_DEPTH).map(|_| nonce(&remainder_key)).collect(),
         },
         max_fee: Amount::from_sat(20_000),
     };
@@ -180,7 +180,8 @@ fn bad_registrations_get_their_reasons() {
     let r = submit_changed(&mut w, 25, |b| {
         b.remainder.nonces.pop();
     });
-    assert_eq!(r, Err(RefusalReason::BadNonceCount { expected: 8, got: 7 }));
+    let (expected, got) = (DEFAULT_MAX_DEPTH.into(), (DEFAULT_MAX_DEPTH - 1).into());
+    assert_eq!(r, Err(RefusalReason::BadNonceCount { expected, got }));
 
     let r = submit_changed(&mut w, 26, |b| b.max_fee = Amount::from_sat(10));
     assert!(matches!(r, Err(RefusalReason::FeeTooLow { .. })));
