@@ -30,7 +30,7 @@ use cohort_participant::session::{
     SessionError, SharedCaches, BODY_DECODE_LIMIT,
 };
 
-#[allow(dead_code)]
+// (The test kit allows its own dead code.)
 #[path = "../../../participant/src/session/testkit.rs"]
 mod testkit;
 
