@@ -8,7 +8,7 @@
 use bitcoin::hashes::Hash;
 use bitcoin::key::TweakedPublicKey;
 use bitcoin::opcodes::all::{OP_CHECKSIGVERIFY, OP_CSV};
-use bitcoin::secp256k1::{schnorr, PublicKey, SECP256K1};
+use bitcoin::secp256k1::{schnorr, Parity, PublicKey, SECP256K1};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::taproot::{ControlBlock, LeafVersion, TaprootBuilder, TaprootSpendInfo};
 use bitcoin::{
@@ -175,13 +175,25 @@ impl DepositScript {
 
     /// The MuSig2 context for the cooperative key-path spend: `KeyAgg(KeySort(U, C))`
     /// with the Taproot tweak of this script tree.
-    /// The aggregation itself was done when the script was built: this only tweaks it.
+    /// The aggregation was done when the script was built, and the tweaked key is the
+    /// output key the spend info holds: this only hashes the tweak and decompresses that
+    /// key, with no point multiplication.
     pub fn signing_context(&self) -> Result<KeyAggContext, ScriptError> {
         let root = self.merkle_root().to_byte_array();
+        let mut compressed = [0u8; 33];
+        compressed[0] = match self.spend_info.output_key_parity() {
+            Parity::Even => 0x02,
+            Parity::Odd => 0x03,
+        };
+        compressed[1..].copy_from_slice(&self.output_key().serialize());
+        let output = match Point::try_from(&compressed) {
+            Ok(point) => point,
+            Err(_) => unreachable!("a Taproot output key is a point on the curve"),
+        };
         Ok(self
             .key_agg
             .clone()
-            .with_taproot_tweak(Some(&root))
+            .with_taproot_output(Some(&root), output)
             .ok_or(MusigError::Tweak { index: 0 })?)
     }
 
@@ -373,6 +385,25 @@ mod tests {
         assert_eq!(ctx, musig::taproot_context(&d.musig_keys(), Some(d.merkle_root())).unwrap());
         assert!(d.descriptor().starts_with("tr("));
         assert_eq!(d.descriptor().split('#').nth(1).map(str::len), Some(8));
+    }
+
+    /// The signing context takes its tweaked key from the spend info instead of
+    /// multiplying: it must equal a fresh aggregation and tweak for every parity of the
+    /// internal and the output key.
+    #[test]
+    fn signing_context_equals_a_fresh_tweak_for_every_parity() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+        let mut seen = std::collections::BTreeSet::new();
+        for csv in 1..=40u16 {
+            let (u, c) = (Keypair::from_rng(&mut rng), Keypair::from_rng(&mut rng));
+            let d = DepositScript::new(u.public, c.public, csv).unwrap();
+            let ctx = d.signing_context().unwrap();
+            let fresh = musig::taproot_context(&d.musig_keys(), Some(d.merkle_root())).unwrap();
+            assert_eq!(ctx, fresh, "csv {csv}");
+            let internal_odd = ctx.aggregated_pubkey_untweaked::<Point>().has_odd_y();
+            seen.insert((internal_odd, d.spend_info().output_key_parity() == Parity::Odd));
+        }
+        assert_eq!(seen.len(), 4, "not every parity pair was tried: {seen:?}");
     }
 
     #[test]

@@ -100,20 +100,45 @@ impl KeyAggContext {
         let negate = is_xonly && self.q.has_odd_y();
         let g_q = if negate { -self.q } else { self.q };
         let q = (MaybePoint::Valid(g_q) + t * G).into_option()?;
+        Some(self.tweaked(t, negate, q))
+    }
+
+    /// The bookkeeping of ApplyTweak once the tweaked key `q` is known.
+    fn tweaked(self, t: MaybeScalar, negate: bool, q: Point) -> Self {
         let tacc = if negate { t - self.tacc } else { t + self.tacc };
-        Some(KeyAggContext { q, gacc_negated: self.gacc_negated ^ negate, tacc, ..self })
+        KeyAggContext { q, gacc_negated: self.gacc_negated ^ negate, tacc, ..self }
     }
 
     /// The BIP-341 Taproot tweak of the current key: `merkle_root = None` commits to no
     /// script tree (key-path only), `Some(root)` to that tree.
     pub fn with_taproot_tweak(self, merkle_root: Option<&[u8; 32]>) -> Option<Self> {
+        let tweak = self.taproot_tweak(merkle_root);
+        self.with_tweak(&tweak, true)
+    }
+
+    /// [`Self::with_taproot_tweak`] when the tweaked key is already known: `output` must
+    /// be this key's Taproot output key for `merkle_root` (as rust-bitcoin's
+    /// `TaprootBuilder` computes it for the same script tree). It saves the tweak's point
+    /// multiplication; a wrong `output` would make every signature fail to verify.
+    /// `None` when the tweak is not below the curve order.
+    pub(crate) fn with_taproot_output(
+        self,
+        merkle_root: Option<&[u8; 32]>,
+        output: Point,
+    ) -> Option<Self> {
+        let t = MaybeScalar::try_from(self.taproot_tweak(merkle_root)).ok()?;
+        let negate = self.q.has_odd_y();
+        Some(self.tweaked(t, negate, output))
+    }
+
+    /// BIP-341's `TapTweak` hash of the current key and `merkle_root`.
+    fn taproot_tweak(&self, merkle_root: Option<&[u8; 32]>) -> [u8; 32] {
         let mut hasher = TAPROOT_TWEAK_TAG_HASHER.clone();
         hasher.update(self.q.serialize_xonly());
         if let Some(root) = merkle_root {
             hasher.update(root);
         }
-        let tweak: [u8; 32] = hasher.finalize().into();
-        self.with_tweak(&tweak, true)
+        hasher.finalize().into()
     }
 
     /// The keys in aggregation order.
