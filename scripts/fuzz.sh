@@ -12,6 +12,8 @@
 #   FUZZ_TARGETS  space-separated targets to run (default: every file in fuzz/fuzz_targets)
 #   FUZZ_WORK     where new corpus entries and crash artifacts go (default: fuzz/work)
 #   FUZZ_NO_BUILD     set to 1 to run the binaries already built (skips `cargo fuzz build`)
+#   FUZZ_ARGS     more libFuzzer flags for every target, e.g. FUZZ_ARGS=-max_len=1024 (the
+#                 round target's schedules otherwise stay short for a long time)
 #   FUZZ_SANITIZER    address (default), or none: no AddressSanitizer, a build about twice
 #                     as fast and faster runs; the heap limits are checked by the targets'
 #                     own counting allocator either way (what CI uses)
@@ -77,8 +79,9 @@ for target in "${targets[@]}"; do
     echo "== $target: ${secs}s"
     start=$(date +%s)
     # One process (libFuzzer's default without -jobs/-workers); new inputs go to $corpus only.
+    read -r -a extra <<<"${FUZZ_ARGS:-}"
     set +e
-    "$bin_dir/$target" "${inputs[@]}" \
+    "$bin_dir/$target" "${inputs[@]}" ${extra[@]+"${extra[@]}"} \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
     rc=$?
