@@ -6,7 +6,3 @@ pub use cohort_fuzz_checks::*;
 
 #[global_allocator]
 static COUNTING: heap::Counting = heap::Counting;
-
-// Every binary of this crate links libFuzzer through this library, the `seeds` binary too:
-// code built with cargo-fuzz's coverage flags needs libFuzzer's `__sancov_*` symbols.
-pub use libfuzzer_sys;
