@@ -1,7 +1,9 @@
 //! Our BIP-327 implementation against the `musig2` crate, in one run: key aggregation
 //! (sorted KeyAgg plus the Taproot tweak) of a 2,000-key node and of small nodes, and
-//! one partial signature. Throughput is in keys for aggregation, so the time per key
-//! reads directly off the report.
+//! one partial signature; and what the coordinator does per deposit input (its partial
+//! signature on a 2-of-2 key, then the combination with the user's and the final
+//! check). Throughput is in keys for aggregation, so the time per key reads directly
+//! off the report.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -89,7 +91,7 @@ fn sign_partial(c: &mut Criterion) {
         b.iter(|| {
             black_box(musig::sign_partial(
                 &ours,
-                &secret,
+                &signers[0],
                 secnonces[0].clone(),
                 &agg_nonce,
                 &message,
@@ -99,12 +101,57 @@ fn sign_partial(c: &mut Criterion) {
     group.finish();
 }
 
+/// The coordinator's side of one deposit input: given the user's nonce and partial
+/// signature, its own partial signature and the combination with its final check.
+fn deposit_sign_combine(c: &mut Criterion) {
+    let keys = keypairs(2);
+    let (user, coordinator) = (&keys[0], &keys[1]);
+    let ctx = match musig::taproot_context(&[user.point, coordinator.point], None) {
+        Ok(ctx) => ctx,
+        Err(e) => panic!("context: {e}"),
+    };
+    let message = [0x24; 32];
+    let user_nonce = musig::secnonce_from_seed([1; 32], &user.point);
+    let own_nonce = musig::secnonce_from_seed([2; 32], &coordinator.point);
+    let pubnonces = [user_nonce.public_nonce(), own_nonce.public_nonce()];
+    let agg = match musig::nonce_agg(&pubnonces) {
+        Ok(a) => a,
+        Err(e) => panic!("nonces: {e}"),
+    };
+    let user_psig = match musig::sign_partial(&ctx, user, user_nonce, &agg, &message) {
+        Ok(p) => p,
+        Err(e) => panic!("user signature: {e}"),
+    };
+    c.bench_function("own_deposit_sign_combine", |b| {
+        b.iter(|| {
+            // One session for its signature and the combination, as the coordinator does.
+            let session = musig::SigningSession::new(&ctx, &agg, &message);
+            let own = session.sign(&ctx, coordinator, own_nonce.clone());
+            let contributions = own.map(|psig| {
+                [
+                    musig::Contribution {
+                        signer: user.point,
+                        pubnonce: pubnonces[0].clone(),
+                        psig: user_psig,
+                    },
+                    musig::Contribution {
+                        signer: coordinator.point,
+                        pubnonce: pubnonces[1].clone(),
+                        psig,
+                    },
+                ]
+            });
+            black_box(contributions.map(|c| session.combine(&ctx, &c)))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = key_agg, sign_partial
+    targets = key_agg, sign_partial, deposit_sign_combine
 }
 criterion_main!(benches);

@@ -19,7 +19,7 @@ use cohort_common::bitcoin::key::TweakedPublicKey;
 use cohort_common::bitcoin::{Amount, OutPoint, ScriptBuf, TxOut, Txid};
 use cohort_common::codec::{CodecError, Encoded};
 use cohort_common::fees::{self, FeeError, FundingRequest};
-use cohort_common::keys::{to_scalar, Keypair};
+use cohort_common::keys::Keypair;
 use cohort_common::messages::{NodeNonce, Proposal, ProposalBody, ToParticipant};
 use cohort_common::musig::{
     self, AggNonce, Contribution, KeyAggContext, MusigError, Point, PubNonce,
@@ -204,13 +204,7 @@ impl SignedNode {
             .zip(secnonces)
             .zip(nonces)
             .map(|((signer, secnonce), pubnonce)| {
-                let psig = musig::sign_partial(
-                    &ctx,
-                    &to_scalar(&signer.secret),
-                    secnonce,
-                    &agg_nonce,
-                    &message,
-                )?;
+                let psig = musig::sign_partial(&ctx, signer, secnonce, &agg_nonce, &message)?;
                 Ok(Contribution { signer: signer.point, pubnonce, psig })
             })
             .collect::<Result<Vec<_>, MusigError>>()?;

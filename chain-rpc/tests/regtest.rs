@@ -19,7 +19,7 @@ use cohort_chain_rpc::regtest::{self, find_bitcoind, free_port, RegtestNode};
 use cohort_chain_rpc::{BitcoindChain, BitcoindConfig, RetryPolicy, RpcAuth, RpcError};
 use cohort_common::chain::{Chain, ChainError, Utxo};
 use cohort_common::exit::{cpfp_child, p2tr_single, FeeInput};
-use cohort_common::keys::{to_scalar, Keypair};
+use cohort_common::keys::Keypair;
 use cohort_common::musig::{self, Contribution};
 use cohort_common::params::{LeafOutput, TreeParams};
 use cohort_common::tree::{Tree, TreeLeaf};
@@ -139,14 +139,7 @@ fn sign_node(
         .map(|((k, secnonce), pubnonce)| Contribution {
             signer: k.point,
             pubnonce,
-            psig: musig::sign_partial(
-                &node.key,
-                &to_scalar(&k.secret),
-                secnonce,
-                &agg,
-                &node.sighash,
-            )
-            .unwrap(),
+            psig: musig::sign_partial(&node.key, k, secnonce, &agg, &node.sighash).unwrap(),
         })
         .collect();
     musig::combine(&node.key, &agg, &node.sighash, &contributions).unwrap()

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::fees::{funding_tx, max_inputs, plan_funding, FeeError, FundingPlan, FundingRequest};
 use crate::keys::Keypair;
 use crate::musig::{
-    self, AggNonce, MusigError, PartialSignature, Point, PubNonce, Scalar, SecNonce,
+    self, MusigError, PartialSignature, Point, PubNonce, Scalar, SecNonce, SigningSession,
 };
 use crate::params::{FeeSchedule, LeafOutput, TreeParams};
 use crate::scripts::{key_spend_sighashes, ScriptError};
@@ -199,12 +199,14 @@ pub struct UnsignedBatch {
     pub leaf_member: Vec<usize>,
 }
 
-/// Every node's aggregate nonce, and the batch key's own nonce and partial signature
-/// on that node.
+/// Every node's signing session (its aggregate nonce), and the batch key's own nonce and
+/// partial signature on that node.
 #[derive(Debug, Clone)]
 pub struct NodeNonces {
-    /// Aggregate nonce of each node.
-    pub agg: Vec<AggNonce>,
+    /// The signing session of each node: its aggregate nonce, and the session values the
+    /// batch key signed with, kept to combine the node's signature without computing
+    /// its final nonce again.
+    pub sessions: Vec<SigningSession>,
     /// The batch key's public nonce and partial signature on each node.
     pub batch_partials: Vec<(PubNonce, PartialSignature)>,
 }
@@ -326,18 +328,13 @@ impl UnsignedBatch {
                     leaf_nonces[info.leaves.clone()].iter().map(|n| n[d].clone()).collect();
                 nonces.push(own.clone());
                 let agg = musig::nonce_agg(&nonces)?;
-                let psig = musig::sign_partial(
-                    &node.key,
-                    &batch_key.scalar(),
-                    secnonce,
-                    &agg,
-                    &node.sighash,
-                )?;
-                Ok((agg, (own, psig)))
+                let session = SigningSession::new(&node.key, &agg, &node.sighash);
+                let psig = session.sign(&node.key, batch_key, secnonce)?;
+                Ok((session, (own, psig)))
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
-        let (agg, batch_partials) = per_node.into_iter().unzip();
-        Ok(NodeNonces { agg, batch_partials })
+        let (sessions, batch_partials) = per_node.into_iter().unzip();
+        Ok(NodeNonces { sessions, batch_partials })
     }
 
     /// The Taproot key-spend sighash of every funding input.

@@ -8,12 +8,13 @@
 // Vector files are trusted test data: helpers below unwrap like test bodies do.
 #![allow(clippy::unwrap_used)]
 
-use cohort_common::bitcoin::secp256k1::schnorr;
+use cohort_common::bitcoin::secp256k1::{schnorr, SecretKey};
 use cohort_common::bitcoin::XOnlyPublicKey;
+use cohort_common::keys::Keypair;
 use cohort_common::musig::{
     combine, key_agg, key_sort, nonce_agg, sign_partial, tweak, verify_partial, verify_schnorr,
-    AggNonce, Contribution, KeyAggContext, MusigError, PartialSignature, Point, PubNonce, Scalar,
-    SecNonce, SigningError,
+    AggNonce, Contribution, KeyAggContext, MusigError, PartialSignature, Point, PubNonce, SecNonce,
+    SigningError,
 };
 use serde_json::Value;
 
@@ -135,7 +136,7 @@ fn key_agg_vectors() {
 #[test]
 fn tweak_vectors() {
     let v = json(TWEAK);
-    let sk = Scalar::from_slice(&bytes(&v["sk"])).unwrap();
+    let sk = Keypair::from_secret(SecretKey::from_slice(&bytes(&v["sk"])).unwrap());
     let keys = parse_all(&v["pubkeys"], point);
     let pnonces = parse_all(&v["pnonces"], pubnonce);
     let agg_nonce = aggnonce(&v["aggnonce"]).unwrap();
@@ -181,7 +182,7 @@ fn nonce_agg_vectors() {
 #[test]
 fn sign_verify_vectors() {
     let v = json(SIGN_VERIFY);
-    let sk = Scalar::from_slice(&bytes(&v["sk"])).unwrap();
+    let sk = Keypair::from_secret(SecretKey::from_slice(&bytes(&v["sk"])).unwrap());
     let keys = parse_all(&v["pubkeys"], point);
     let pnonces = parse_all(&v["pnonces"], pubnonce);
     let aggnonces = parse_all(&v["aggnonces"], aggnonce);
@@ -213,7 +214,8 @@ fn sign_verify_vectors() {
                 let ctx =
                     cohort_common::musig2::KeyAggContext::new(pick_ok(&keys, &key_idx)).unwrap();
                 let sig: PartialSignature =
-                    cohort_common::musig2::sign_partial(&ctx, sk, sn, &agg_nonce, msg).unwrap();
+                    cohort_common::musig2::sign_partial(&ctx, sk.scalar(), sn, &agg_nonce, msg)
+                        .unwrap();
                 assert_eq!(sig.serialize(), expected, "{case}");
             }
         }

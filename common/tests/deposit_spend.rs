@@ -63,7 +63,7 @@ fn cooperative_spend(s: &Setup, to: ScriptBuf) -> Transaction {
         .map(|((k, sn), pn)| Contribution {
             signer: k.point,
             pubnonce: pn.clone(),
-            psig: sign_partial(&ctx, &k.scalar(), sn, &agg, &msg).unwrap(),
+            psig: sign_partial(&ctx, k, sn, &agg, &msg).unwrap(),
         })
         .collect();
     let sig = combine(&ctx, &agg, &msg, &contributions).unwrap();

@@ -9,8 +9,9 @@
 // Test bodies unwrap like the vectors tests do.
 #![allow(clippy::unwrap_used)]
 
-use cohort_common::bitcoin::secp256k1::schnorr;
+use cohort_common::bitcoin::secp256k1::{schnorr, SecretKey};
 use cohort_common::bitcoin::TapNodeHash;
+use cohort_common::keys::Keypair;
 use cohort_common::musig::{
     self, AggNonce, Contribution, KeyAggContext, Point, PubNonce, Scalar, SecNonce,
 };
@@ -116,7 +117,8 @@ proptest! {
         let agg_nonce: AggNonce = musig::nonce_agg(&pubnonces).unwrap();
         let mut contributions = Vec::new();
         for (((signer, secret), nonce), pubnonce) in order.iter().zip(&nonces).zip(&pubnonces) {
-            let psig = musig::sign_partial(&ours, secret, nonce.clone(), &agg_nonce, &message).unwrap();
+            let pair = Keypair::from_secret(SecretKey::from_slice(&secret.serialize()).unwrap());
+            let psig = musig::sign_partial(&ours, &pair, nonce.clone(), &agg_nonce, &message).unwrap();
             // musig2 verifies ours, and signs the same partial signature.
             prop_assert!(musig2::verify_partial(&theirs, psig, &agg_nonce, *signer, pubnonce, message).is_ok());
             let their_psig: musig2::PartialSignature =

@@ -412,7 +412,7 @@ fn a_withdrawal_is_cosigned_after_its_checks_and_its_deposit_joins_no_round() {
     let (theirs, their_psig) = (cosigned.answer.nonces[0].clone(), cosigned.answer.partials[0]);
     let ours = secnonce.public_nonce();
     let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()]).unwrap();
-    let psig = musig::sign_partial(&ctx, &user.scalar(), secnonce, &agg, &sighash).unwrap();
+    let psig = musig::sign_partial(&ctx, &user, secnonce, &agg, &sighash).unwrap();
     let sig = musig::combine(
         &ctx,
         &agg,

@@ -303,13 +303,12 @@ impl Pending {
                 answer.partials.len()
             )));
         }
-        let secret = key.scalar();
         let mut tx = plan.tx.clone();
         let parts = secnonces.into_iter().zip(ours).zip(answer.nonces).zip(answer.partials);
         for (i, (((secnonce, ours), theirs), their_psig)) in parts.enumerate() {
             let m = &sighashes[i];
             let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()])?;
-            let psig = musig::sign_partial(&ctx, &secret, secnonce, &agg, m)?;
+            let psig = musig::sign_partial(&ctx, &key, secnonce, &agg, m)?;
             let contributions = [
                 Contribution { signer: key.point, pubnonce: ours, psig },
                 Contribution { signer: coordinator, pubnonce: theirs, psig: their_psig },

@@ -447,9 +447,9 @@ impl UncheckedSigner {
                 let n = batch.tree.node(node).unwrap();
                 let depth = usize::from(batch.tree.shape().nodes()[node].depth);
                 let sn = self.leaf_nonces[own][depth - 1].take().unwrap();
-                let scalar = self.leaf_keys[own].scalar();
+                let key = &self.leaf_keys[own];
                 let psig =
-                    musig::sign_partial(&n.key, &scalar, sn, &batch.agg_nonces[node], &n.sighash)
+                    musig::sign_partial(&n.key, key, sn, &batch.agg_nonces[node], &n.sighash)
                         .unwrap();
                 sigs.push(NodePartial { node: node as u32, leaf, psig });
             }
@@ -481,7 +481,7 @@ impl UncheckedSigner {
         let tx = &batch.body.funding_tx;
         let msg = key_spend_sighash(tx, input as usize, &batch.body.funding_prevouts).unwrap();
         let sn = self.deposit_nonce.take().unwrap();
-        let psig = musig::sign_partial(&ctx, &deposit.key.scalar(), sn, &agg, &msg).unwrap();
+        let psig = musig::sign_partial(&ctx, &deposit.key, sn, &agg, &msg).unwrap();
         let sigs = vec![DepositPartial { input, psig }];
         DepositSigs { batch: batch.body.batch, attempt: batch.body.attempt, sigs }
     }

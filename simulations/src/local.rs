@@ -14,7 +14,7 @@ use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
 use cohort_common::fees::FundingPlan;
 use cohort_common::keys::Keypair;
 use cohort_common::musig::{
-    combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point, Scalar,
+    combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point,
 };
 use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
 use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
@@ -93,21 +93,21 @@ pub struct BatchTimings {
 pub fn sign_locally(
     ctx: &KeyAggContext,
     message: &[u8; 32],
-    signers: &[(Point, Scalar)],
+    signers: &[&Keypair],
 ) -> Result<schnorr::Signature> {
     let secnonces: Vec<_> =
-        signers.iter().map(|(p, s)| new_secnonce(p, Some(s), Some(message))).collect();
+        signers.iter().map(|k| new_secnonce(&k.point, Some(&k.scalar()), Some(message))).collect();
     let pubnonces: Vec<_> = secnonces.iter().map(|n| n.public_nonce()).collect();
     let agg = nonce_agg(&pubnonces)?;
     let contributions = signers
         .iter()
         .zip(secnonces)
         .zip(pubnonces)
-        .map(|(((point, secret), secnonce), pubnonce)| {
+        .map(|((signer, secnonce), pubnonce)| {
             Ok(Contribution {
-                signer: *point,
+                signer: signer.point,
                 pubnonce,
-                psig: sign_partial(ctx, secret, secnonce, &agg, message)?,
+                psig: sign_partial(ctx, signer, secnonce, &agg, message)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -131,8 +131,8 @@ pub fn build_batch<R: Rng>(
     let start = std::time::Instant::now();
     // The batch key C_b, then a fresh cosigner key for every leaf, in leaf order.
     let batch_key = Keypair::from_rng(rng);
-    let mut secrets: HashMap<Point, Scalar> = HashMap::new();
-    secrets.insert(batch_key.point, batch_key.scalar());
+    let mut secrets: HashMap<Point, Keypair> = HashMap::new();
+    secrets.insert(batch_key.point, batch_key.clone());
     let members = users
         .iter()
         .map(|user| {
@@ -140,8 +140,9 @@ pub fn build_batch<R: Rng>(
             let leaf_keys = (0..=fixed.len())
                 .map(|_| {
                     let cosigner = Keypair::from_rng(rng);
-                    secrets.insert(cosigner.point, cosigner.scalar());
-                    cosigner.point
+                    let point = cosigner.point;
+                    secrets.insert(point, cosigner);
+                    point
                 })
                 .collect();
             Ok(BatchMember {
@@ -166,16 +167,11 @@ pub fn build_batch<R: Rng>(
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|(i, node)| {
-            let signers: Vec<(Point, Scalar)> = node
+            let signers: Vec<&Keypair> = node
                 .key
                 .pubkeys()
                 .iter()
-                .map(|p| {
-                    secrets
-                        .get(p)
-                        .map(|s| (*p, *s))
-                        .ok_or_else(|| anyhow!("no secret for a key of node {i}"))
-                })
+                .map(|p| secrets.get(p).ok_or_else(|| anyhow!("no secret for a key of node {i}")))
                 .collect::<Result<_>>()?;
             sign_locally(&node.key, &node.sighash, &signers).with_context(|| format!("node {i}"))
         })
@@ -190,8 +186,7 @@ pub fn build_batch<R: Rng>(
         .zip(&sighashes)
         .map(|(user, sighash)| {
             let ctx = user.deposit.signing_context()?;
-            let signers =
-                [(user.key.point, user.key.scalar()), (coordinator.point, coordinator.scalar())];
+            let signers = [&user.key, coordinator];
             Ok(key_spend_witness(&sign_locally(&ctx, sighash, &signers)?))
         })
         .collect::<Result<Vec<_>>>()?;

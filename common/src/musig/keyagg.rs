@@ -5,7 +5,10 @@
 //! Per-key points `aᵢ·Xᵢ` are never kept: a coefficient is one hash, recomputed when a
 //! signer signs or a partial signature is verified.
 
-use musig2::secp::{MaybePoint, MaybeScalar, Point, G};
+use std::sync::LazyLock;
+
+use musig2::secp::{MaybePoint, MaybeScalar, Point};
+use musig2::secp256k1::{self as secp31, Secp256k1, VerifyOnly};
 use musig2::tagged_hashes::{
     KEYAGG_COEFF_TAG_HASHER, KEYAGG_LIST_TAG_HASHER, TAPROOT_TWEAK_TAG_HASHER,
 };
@@ -99,7 +102,7 @@ impl KeyAggContext {
         let t = MaybeScalar::try_from(*tweak).ok()?;
         let negate = is_xonly && self.q.has_odd_y();
         let g_q = if negate { -self.q } else { self.q };
-        let q = (MaybePoint::Valid(g_q) + t * G).into_option()?;
+        let q = add_base_multiple(g_q, t)?;
         Some(self.tweaked(t, negate, q))
     }
 
@@ -197,6 +200,18 @@ fn small_sum(keys: &[Point], scalars: &[[u8; 32]]) -> Option<Point> {
         })
         .collect();
     MaybePoint::sum(products?).into_option()
+}
+
+/// A libsecp256k1 context for its variable-time multiplications (no signing tables).
+static VERIFY: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
+
+/// `p + t·G` in one variable-time multiplication on libsecp256k1's precomputed base-point
+/// tables (`ec_pubkey_tweak_add`), instead of a constant-time `t·G` and an addition: the
+/// tweak is a hash of public data. `None` when the sum is the point at infinity.
+fn add_base_multiple(p: Point, t: MaybeScalar) -> Option<Point> {
+    let MaybeScalar::Valid(t) = t else { return Some(p) };
+    let tweak = secp31::Scalar::from_be_bytes(t.serialize()).ok()?;
+    secp31::PublicKey::from(p).add_exp_tweak(&VERIFY, &tweak).ok().map(Point::from)
 }
 
 /// The compressed encoding from the uncompressed one.

@@ -24,7 +24,7 @@ pub use musig2::{AggNonce, PartialSignature, PubNonce, SecNonce};
 
 pub use keyagg::KeyAggContext;
 
-use crate::keys::to_xonly;
+use crate::keys::{to_xonly, Keypair};
 
 mod keyagg;
 mod msm;
@@ -81,6 +81,9 @@ pub enum MusigError {
     /// the sum of their public nonces (a coordinator-side bug, not a signer's fault).
     #[error("every partial signature verifies but the aggregate does not: contributions do not match the key set or the aggregated nonce")]
     InconsistentContributions,
+    /// A signing session was used with a key context other than the one it was made for.
+    #[error("the signing session was made for another key")]
+    SessionMismatch,
 }
 
 /// BIP-327 KeySort: sorts keys by their 33-byte compressed encoding, in place.
@@ -250,18 +253,113 @@ pub fn nonce_agg(nonces: &[PubNonce]) -> Result<AggNonce, MusigError> {
     Ok(AggNonce::sum(nonces))
 }
 
-/// A partial signature on `message`. Consumes the secret nonce so it cannot sign twice.
-/// The result is not verified again here (BIP-327's optional self-check costs three point
-/// multiplications): a wrong partial signature fails the aggregate check in [`combine`],
-/// which then names its signer.
+/// One BIP-327 signing session: a tweaked key, an aggregate nonce and a message, with
+/// the session values (nonce coefficient, final nonce, challenge) computed once. The
+/// final nonce costs a point multiplication, so a signer that also combines (the
+/// coordinator, on every node and deposit input) makes one session for both instead of
+/// paying it twice.
+#[derive(Debug, Clone)]
+pub struct SigningSession {
+    agg_nonce: AggNonce,
+    message: [u8; 32],
+    values: sign::Session,
+}
+
+impl SigningSession {
+    /// The session of `ctx`'s tweaked key, `agg_nonce` and `message`.
+    pub fn new(ctx: &KeyAggContext, agg_nonce: &AggNonce, message: &[u8; 32]) -> SigningSession {
+        SigningSession {
+            agg_nonce: agg_nonce.clone(),
+            message: *message,
+            values: sign::Session::new(ctx, agg_nonce, message),
+        }
+    }
+
+    /// The aggregate nonce the session was made with.
+    pub fn agg_nonce(&self) -> &AggNonce {
+        &self.agg_nonce
+    }
+
+    /// A partial signature by `signer`, consuming the secret nonce so it cannot sign
+    /// twice. `ctx` must be the context the session was made for (the same tweaked key),
+    /// or this refuses with [`MusigError::SessionMismatch`]. The result is not verified
+    /// again here (BIP-327's optional self-check costs three point multiplications): a
+    /// wrong partial signature fails the aggregate check in [`SigningSession::combine`],
+    /// which then names its signer.
+    pub fn sign(
+        &self,
+        ctx: &KeyAggContext,
+        signer: &Keypair,
+        secnonce: SecNonce,
+    ) -> Result<PartialSignature, MusigError> {
+        if !self.values.is_for(ctx) {
+            return Err(MusigError::SessionMismatch);
+        }
+        sign::sign(ctx, &self.values, signer, secnonce).map_err(MusigError::Signing)
+    }
+
+    /// Aggregate-first combination: sums the partial signatures and checks the final
+    /// signature once; only if that check fails are the partials verified one by one
+    /// (on rayon) to name the culprits in [`MusigError::InvalidPartials`].
+    ///
+    /// `contributions` must hold one entry per key of `ctx` and the session's aggregate
+    /// nonce must be the sum of their public nonces. The aggregate is checked by a full
+    /// BIP-340 verification against the tweaked key, so a returned signature is valid
+    /// and is not verified again. A `ctx` other than the session's is refused with
+    /// [`MusigError::SessionMismatch`].
+    pub fn combine(
+        &self,
+        ctx: &KeyAggContext,
+        contributions: &[Contribution],
+    ) -> Result<schnorr::Signature, MusigError> {
+        if !self.values.is_for(ctx) {
+            return Err(MusigError::SessionMismatch);
+        }
+        check_count(ctx, contributions)?;
+        match self.aggregate(ctx, contributions) {
+            Ok(sig) => Ok(sig),
+            Err(_) => {
+                let bad = self.invalid_partials(ctx, contributions);
+                if bad.is_empty() {
+                    Err(MusigError::InconsistentContributions)
+                } else {
+                    Err(MusigError::InvalidPartials { signers: bad })
+                }
+            }
+        }
+    }
+
+    /// Sums the partial signatures and verifies the result (see [`Self::combine`]).
+    fn aggregate(
+        &self,
+        ctx: &KeyAggContext,
+        contributions: &[Contribution],
+    ) -> Result<schnorr::Signature, MusigError> {
+        sign::aggregate(ctx, &self.values, &self.message, contributions.iter().map(|c| c.psig))
+            .ok_or(MusigError::InconsistentContributions)
+    }
+
+    /// Indices of the contributions whose partial signature does not verify, ascending.
+    fn invalid_partials(&self, ctx: &KeyAggContext, contributions: &[Contribution]) -> Vec<usize> {
+        contributions
+            .par_iter()
+            .enumerate()
+            .filter(|(_, c)| !sign::verify(ctx, &self.values, c.psig, &c.signer, &c.pubnonce))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// A partial signature on `message` by `signer` (a [`SigningSession`] used once).
+/// Consumes the secret nonce so it cannot sign twice.
 pub fn sign_partial(
     ctx: &KeyAggContext,
-    seckey: &Scalar,
+    signer: &Keypair,
     secnonce: SecNonce,
     agg_nonce: &AggNonce,
     message: &[u8; 32],
 ) -> Result<PartialSignature, MusigError> {
-    sign::sign(ctx, seckey, secnonce, agg_nonce, message).map_err(MusigError::Signing)
+    SigningSession::new(ctx, agg_nonce, message).sign(ctx, signer, secnonce)
 }
 
 /// Verifies one signer's partial signature (false also when `signer` is not in the set).
@@ -273,7 +371,8 @@ pub fn verify_partial(
     pubnonce: &PubNonce,
     message: &[u8; 32],
 ) -> bool {
-    sign::verify(ctx, psig, agg_nonce, signer, pubnonce, message)
+    let session = sign::Session::new(ctx, agg_nonce, message);
+    sign::verify(ctx, &session, psig, signer, pubnonce)
 }
 
 /// One signer's contribution to a node's signature.
@@ -287,31 +386,14 @@ pub struct Contribution {
     pub psig: PartialSignature,
 }
 
-/// Aggregate-first combination: sums the partial signatures and checks the final
-/// signature once; only if that check fails are the partials verified one by one (on
-/// rayon) to name the culprits in [`MusigError::InvalidPartials`].
-///
-/// `contributions` must hold one entry per key of `ctx` and `agg_nonce` must be the sum
-/// of their public nonces. The aggregate is checked by a full BIP-340 verification against
-/// the tweaked key, so a returned signature is valid and is not verified again.
+/// [`SigningSession::combine`] in a session of its own.
 pub fn combine(
     ctx: &KeyAggContext,
     agg_nonce: &AggNonce,
     message: &[u8; 32],
     contributions: &[Contribution],
 ) -> Result<schnorr::Signature, MusigError> {
-    check_count(ctx, contributions)?;
-    match aggregate(ctx, agg_nonce, message, contributions) {
-        Ok(sig) => Ok(sig),
-        Err(_) => {
-            let bad = invalid_partials(ctx, agg_nonce, message, contributions);
-            if bad.is_empty() {
-                Err(MusigError::InconsistentContributions)
-            } else {
-                Err(MusigError::InvalidPartials { signers: bad })
-            }
-        }
-    }
+    SigningSession::new(ctx, agg_nonce, message).combine(ctx, contributions)
 }
 
 /// The slow path on its own: verifies every partial signature, then aggregates (for the
@@ -323,11 +405,12 @@ pub fn combine_verify_each(
     contributions: &[Contribution],
 ) -> Result<schnorr::Signature, MusigError> {
     check_count(ctx, contributions)?;
-    let bad = invalid_partials(ctx, agg_nonce, message, contributions);
+    let session = SigningSession::new(ctx, agg_nonce, message);
+    let bad = session.invalid_partials(ctx, contributions);
     if !bad.is_empty() {
         return Err(MusigError::InvalidPartials { signers: bad });
     }
-    aggregate(ctx, agg_nonce, message, contributions)
+    session.aggregate(ctx, contributions)
 }
 
 /// Verifies a BIP-340 signature on a 32-byte message against an x-only key.
@@ -342,32 +425,6 @@ fn check_count(ctx: &KeyAggContext, contributions: &[Contribution]) -> Result<()
         return Err(MusigError::ContributionCount { expected, got: contributions.len() });
     }
     Ok(())
-}
-
-/// Sums the partial signatures and verifies the result (see [`combine`]).
-fn aggregate(
-    ctx: &KeyAggContext,
-    agg_nonce: &AggNonce,
-    message: &[u8; 32],
-    contributions: &[Contribution],
-) -> Result<schnorr::Signature, MusigError> {
-    sign::aggregate(ctx, agg_nonce, message, contributions.iter().map(|c| c.psig))
-        .ok_or(MusigError::InconsistentContributions)
-}
-
-/// Indices of the contributions whose partial signature does not verify, ascending.
-fn invalid_partials(
-    ctx: &KeyAggContext,
-    agg_nonce: &AggNonce,
-    message: &[u8; 32],
-    contributions: &[Contribution],
-) -> Vec<usize> {
-    contributions
-        .par_iter()
-        .enumerate()
-        .filter(|(_, c)| !verify_partial(ctx, c.psig, agg_nonce, &c.signer, &c.pubnonce, message))
-        .map(|(i, _)| i)
-        .collect()
 }
 
 #[cfg(test)]
@@ -403,7 +460,7 @@ mod tests {
             .map(|((k, sn), pn)| Contribution {
                 signer: k.point,
                 pubnonce: pn,
-                psig: sign_partial(&ctx, &k.scalar(), sn, &agg_nonce, message).unwrap(),
+                psig: sign_partial(&ctx, k, sn, &agg_nonce, message).unwrap(),
             })
             .collect();
         (ctx, agg_nonce, contributions)
@@ -411,6 +468,35 @@ mod tests {
 
     fn corrupt(c: &mut Contribution) {
         c.psig += MaybeScalar::Valid(Scalar::one());
+    }
+
+    #[test]
+    fn one_session_signs_and_combines_as_separate_calls_do() {
+        let kps = keypairs(3, 11);
+        let msg = [9u8; 32];
+        let (ctx, agg_nonce, contributions) = session(&kps, &msg);
+        let shared = SigningSession::new(&ctx, &agg_nonce, &msg);
+        // The same secret nonce signs to the same partial signature in the shared
+        // session as in a session of its own.
+        let nonce = || secnonce_from_seed([5; 32], &kps[2].point);
+        assert_eq!(
+            shared.sign(&ctx, &kps[2], nonce()),
+            sign_partial(&ctx, &kps[2], nonce(), &agg_nonce, &msg)
+        );
+        assert_eq!(shared.agg_nonce(), &agg_nonce);
+        let separate = combine(&ctx, &agg_nonce, &msg, &contributions).unwrap();
+        assert_eq!(shared.combine(&ctx, &contributions).unwrap(), separate);
+        let mut bad = contributions.clone();
+        corrupt(&mut bad[1]);
+        assert_eq!(
+            shared.combine(&ctx, &bad),
+            Err(MusigError::InvalidPartials { signers: vec![1] })
+        );
+        // A session is bound to its tweaked key: another context is refused, for signing
+        // and for combining.
+        let other = taproot_context(&[kps[0].point, kps[1].point], None).unwrap();
+        assert_eq!(shared.sign(&other, &kps[2], nonce()), Err(MusigError::SessionMismatch));
+        assert_eq!(shared.combine(&other, &contributions), Err(MusigError::SessionMismatch));
     }
 
     #[test]
@@ -496,12 +582,12 @@ mod tests {
         let sn = secnonce_from_seed([9; 32], &outsider.point);
         let agg_nonce = nonce_agg(&[sn.public_nonce()]).unwrap();
         assert_eq!(
-            sign_partial(&ctx, &outsider.scalar(), sn, &agg_nonce, &msg),
+            sign_partial(&ctx, outsider, sn, &agg_nonce, &msg),
             Err(MusigError::Signing(SigningError::UnknownKey))
         );
         let sn = secnonce_from_seed([9; 32], &kps[1].point);
         assert_eq!(
-            sign_partial(&ctx, &kps[0].scalar(), sn, &agg_nonce, &msg),
+            sign_partial(&ctx, &kps[0], sn, &agg_nonce, &msg),
             Err(MusigError::Signing(SigningError::SecNoncePubkeyMismatch))
         );
     }

@@ -16,6 +16,7 @@ use cohort_common::messages::{
 };
 use cohort_common::musig::{
     self, Contribution, KeyAggContext, MusigError, PartialSignature, Point, PubNonce, SecNonce,
+    SigningSession,
 };
 use cohort_common::params::{FeeSchedule, TreeParams};
 use cohort_common::scripts::{key_spend_witness, DepositScript, ScriptError};
@@ -192,7 +193,10 @@ impl Attempt {
                 .batch
                 .member_nodes(member)
                 .into_iter()
-                .map(|n| NodeNonce { node: n as u32, nonce: self.nodes.agg[n].clone() })
+                .map(|n| NodeNonce {
+                    node: n as u32,
+                    nonce: self.nodes.sessions[n].agg_nonce().clone(),
+                })
                 .collect(),
             deposit_inputs: inputs.clone().map(|i| i as u32).collect(),
             coordinator_deposit_nonces: self.coordinator_pubnonces[inputs].to_vec(),
@@ -315,7 +319,7 @@ impl Attempt {
             pubnonce: nonce.clone(),
             psig: *psig,
         });
-        match musig::combine(&node.key, &self.nodes.agg[i], &node.sighash, &contributions) {
+        match self.nodes.sessions[i].combine(&node.key, &contributions) {
             Ok(sig) => Ok(sig),
             Err(MusigError::InvalidPartials { signers }) => {
                 Err(signers.into_iter().filter_map(|k| info.leaves.clone().nth(k)).collect())
@@ -400,7 +404,9 @@ impl Attempt {
         let coord_nonce = &self.coordinator_pubnonces[i];
         let agg = musig::nonce_agg(&[user_nonce.clone(), coord_nonce.clone()]).ok()?;
         let (ctx, msg) = (&self.deposit_ctx[i], &self.deposit_sighash[i]);
-        let own = musig::sign_partial(ctx, &self.coordinator.scalar(), secnonce, &agg, msg).ok()?;
+        // One session for signing and combining: its final nonce is computed once.
+        let session = SigningSession::new(ctx, &agg, msg);
+        let own = session.sign(ctx, &self.coordinator, secnonce).ok()?;
         let contributions = [
             Contribution { signer: *user, pubnonce: user_nonce.clone(), psig: psig_user },
             Contribution {
@@ -409,7 +415,7 @@ impl Attempt {
                 psig: own,
             },
         ];
-        musig::combine(ctx, &agg, msg, &contributions).ok()
+        session.combine(ctx, &contributions).ok()
     }
 }
 

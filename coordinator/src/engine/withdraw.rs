@@ -203,7 +203,7 @@ impl Coordinator {
             let ours = secnonce.public_nonce();
             let agg = musig::nonce_agg(&[input.nonce.clone(), ours.clone()])
                 .map_err(|e| bad(e.to_string()))?;
-            let psig = musig::sign_partial(&ctx, &secret, secnonce, &agg, sighash)
+            let psig = musig::sign_partial(&ctx, &self.key, secnonce, &agg, sighash)
                 .map_err(|e| bad(e.to_string()))?;
             nonces.push(ours);
             partials.push(psig);

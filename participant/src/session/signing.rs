@@ -91,7 +91,7 @@ pub(super) fn sign_tree(
     let mut sigs = Vec::new();
     for (&index, secret) in checked.own_leaves.iter().zip(leaves.iter_mut()) {
         let path = checked.tree.shape().path(index).map_err(ProposalError::TreeBuild)?;
-        let scalar = secret.key.scalar();
+        let key = &secret.key;
         for node in path {
             let fail = |reason: String| ProposalError::Signing { node, reason };
             let n = checked.tree.node(node).map_err(ProposalError::TreeBuild)?;
@@ -102,7 +102,7 @@ pub(super) fn sign_tree(
                 .ok_or_else(|| fail(format!("no nonce for depth {depth}")))?;
             let secnonce = slot.take().ok_or_else(|| fail("nonce already used".into()))?;
             let agg = nonces.get(&node).ok_or_else(|| fail("no aggregated nonce".into()))?;
-            let psig = musig::sign_partial(&n.key, &scalar, secnonce, agg, &n.sighash)
+            let psig = musig::sign_partial(&n.key, key, secnonce, agg, &n.sighash)
                 .map_err(|e| fail(e.to_string()))?;
             let (node, leaf) = (node as u32, index as u32);
             sigs.push(NodePartial { node, leaf, psig });
@@ -180,7 +180,7 @@ pub(super) fn sign_deposits(
             .map_err(|e| fail(e.into()))?;
         let msg = key_spend_sighash(tx, input, prevouts).map_err(|e| fail(e.into()))?;
         let secnonce = secret.nonce.take().ok_or_else(|| fail(DepositSigningError::NonceUsed))?;
-        let psig = musig::sign_partial(&ctx, &deposit.key.scalar(), secnonce, &agg, &msg)
+        let psig = musig::sign_partial(&ctx, &deposit.key, secnonce, &agg, &msg)
             .map_err(|e| fail(e.into()))?;
         sigs.push(DepositPartial { input: input as u32, psig });
     }

@@ -638,7 +638,7 @@ impl Kit {
                 .collect();
             let key = &secrets.batch_key;
             let sn = secrets.node_secnonces[node].take().unwrap();
-            let psig = musig::sign_partial(&n.key, &key.scalar(), sn, agg, &n.sighash).unwrap();
+            let psig = musig::sign_partial(&n.key, key, sn, agg, &n.sighash).unwrap();
             contributions.push(Contribution {
                 signer: key.point,
                 pubnonce: secrets.node_pubnonces[node].clone(),
@@ -696,8 +696,7 @@ impl Kit {
                 let agg = musig::nonce_agg(&[pn.clone(), cn.clone()]).unwrap();
                 let msg = key_spend_sighash(&tx, input, &prevouts).unwrap();
                 let sn = secrets.coord_secnonces[input].take().unwrap();
-                let cpsig =
-                    musig::sign_partial(&ctx, &self.coordinator.scalar(), sn, &agg, &msg).unwrap();
+                let cpsig = musig::sign_partial(&ctx, &self.coordinator, sn, &agg, &msg).unwrap();
                 let contributions = [
                     Contribution {
                         signer: p.config.deposits[k].key.point,
