@@ -56,7 +56,9 @@ pub use batch::{
 };
 pub use config::CoordinatorConfig;
 pub use events::Event;
-pub use register::{is_standard_leaf, ChainFacts, ChainOutage, DepositLookup, Inbound, Taken};
+pub use register::{
+    is_standard_leaf, ChainFacts, ChainOutage, DepositLookup, DepositScripts, Inbound, Taken,
+};
 pub use slots::{Offer, SlotError, Slots};
 pub use withdraw::{lookup as withdraw_lookup, Cosigned};
 
@@ -150,6 +152,8 @@ pub struct Coordinator {
     bans: HashMap<OutPoint, BanState>,
     /// Deposits with a co-signed withdrawal, kept out of every round.
     withdrawing: withdraw::Withdrawing,
+    /// Deposit scripts of addresses seen at registration, kept across rounds.
+    scripts: register::DepositScripts,
     /// Messages by registration, routed to peers after each call.
     sends: Vec<(u64, ToParticipant)>,
     outbox: VecDeque<(PeerId, ToParticipant)>,
@@ -181,6 +185,7 @@ impl Coordinator {
             peers: HashMap::new(),
             bans: HashMap::new(),
             withdrawing: HashMap::new(),
+            scripts: register::DepositScripts::default(),
             sends: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
