@@ -308,12 +308,14 @@ impl Pending {
         for (i, (((secnonce, ours), theirs), their_psig)) in parts.enumerate() {
             let m = &sighashes[i];
             let agg = musig::nonce_agg(&[ours.clone(), theirs.clone()])?;
-            let psig = musig::sign_partial(&ctx, &key, secnonce, &agg, m)?;
+            // One session for our signature and the combination: its final nonce once.
+            let session = musig::SigningSession::new(&ctx, &agg, m);
+            let psig = session.sign(&ctx, &key, secnonce)?;
             let contributions = [
                 Contribution { signer: key.point, pubnonce: ours, psig },
                 Contribution { signer: coordinator, pubnonce: theirs, psig: their_psig },
             ];
-            let sig = match musig::combine(&ctx, &agg, m, &contributions) {
+            let sig = match session.combine(&ctx, &contributions) {
                 Ok(sig) => sig,
                 Err(MusigError::InvalidPartials { .. }) => {
                     return Err(WithdrawError::BadAnswer(format!(

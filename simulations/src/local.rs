@@ -14,7 +14,7 @@ use cohort_common::exit::{cpfp_child, p2tr_single, reclaim_tx, FeeInput};
 use cohort_common::fees::FundingPlan;
 use cohort_common::keys::Keypair;
 use cohort_common::musig::{
-    combine, new_secnonce, nonce_agg, sign_partial, Contribution, KeyAggContext, Point,
+    new_secnonce, nonce_agg, Contribution, KeyAggContext, Point, SigningSession,
 };
 use cohort_common::params::{FeeSchedule, LeafOutput, TreeParams};
 use cohort_common::scripts::{key_spend_sighashes, key_spend_witness, DepositScript};
@@ -98,7 +98,8 @@ pub fn sign_locally(
     let secnonces: Vec<_> =
         signers.iter().map(|k| new_secnonce(&k.point, Some(&k.scalar()), Some(message))).collect();
     let pubnonces: Vec<_> = secnonces.iter().map(|n| n.public_nonce()).collect();
-    let agg = nonce_agg(&pubnonces)?;
+    // One session for every signature and the combination: its final nonce once.
+    let session = SigningSession::new(ctx, &nonce_agg(&pubnonces)?, message);
     let contributions = signers
         .iter()
         .zip(secnonces)
@@ -107,11 +108,11 @@ pub fn sign_locally(
             Ok(Contribution {
                 signer: signer.point,
                 pubnonce,
-                psig: sign_partial(ctx, signer, secnonce, &agg, message)?,
+                psig: session.sign(ctx, signer, secnonce)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(combine(ctx, &agg, message, &contributions)?)
+    Ok(session.combine(ctx, &contributions)?)
 }
 
 /// Builds and signs one batch of `users`: the batch itself comes from the one batch
